@@ -1,0 +1,67 @@
+//! One error type for the whole engine. Every variant renders as a single line that names
+//! the file, key, flag or value at fault, because the CLI prints it verbatim.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config file is unreadable JSON, or a key is missing or out of range.
+    #[error("{file}: {key}: {msg}")]
+    Config {
+        file: PathBuf,
+        key: String,
+        msg: String,
+    },
+    /// A weight file is missing, truncated, corrupt, or does not match the model.
+    #[error("{file}: {msg}")]
+    Weights { file: PathBuf, msg: String },
+    /// A user-supplied value (CLI flag, request field) is invalid.
+    #[error("{what}: {msg}")]
+    Invalid { what: String, msg: String },
+    /// A tensor operation failed (shape mismatch, device error).
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// Anything else, already phrased as one line.
+    #[error("{0}")]
+    Msg(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn config(file: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            file: file.into(),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn weights(file: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Weights {
+            file: file.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn invalid(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn msg(msg: impl Into<String>) -> Self {
+        Error::Msg(msg.into())
+    }
+}

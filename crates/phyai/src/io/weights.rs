@@ -1,0 +1,421 @@
+//! Safetensors weights: one file or a sharded `*.safetensors.index.json`, memory-mapped,
+//! converted to the compute dtype on load, optionally sliced along one dimension so a
+//! tensor-parallel rank reads only its shard.
+//!
+//! Model code sees a [`Weights`] handle whose `pp` prefixes mirror the checkpoint keys
+//! (`vb.pp("layers").pp(3).pp("self_attn")`), the candle `VarBuilder` idiom. Every name
+//! fetched is recorded so [`WeightStore::unused_keys`] can list unexpected keys (strict mode).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
+
+use crate::{Error, Result};
+
+/// One memory-mapped safetensors file with its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    header_len: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; a file truncated underneath us is the user's fault
+        // and is detected at open time by the header/length check below.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            let what = match e {
+                safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                    "truncated or padded safetensors file (data length does not match the header)"
+                        .to_string()
+                }
+                safetensors::SafeTensorError::HeaderTooSmall
+                | safetensors::SafeTensorError::InvalidHeaderLength => {
+                    "not a safetensors file (header length is invalid or the file is truncated)"
+                        .to_string()
+                }
+                other => format!("corrupt safetensors header: {other}"),
+            };
+            Error::weights(path, what)
+        })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            header_len: n + 8,
+            tensors,
+        })
+    }
+
+    fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        let (a, b) = info.data_offsets;
+        &self.mmap[self.header_len + a..self.header_len + b]
+    }
+}
+
+/// Description of one stored tensor, as the file declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// All tensors of one checkpoint component (e.g. `transformer/`), across its shards.
+pub struct WeightStore {
+    /// What the user pointed at: the single file or the index file. Named in errors.
+    origin: PathBuf,
+    files: Vec<MappedFile>,
+    /// tensor name → index into `files`.
+    index: BTreeMap<String, usize>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightStore")
+            .field("origin", &self.origin)
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+fn st_dtype(d: StDtype, file: &Path, name: &str) -> Result<DType> {
+    Ok(match d {
+        StDtype::F32 => DType::F32,
+        StDtype::F16 => DType::F16,
+        StDtype::BF16 => DType::BF16,
+        StDtype::F64 => DType::F64,
+        StDtype::I64 => DType::I64,
+        StDtype::U32 => DType::U32,
+        StDtype::U8 => DType::U8,
+        other => {
+            return Err(Error::weights(
+                file,
+                format!("tensor {name}: unsupported dtype {other:?}"),
+            ))
+        }
+    })
+}
+
+impl WeightStore {
+    /// Opens the weights of one component folder: `*.safetensors.index.json` when present
+    /// (sharded), otherwise the single `*.safetensors` file in it.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut singles = Vec::new();
+        let mut indexes = Vec::new();
+        for entry in entries {
+            let p = entry.map_err(|e| Error::io(dir, e))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.ends_with(".safetensors.index.json") {
+                indexes.push(p);
+            } else if name.ends_with(".safetensors") {
+                singles.push(p);
+            }
+        }
+        indexes.sort();
+        singles.sort();
+        match (indexes.first(), singles.as_slice()) {
+            (Some(index), _) => Self::open_index(index),
+            (None, [single]) => Self::open_files(single, std::slice::from_ref(single)),
+            (None, []) => Err(Error::weights(dir, "no *.safetensors weights in this folder")),
+            (None, _) => Err(Error::weights(
+                dir,
+                "several *.safetensors files but no *.safetensors.index.json naming their shards",
+            )),
+        }
+    }
+
+    /// Opens a sharded checkpoint through its `weight_map` index.
+    pub fn open_index(index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(index_path, "(file)", format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::config(index_path, "weight_map", "missing or not an object"))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<String> = Vec::new();
+        for (key, v) in map {
+            let s = v.as_str().ok_or_else(|| {
+                Error::config(index_path, format!("weight_map.{key}"), "not a file name")
+            })?;
+            if !shard_names.iter().any(|n| n == s) {
+                shard_names.push(s.to_string());
+            }
+        }
+        shard_names.sort();
+        let paths: Vec<PathBuf> = shard_names.iter().map(|n| dir.join(n)).collect();
+        let store = Self::open_files(index_path, &paths)?;
+        // Every key the index names must be in the shard it names.
+        for (key, v) in map {
+            let shard = dir.join(v.as_str().unwrap_or_default());
+            match store.index.get(key) {
+                Some(&i) if store.files[i].path == shard => {}
+                _ => {
+                    return Err(Error::weights(
+                        &shard,
+                        format!("tensor {key} listed in {} is not in this shard", index_path.display()),
+                    ))
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens a fixed list of files (shards of one component).
+    pub fn open_files(origin: &Path, paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = BTreeMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = MappedFile::open(p)?;
+            for name in f.tensors.keys() {
+                if let Some(prev) = index.insert(name.clone(), i) {
+                    return Err(Error::weights(
+                        p,
+                        format!("tensor {name} also stored in {}", paths[prev].display()),
+                    ));
+                }
+            }
+            files.push(f);
+        }
+        Ok(Self {
+            origin: origin.to_path_buf(),
+            files,
+            index,
+            used: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// All tensor names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn locate(&self, name: &str) -> Result<(&MappedFile, &TensorInfo)> {
+        let i = *self.index.get(name).ok_or_else(|| {
+            Error::weights(&self.origin, format!("missing tensor {name}"))
+        })?;
+        let f = &self.files[i];
+        Ok((f, &f.tensors[name]))
+    }
+
+    /// The stored dtype and shape of a tensor.
+    pub fn info(&self, name: &str) -> Result<StoredTensor> {
+        let (f, info) = self.locate(name)?;
+        Ok(StoredTensor {
+            dtype: st_dtype(info.dtype, &f.path, name)?,
+            shape: info.shape.clone(),
+        })
+    }
+
+    /// Loads a whole tensor, converted to `dtype`, onto `device`.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let (f, info) = self.locate(name)?;
+        let src = st_dtype(info.dtype, &f.path, name)?;
+        self.used.lock().unwrap().insert(name.to_string());
+        let t = Tensor::from_raw_buffer(f.bytes(info), src, &info.shape, &Device::Cpu)
+            .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// Loads `range` of dimension `dim` of a tensor, reading only those bytes: the
+    /// building block of tensor-parallel shards (rows for column-parallel weights,
+    /// columns for row-parallel ones).
+    pub fn load_slice(
+        &self,
+        name: &str,
+        dim: usize,
+        range: Range<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (f, info) = self.locate(name)?;
+        let src = st_dtype(info.dtype, &f.path, name)?;
+        let shape = &info.shape;
+        if dim >= shape.len() || range.start > range.end || range.end > shape[dim] {
+            return Err(Error::weights(
+                &f.path,
+                format!("tensor {name} {shape:?}: slice {range:?} of dim {dim} is out of bounds"),
+            ));
+        }
+        self.used.lock().unwrap().insert(name.to_string());
+        let elem = src.size_in_bytes();
+        let outer: usize = shape[..dim].iter().product();
+        let inner: usize = shape[dim + 1..].iter().product::<usize>() * elem;
+        let row = shape[dim] * inner;
+        let bytes = f.bytes(info);
+        let mut out = Vec::with_capacity(outer * range.len() * inner);
+        for o in 0..outer {
+            let base = o * row;
+            out.extend_from_slice(&bytes[base + range.start * inner..base + range.end * inner]);
+        }
+        let mut new_shape = shape.clone();
+        new_shape[dim] = range.len();
+        let t = Tensor::from_raw_buffer(&out, src, &new_shape, &Device::Cpu)?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// Names stored in the files that no `load`/`load_slice` has asked for.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap();
+        self.index
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Strict mode: fails listing every unexpected key (stored but never loaded).
+    /// Keys matching one of `ignore` prefixes (e.g. `lm_head.`) are allowed to stay unused.
+    pub fn check_all_used(&self, ignore: &[&str]) -> Result<()> {
+        let unexpected: Vec<String> = self
+            .unused_keys()
+            .into_iter()
+            .filter(|k| !ignore.iter().any(|p| k.starts_with(p)))
+            .collect();
+        if unexpected.is_empty() {
+            Ok(())
+        } else {
+            let n = unexpected.len();
+            let shown: Vec<&str> = unexpected.iter().take(8).map(|s| s.as_str()).collect();
+            Err(Error::weights(
+                &self.origin,
+                format!(
+                    "{n} unexpected tensor(s) not used by the model: {}{}",
+                    shown.join(", "),
+                    if n > 8 { ", …" } else { "" }
+                ),
+            ))
+        }
+    }
+}
+
+/// A prefixed view of a [`WeightStore`] with the compute dtype and device, handed down the
+/// module tree. Cheap to clone.
+#[derive(Clone)]
+pub struct Weights {
+    store: Arc<WeightStore>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    pub fn new(store: Arc<WeightStore>, dtype: DType, device: &Device) -> Self {
+        Self {
+            store,
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Pushes one path component: `w.pp("layers").pp(0)` addresses `layers.0.*`.
+    pub fn pp(&self, s: impl ToString) -> Self {
+        let s = s.to_string();
+        let prefix = if self.prefix.is_empty() {
+            s
+        } else {
+            format!("{}.{}", self.prefix, s)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    /// The same view with another compute dtype (e.g. f32 for the timestep embedder).
+    pub fn with_dtype(&self, dtype: DType) -> Self {
+        Self {
+            dtype,
+            ..self.clone()
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn store(&self) -> &Arc<WeightStore> {
+        &self.store
+    }
+
+    pub fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.full_name(name))
+    }
+
+    /// Loads `name`, checking it has `shape` (errors name the key, both shapes and the file).
+    pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let shape: Shape = shape.into();
+        let info = self.store.info(&full)?;
+        if info.shape.as_slice() != shape.dims() {
+            return Err(Error::weights(
+                self.store.origin(),
+                format!(
+                    "tensor {full}: shape {:?} in the file, the config implies {:?}",
+                    info.shape,
+                    shape.dims()
+                ),
+            ));
+        }
+        self.store.load(&full, self.dtype, &self.device)
+    }
+
+    /// Loads the `range` of dimension `dim` of `name`, whose full shape must be `shape`.
+    pub fn get_slice<S: Into<Shape>>(
+        &self,
+        shape: S,
+        name: &str,
+        dim: usize,
+        range: Range<usize>,
+    ) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let shape: Shape = shape.into();
+        let info = self.store.info(&full)?;
+        if info.shape.as_slice() != shape.dims() {
+            return Err(Error::weights(
+                self.store.origin(),
+                format!(
+                    "tensor {full}: shape {:?} in the file, the config implies {:?}",
+                    info.shape,
+                    shape.dims()
+                ),
+            ));
+        }
+        self.store.load_slice(&full, dim, range, self.dtype, &self.device)
+    }
+}

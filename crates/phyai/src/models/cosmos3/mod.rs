@@ -1,0 +1,7 @@
+//! Cosmos3 (Nano, Super): configs, denoiser, sampler, decoders, prompt processing.
+
+pub mod config;
+pub mod processor;
+pub mod sampler;
+pub mod transformer;
+pub mod vae;
