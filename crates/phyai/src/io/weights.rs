@@ -81,6 +81,14 @@ pub struct WeightStore {
     /// tensor name → index into `files`.
     index: BTreeMap<String, usize>,
     used: Mutex<BTreeSet<String>>,
+    /// Set for a synthetic store: tensors are drawn on first request (see [`WeightStore::synthetic`]).
+    synthetic: Option<Synthetic>,
+}
+
+/// Random weights made on demand, recorded so they can be saved as a checkpoint.
+struct Synthetic {
+    seed: u64,
+    made: Mutex<BTreeMap<String, Tensor>>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -198,7 +206,83 @@ impl WeightStore {
             files,
             index,
             used: Mutex::new(BTreeSet::new()),
+            synthetic: None,
         })
+    }
+
+    /// A store with no files whose tensors are drawn, deterministically from `seed` and the
+    /// tensor name, the first time a model asks for them with their shape. Norm weights are
+    /// ones, biases zeros, other tensors N(0, 1/fan_in). Used to make the demo checkpoint:
+    /// build the model against it, then [`WeightStore::save_synthetic`].
+    pub fn synthetic(origin: &Path, seed: u64) -> Self {
+        Self {
+            origin: origin.to_path_buf(),
+            files: Vec::new(),
+            index: BTreeMap::new(),
+            used: Mutex::new(BTreeSet::new()),
+            synthetic: Some(Synthetic {
+                seed,
+                made: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    fn synthesize(&self, syn: &Synthetic, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut made = syn.made.lock().unwrap();
+        if let Some(t) = made.get(name) {
+            if t.dims() != shape {
+                return Err(Error::weights(
+                    &self.origin,
+                    format!("tensor {name} requested with shapes {:?} and {shape:?}", t.dims()),
+                ));
+            }
+            return Ok(t.clone());
+        }
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let numel: usize = shape.iter().product();
+        let is_norm = name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale";
+        let values: Vec<f32> = if is_norm {
+            vec![1.0; numel]
+        } else if leaf == "bias" || leaf == "beta" {
+            vec![0.0; numel]
+        } else {
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            let std = (1.0 / fan_in as f64).sqrt();
+            // splitmix64 stream keyed by seed and name, Box-Muller to normals.
+            let mut state = name.bytes().fold(syn.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
+            });
+            let mut next = move || {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+            };
+            (0..numel)
+                .map(|_| {
+                    let u1 = next().max(1e-300);
+                    let u2 = next();
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+                })
+                .collect()
+        };
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
+        made.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Writes every tensor a synthetic store has made to one safetensors file (f32).
+    pub fn save_synthetic(&self, path: &Path) -> Result<()> {
+        let syn = self
+            .synthetic
+            .as_ref()
+            .ok_or_else(|| Error::msg("save_synthetic on a store read from files"))?;
+        let made = syn.made.lock().unwrap();
+        let tmp = path.with_extension("safetensors.partial");
+        candle_core::safetensors::save(&made.clone().into_iter().collect(), &tmp)
+            .map_err(|e| Error::weights(path, e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 
     pub fn origin(&self) -> &Path {
@@ -373,6 +457,7 @@ impl Weights {
         }
     }
 
+    /// Whether the checkpoint has `name` (optional weights). A synthetic store has none.
     pub fn contains(&self, name: &str) -> bool {
         self.store.contains(&self.full_name(name))
     }
@@ -381,7 +466,16 @@ impl Weights {
     pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         let full = self.full_name(name);
         let shape: Shape = shape.into();
-        let info = self.store.info(&full)?;
+        if let Some(syn) = &self.store.synthetic {
+            let t = self.store.synthesize(syn, &full, shape.dims())?;
+            return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
+        self.check_shape(&full, &shape)?;
+        self.store.load(&full, self.dtype, &self.device)
+    }
+
+    fn check_shape(&self, full: &str, shape: &Shape) -> Result<()> {
+        let info = self.store.info(full)?;
         if info.shape.as_slice() != shape.dims() {
             return Err(Error::weights(
                 self.store.origin(),
@@ -392,7 +486,7 @@ impl Weights {
                 ),
             ));
         }
-        self.store.load(&full, self.dtype, &self.device)
+        Ok(())
     }
 
     /// Loads the `range` of dimension `dim` of `name`, whose full shape must be `shape`.
@@ -405,17 +499,18 @@ impl Weights {
     ) -> Result<Tensor> {
         let full = self.full_name(name);
         let shape: Shape = shape.into();
-        let info = self.store.info(&full)?;
-        if info.shape.as_slice() != shape.dims() {
-            return Err(Error::weights(
-                self.store.origin(),
-                format!(
-                    "tensor {full}: shape {:?} in the file, the config implies {:?}",
-                    info.shape,
-                    shape.dims()
-                ),
-            ));
+        if let Some(syn) = &self.store.synthetic {
+            let t = self.store.synthesize(syn, &full, shape.dims())?;
+            if dim >= t.rank() || range.end > t.dims()[dim] || range.start > range.end {
+                return Err(Error::weights(
+                    self.store.origin(),
+                    format!("tensor {full}: slice {range:?} of dim {dim} is out of bounds"),
+                ));
+            }
+            let t = t.narrow(dim, range.start, range.len())?;
+            return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
+        self.check_shape(&full, &shape)?;
         self.store.load_slice(&full, dim, range, self.dtype, &self.device)
     }
 }

@@ -1,0 +1,136 @@
+//! Command-line flags. `generate` mirrors the original launch script's options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "phyai", version, about = "Cosmos3 world-model inference: prompt (+ image) → video (+ audio)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a video (and optionally its soundtrack) from a prompt.
+    Generate(Box<GenerateArgs>),
+    /// Write the tiny random-weight demo checkpoint to DIR (published Cosmos3 layout).
+    DemoCheckpoint {
+        /// Output folder (created; must not exist or be empty).
+        dir: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptStyleArg {
+    /// PhyAI: no system prompt, metadata on the positive prompt, structured default negative.
+    Phyai,
+    /// diffusers: system prompt, inverse metadata on the negative prompt, empty default negative.
+    Diffusers,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigmaScheduleArg {
+    /// What diffusers derives from the checkpoint's scheduler_config.json.
+    Checkpoint,
+    /// PhyAI's own flow schedule.
+    Phyai,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Cosmos3 checkpoint folder (transformer/ vae/ text_tokenizer/ scheduler/ [sound_tokenizer/]).
+    /// Without it, a tiny demo checkpoint with RANDOM weights is used.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Text prompt (plain text, or a JSON object for structured prompts).
+    #[arg(long)]
+    pub prompt: String,
+    /// Negative prompt for classifier-free guidance (default depends on --prompt-style).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Conditioning image (PNG/JPEG) for image-to-video.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Also generate the soundtrack (needs sound_tokenizer/ in the checkpoint).
+    #[arg(long)]
+    pub sound: bool,
+    /// Frames to generate, 4k+1 [default: 189; demo 17].
+    #[arg(long)]
+    pub num_frames: Option<usize>,
+    /// Height in pixels, multiple of 16 [default: 720; demo 128].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Width in pixels, multiple of 16 [default: 1280; demo 224].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Frames per second.
+    #[arg(long, default_value_t = 24.0)]
+    pub fps: f64,
+    /// Denoising steps [default: 35; demo 8].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (≤ 1 disables the unconditional branch).
+    #[arg(long, default_value_t = 6.0)]
+    pub guidance_scale: f64,
+    /// Seed of the initial noise (numpy RandomState-compatible).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the scheduler's flow shift.
+    #[arg(long)]
+    pub flow_shift: Option<f64>,
+    /// Use Karras sigmas (overrides the scheduler config).
+    #[arg(long, conflicts_with = "no_karras")]
+    pub karras: bool,
+    /// Do not use Karras sigmas (overrides the scheduler config).
+    #[arg(long)]
+    pub no_karras: bool,
+    /// Sigma schedule construction.
+    #[arg(long, value_enum, default_value_t = SigmaScheduleArg::Checkpoint)]
+    pub sigma_schedule: SigmaScheduleArg,
+    /// Tensor-parallel degree.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// CFG-parallel degree (1, or 2: cond and uncond branches on two GPU groups).
+    #[arg(long, default_value_t = 1)]
+    pub cfg: usize,
+    /// Sequence-parallel degree.
+    #[arg(long, default_value_t = 1)]
+    pub sp: usize,
+    /// Prompt formatting of the reference to follow.
+    #[arg(long, value_enum, default_value_t = PromptStyleArg::Phyai)]
+    pub prompt_style: PromptStyleArg,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T] (f32).
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Write latents.safetensors and output.safetensors (f32) into this folder.
+    #[arg(long)]
+    pub dump_dir: Option<PathBuf>,
+    /// Output prefix: writes PREFIX.mp4 (and PREFIX.wav with --sound).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print a machine-readable JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

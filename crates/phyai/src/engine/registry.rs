@@ -1,0 +1,39 @@
+//! Plugin registry: maps a plugin name (`cosmos3_wn`) to the model that serves it.
+
+use super::config::{EngineConfig, PluginArgs};
+use super::progress::Progress;
+use super::request::{GenerationOutput, GenerationRequest};
+use crate::{Error, Result};
+
+/// A model family behind the engine.
+pub trait Plugin: Send {
+    /// Registry name.
+    fn name(&self) -> &'static str;
+    /// Runs one request to completion.
+    fn step(
+        &mut self,
+        request: &GenerationRequest,
+        progress: &dyn Progress,
+    ) -> Result<GenerationOutput>;
+}
+
+type Factory = fn(&PluginArgs, &EngineConfig) -> Result<Box<dyn Plugin>>;
+
+/// Registered plugins: name and constructor.
+const PLUGINS: &[(&str, Factory)] = &[("cosmos3_wn", crate::models::cosmos3::plugin::create)];
+
+/// Names of all registered plugins.
+pub fn plugin_names() -> Vec<&'static str> {
+    PLUGINS.iter().map(|(n, _)| *n).collect()
+}
+
+/// Builds the plugin `name`.
+pub fn create(name: &str, args: &PluginArgs, config: &EngineConfig) -> Result<Box<dyn Plugin>> {
+    let (_, factory) = PLUGINS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        Error::invalid(
+            "plugin",
+            format!("unknown plugin {name:?}; registered: {}", plugin_names().join(", ")),
+        )
+    })?;
+    factory(args, config)
+}
