@@ -171,7 +171,10 @@ fn truncated_corrupt_and_missing_files_give_one_line_errors() {
         std::fs::write(sub.join("model.safetensors"), data).unwrap();
         let e = WeightStore::open_dir(&sub).unwrap_err().to_string();
         assert!(e.contains(expect), "{name}: {e}");
-        assert!(e.contains("model.safetensors"), "{name}: must name the file: {e}");
+        assert!(
+            e.contains("model.safetensors"),
+            "{name}: must name the file: {e}"
+        );
         assert_eq!(e.lines().count(), 1, "{name}: {e}");
     }
 

@@ -9,5 +9,6 @@ pub mod error;
 pub mod io;
 pub mod layers;
 pub mod models;
+pub mod parallel;
 
 pub use error::{Error, Result};

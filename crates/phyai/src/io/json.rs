@@ -19,7 +19,11 @@ pub fn parse_json<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
-        let key = if key == "." { "(file)".to_string() } else { key };
+        let key = if key == "." {
+            "(file)".to_string()
+        } else {
+            key
+        };
         Error::config(path, key, inner.to_string())
     })
 }

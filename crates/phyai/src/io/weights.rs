@@ -139,7 +139,10 @@ impl WeightStore {
         match (indexes.first(), singles.as_slice()) {
             (Some(index), _) => Self::open_index(index),
             (None, [single]) => Self::open_files(single, std::slice::from_ref(single)),
-            (None, []) => Err(Error::weights(dir, "no *.safetensors weights in this folder")),
+            (None, []) => Err(Error::weights(
+                dir,
+                "no *.safetensors weights in this folder",
+            )),
             (None, _) => Err(Error::weights(
                 dir,
                 "several *.safetensors files but no *.safetensors.index.json naming their shards",
@@ -177,7 +180,10 @@ impl WeightStore {
                 _ => {
                     return Err(Error::weights(
                         &shard,
-                        format!("tensor {key} listed in {} is not in this shard", index_path.display()),
+                        format!(
+                            "tensor {key} listed in {} is not in this shard",
+                            index_path.display()
+                        ),
                     ))
                 }
             }
@@ -233,14 +239,18 @@ impl WeightStore {
             if t.dims() != shape {
                 return Err(Error::weights(
                     &self.origin,
-                    format!("tensor {name} requested with shapes {:?} and {shape:?}", t.dims()),
+                    format!(
+                        "tensor {name} requested with shapes {:?} and {shape:?}",
+                        t.dims()
+                    ),
                 ));
             }
             return Ok(t.clone());
         }
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let numel: usize = shape.iter().product();
-        let is_norm = name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale";
+        let is_norm =
+            name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale";
         let values: Vec<f32> = if is_norm {
             vec![1.0; numel]
         } else if leaf == "bias" || leaf == "beta" {
@@ -299,9 +309,10 @@ impl WeightStore {
     }
 
     fn locate(&self, name: &str) -> Result<(&MappedFile, &TensorInfo)> {
-        let i = *self.index.get(name).ok_or_else(|| {
-            Error::weights(&self.origin, format!("missing tensor {name}"))
-        })?;
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::weights(&self.origin, format!("missing tensor {name}")))?;
         let f = &self.files[i];
         Ok((f, &f.tensors[name]))
     }
@@ -511,6 +522,7 @@ impl Weights {
             return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
         self.check_shape(&full, &shape)?;
-        self.store.load_slice(&full, dim, range, self.dtype, &self.device)
+        self.store
+            .load_slice(&full, dim, range, self.dtype, &self.device)
     }
 }
