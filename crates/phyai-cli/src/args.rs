@@ -86,8 +86,8 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (≤ 1 disables the unconditional branch).
     #[arg(long, default_value_t = 6.0)]
     pub guidance_scale: f64,
-    /// Seed of the initial noise (numpy RandomState-compatible).
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the initial noise (numpy RandomState-compatible, as the original).
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Override the scheduler's flow shift.
     #[arg(long)]

@@ -1,0 +1,63 @@
+//! Progress bars on stderr (indicatif) and the per-stage timing summary.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use phyai::engine::Progress;
+
+/// Draws one bar per engine stage; silent when `quiet`.
+pub struct Bars {
+    quiet: bool,
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            current: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn stage(&self, name: &str, total: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(total as u64);
+        let style = ProgressStyle::with_template(
+            "{prefix:>9} [{bar:30}] {pos}/{len} {per_sec} elapsed {elapsed_precise} eta {eta_precise}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(name.to_string());
+        *self.current.lock().unwrap() = Some(bar);
+    }
+
+    fn step(&self) {
+        if let Some(b) = self.current.lock().unwrap().as_ref() {
+            b.inc(1);
+        }
+    }
+
+    fn done(&self, _name: &str, _elapsed: Duration) {
+        if let Some(b) = self.current.lock().unwrap().take() {
+            b.finish();
+        }
+    }
+}
+
+/// `name  1.23 s` lines, then the total.
+pub fn summary(timings: &[(String, Duration)]) -> String {
+    let mut out = String::new();
+    let mut total = Duration::ZERO;
+    for (name, d) in timings {
+        out.push_str(&format!("  {name:<12} {:>9.3} s\n", d.as_secs_f64()));
+        total += *d;
+    }
+    out.push_str(&format!("  {:<12} {:>9.3} s", "total", total.as_secs_f64()));
+    out
+}
