@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "phyai", version, about = "Cosmos3 world-model inference: prompt (+ image) → video (+ audio)")]
+#[command(
+    name = "phyai",
+    version,
+    about = "Cosmos3 world-model inference: prompt (+ image) → video (+ audio)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

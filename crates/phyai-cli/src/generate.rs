@@ -74,7 +74,10 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let steps = a.steps.unwrap_or(d.steps);
     let latent = pixel_to_latent_shape(frames, height, width)?;
     if !(a.fps.is_finite() && a.fps > 0.0) {
-        return Err(Error::invalid("--fps", format!("must be > 0, got {}", a.fps)));
+        return Err(Error::invalid(
+            "--fps",
+            format!("must be > 0, got {}", a.fps),
+        ));
     }
     if a.prompt.trim().is_empty() {
         return Err(Error::invalid("--prompt", "must not be empty"));

@@ -7,13 +7,13 @@ pub mod registry;
 pub mod request;
 
 pub use config::{
-    Cosmos3Args, DeviceConfig, EngineArgs, EngineConfig, ParallelConfig, PluginArgs,
-    RuntimeConfig, Target,
+    Cosmos3Args, DeviceConfig, EngineArgs, EngineConfig, ParallelConfig, PluginArgs, RuntimeConfig,
+    Target,
 };
 pub use progress::{Progress, Silent};
 pub use request::{
-    pixel_to_latent_shape, sound_latent_frames, Conditioning, GenerationOutput,
-    GenerationRequest, InitNoise, LatentShape,
+    pixel_to_latent_shape, sound_latent_frames, Conditioning, GenerationOutput, GenerationRequest,
+    InitNoise, LatentShape,
 };
 
 use crate::Result;

@@ -32,7 +32,10 @@ pub fn create(name: &str, args: &PluginArgs, config: &EngineConfig) -> Result<Bo
     let (_, factory) = PLUGINS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
         Error::invalid(
             "plugin",
-            format!("unknown plugin {name:?}; registered: {}", plugin_names().join(", ")),
+            format!(
+                "unknown plugin {name:?}; registered: {}",
+                plugin_names().join(", ")
+            ),
         )
     })?;
     factory(args, config)

@@ -88,7 +88,10 @@ impl GenerationRequest {
             return Err(Error::invalid("--steps", "must be at least 1"));
         }
         if !(self.fps.is_finite() && self.fps > 0.0) {
-            return Err(Error::invalid("--fps", format!("must be > 0, got {}", self.fps)));
+            return Err(Error::invalid(
+                "--fps",
+                format!("must be > 0, got {}", self.fps),
+            ));
         }
         if !(self.guidance_scale.is_finite() && self.guidance_scale >= 0.0) {
             return Err(Error::invalid(
@@ -141,11 +144,19 @@ mod tests {
     fn latent_shape_of_reference_sizes() {
         assert_eq!(
             pixel_to_latent_shape(189, 720, 1280).unwrap(),
-            LatentShape { t: 48, h: 45, w: 80 }
+            LatentShape {
+                t: 48,
+                h: 45,
+                w: 80
+            }
         );
         assert_eq!(
             pixel_to_latent_shape(93, 480, 832).unwrap(),
-            LatentShape { t: 24, h: 30, w: 52 }
+            LatentShape {
+                t: 24,
+                h: 30,
+                w: 52
+            }
         );
         assert_eq!(
             pixel_to_latent_shape(1, 16, 16).unwrap(),

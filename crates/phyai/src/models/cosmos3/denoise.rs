@@ -80,28 +80,30 @@ pub fn initial_latents(
         None => None,
         Some(frames) => {
             let shape = [1, sound_channels, frames];
-            Some(match request.init_noise.as_ref().and_then(|n| n.sound.as_ref()) {
-                Some(s) => {
-                    if s.dims() != shape {
-                        return Err(Error::invalid(
-                            "--init-noise",
-                            format!(
-                                "`sound` has shape {:?}, the request needs {shape:?}",
-                                s.dims()
-                            ),
-                        ));
+            Some(
+                match request.init_noise.as_ref().and_then(|n| n.sound.as_ref()) {
+                    Some(s) => {
+                        if s.dims() != shape {
+                            return Err(Error::invalid(
+                                "--init-noise",
+                                format!(
+                                    "`sound` has shape {:?}, the request needs {shape:?}",
+                                    s.dims()
+                                ),
+                            ));
+                        }
+                        s.to_dtype(DType::F32)?.to_device(device)?
                     }
-                    s.to_dtype(DType::F32)?.to_device(device)?
-                }
-                None => {
-                    // A fresh generator drawn as [T, C] then transposed (the reference's order).
-                    let v = noise::standard_normal(request.seed, &[frames, sound_channels]);
-                    Tensor::from_vec(v, (frames, sound_channels), device)?
-                        .t()?
-                        .contiguous()?
-                        .unsqueeze(0)?
-                }
-            })
+                    None => {
+                        // A fresh generator drawn as [T, C] then transposed (the reference's order).
+                        let v = noise::standard_normal(request.seed, &[frames, sound_channels]);
+                        Tensor::from_vec(v, (frames, sound_channels), device)?
+                            .t()?
+                            .contiguous()?
+                            .unsqueeze(0)?
+                    }
+                },
+            )
         }
     };
     if let Some(c) = &request.conditioning {
@@ -198,7 +200,11 @@ pub fn denoise(
             };
             let mine = model.velocity(branch, &video, sound.as_ref(), timestep, &noisy)?;
             let both = mesh.cfg.all_gather(&mine.video, 0)?;
-            let vid = cfg_combine(&both.narrow(0, 0, 1)?, &both.narrow(0, 1, 1)?, request.guidance_scale)?;
+            let vid = cfg_combine(
+                &both.narrow(0, 0, 1)?,
+                &both.narrow(0, 1, 1)?,
+                request.guidance_scale,
+            )?;
             let snd = match &mine.sound {
                 Some(s) => {
                     let both = mesh.cfg.all_gather(s, 0)?;

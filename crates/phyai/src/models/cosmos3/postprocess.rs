@@ -85,8 +85,12 @@ mod tests {
 
     #[test]
     fn audio_interleaves_channels() {
-        let a = Tensor::from_vec(vec![0.1f32, 0.2, 0.3, -0.1, -2.0, -0.3], (1, 2, 3), &Device::Cpu)
-            .unwrap();
+        let a = Tensor::from_vec(
+            vec![0.1f32, 0.2, 0.3, -0.1, -2.0, -0.3],
+            (1, 2, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(
             interleave_audio(&a).unwrap(),
             vec![0.1, -0.1, 0.2, -1.0, 0.3, -0.3]
