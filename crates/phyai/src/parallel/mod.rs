@@ -4,6 +4,9 @@
 pub mod comm;
 pub mod local;
 pub mod mesh;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod rendezvous;
 
 pub use comm::{Communicator, SingleRank};
 pub use mesh::{Axis, Coord, MeshShape, RankMesh};

@@ -1,0 +1,184 @@
+//! NCCL communicator for CUDA builds. Collectives run on the tensor's device stream through
+//! candle custom ops, so no host synchronisation is added; inputs are made contiguous first.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::DeviceSlice;
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use half::{bf16, f16};
+
+use super::comm::Communicator;
+use crate::{Error, Result};
+
+/// One rank's NCCL communicator over a group.
+pub struct NcclComm {
+    comm: Arc<Comm>,
+    device: candle_core::Device,
+}
+
+// SAFETY: NCCL communicators may be used from any thread as long as calls on one
+// communicator are not concurrent; the engine issues collectives from one thread per rank.
+unsafe impl Send for NcclComm {}
+unsafe impl Sync for NcclComm {}
+
+/// The 128-byte NCCL unique id, exchanged by the rendezvous.
+pub fn new_unique_id() -> Result<[u8; 128]> {
+    let id = Id::new().map_err(|e| Error::msg(format!("nccl: creating unique id: {e:?}")))?;
+    Ok(id.internal().map(|c| c as u8))
+}
+
+impl NcclComm {
+    /// Joins the group identified by `id` as `rank` of `size`, on `device`'s stream.
+    pub fn new(
+        device: &candle_core::Device,
+        rank: usize,
+        size: usize,
+        id: [u8; 128],
+    ) -> Result<Self> {
+        let dev = match device {
+            candle_core::Device::Cuda(d) => d,
+            _ => return Err(Error::msg("nccl communicator needs a CUDA device")),
+        };
+        let id = Id::uninit(id.map(|b| b as core::ffi::c_char));
+        let comm = Comm::from_rank(dev.cuda_stream(), rank, size, id).map_err(|e| {
+            Error::msg(format!("nccl: rank {rank} of {size} failed to join: {e:?}"))
+        })?;
+        Ok(Self {
+            comm: Arc::new(comm),
+            device: device.clone(),
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    AllReduce,
+    AllGather,
+    Broadcast(usize),
+}
+
+struct Collective {
+    comm: Arc<Comm>,
+    op: Op,
+}
+
+fn nccl_err(e: impl std::fmt::Debug) -> candle_core::Error {
+    candle_core::Error::Msg(format!("nccl: {e:?}"))
+}
+
+impl Collective {
+    fn run<T: CudaDType + cudarc::nccl::NcclType + cudarc::driver::DeviceRepr>(
+        &self,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let src = s.as_cuda_slice::<T>()?;
+        let src = match l.contiguous_offsets() {
+            Some((a, b)) => src.slice(a..b),
+            None => candle_core::bail!("nccl collective needs a contiguous input"),
+        };
+        let n = src.len();
+        let world = self.comm.world_size();
+        let (out_len, shape) = match self.op {
+            Op::AllGather => {
+                let mut dims = l.shape().dims().to_vec();
+                dims[0] *= world;
+                (n * world, Shape::from(dims))
+            }
+            _ => (n, l.shape().clone()),
+        };
+        // SAFETY: every element is written by the collective before it is read.
+        let mut dst = unsafe { dev.alloc::<T>(out_len)? };
+        match self.op {
+            Op::AllReduce => self
+                .comm
+                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map_err(nccl_err)?,
+            Op::AllGather => self.comm.all_gather(&src, &mut dst).map_err(nccl_err)?,
+            Op::Broadcast(root) => self
+                .comm
+                .broadcast(Some(&src), &mut dst, root as i32)
+                .map_err(nccl_err)?,
+        };
+        Ok((CudaStorage::wrap_cuda_slice(dst, dev), shape))
+    }
+}
+
+impl CustomOp1 for Collective {
+    fn name(&self) -> &'static str {
+        "nccl-collective"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nccl collectives need CUDA tensors")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        match s.dtype() {
+            DType::BF16 => self.run::<bf16>(s, l),
+            DType::F16 => self.run::<f16>(s, l),
+            DType::F32 => self.run::<f32>(s, l),
+            d => candle_core::bail!("nccl collective: unsupported dtype {d:?}"),
+        }
+    }
+}
+
+impl NcclComm {
+    fn apply(&self, t: &Tensor, op: Op) -> Result<Tensor> {
+        let t = t.contiguous()?;
+        Ok(t.apply_op1_no_bwd(&Collective {
+            comm: self.comm.clone(),
+            op,
+        })?)
+    }
+}
+
+impl Communicator for NcclComm {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    fn size(&self) -> usize {
+        self.comm.world_size()
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        self.apply(t, Op::AllReduce)
+    }
+    fn all_gather(&self, t: &Tensor, dim: usize) -> Result<Tensor> {
+        // NCCL gathers along the outermost axis; move `dim` there and back.
+        if dim == 0 {
+            return self.apply(t, Op::AllGather);
+        }
+        let moved = t.transpose(0, dim)?;
+        let g = self.apply(&moved, Op::AllGather)?;
+        Ok(g.transpose(0, dim)?.contiguous()?)
+    }
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        self.apply(t, Op::Broadcast(root))
+    }
+    fn all_to_all(&self, t: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
+        // Gather everything, keep this rank's chunk of every peer's split: simple and
+        // correct; a send/recv version moves 1/size of the bytes.
+        let n = self.size();
+        let len = t.dim(split_dim)?;
+        if len % n != 0 {
+            return Err(Error::msg(format!(
+                "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
+            )));
+        }
+        let all = self.apply(&t.unsqueeze(0)?, Op::AllGather)?;
+        let chunk = len / n;
+        let mine = (0..n)
+            .map(|r| all.get(r)?.narrow(split_dim, self.rank() * chunk, chunk))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&mine, concat_dim)?)
+    }
+    fn barrier(&self) -> Result<()> {
+        let one = Tensor::ones(1, DType::F32, &self.device)?;
+        self.all_reduce_sum(&one)?.to_vec1::<f32>()?;
+        Ok(())
+    }
+}
