@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::DeviceSlice;
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
