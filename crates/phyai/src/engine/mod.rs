@@ -37,6 +37,17 @@ impl Engine {
         &self.config
     }
 
+    /// `(sample_rate, samples per sound latent step)` when the audio decoder is loaded.
+    pub fn sound_spec(&self) -> Option<(u32, usize)> {
+        self.plugin.sound_spec()
+    }
+
+    /// Encodes a conditioning image (`[1, 3, H, W]` in [−1, 1], already resized to the
+    /// request's size) into the clean latent frames of an I2V request.
+    pub fn encode_image(&mut self, pixels: &candle_core::Tensor) -> Result<Conditioning> {
+        self.plugin.encode_image(pixels)
+    }
+
     /// Runs one request silently.
     pub fn step(&mut self, request: &GenerationRequest) -> Result<GenerationOutput> {
         self.step_with_progress(request, &Silent)

@@ -2,13 +2,18 @@
 
 use super::config::{EngineConfig, PluginArgs};
 use super::progress::Progress;
-use super::request::{GenerationOutput, GenerationRequest};
+use super::request::{Conditioning, GenerationOutput, GenerationRequest};
+use candle_core::Tensor;
 use crate::{Error, Result};
 
 /// A model family behind the engine.
 pub trait Plugin: Send {
     /// Registry name.
     fn name(&self) -> &'static str;
+    /// `(sample_rate, samples per sound latent step)` when the audio decoder is loaded.
+    fn sound_spec(&self) -> Option<(u32, usize)>;
+    /// Encodes a conditioning image `[1, 3, H, W]` in [−1, 1] into clean latent frames.
+    fn encode_image(&mut self, pixels: &Tensor) -> Result<Conditioning>;
     /// Runs one request to completion.
     fn step(
         &mut self,

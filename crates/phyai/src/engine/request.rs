@@ -118,7 +118,7 @@ impl GenerationRequest {
 
     /// Classifier-free guidance runs the unconditional branch only when it matters.
     pub fn uses_cfg(&self) -> bool {
-        self.guidance_scale > 1.0
+        crate::models::cosmos3::sampler::uses_cfg(self.guidance_scale)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::sampler::{noise, Schedule, UniPc};
+use super::sampler::{cfg_combine, noise, Schedule, UniPc};
 use crate::engine::{GenerationRequest, Progress};
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
@@ -72,7 +72,7 @@ pub fn initial_latents(
             n.video.to_dtype(DType::F32)?.to_device(device)?
         }
         None => {
-            let v = noise::standard_normal(request.seed, &video_shape);
+            let v = noise::standard_normal(request.seed, &video_shape)?;
             Tensor::from_vec(v, &video_shape[..], device)?
         }
     };
@@ -95,12 +95,10 @@ pub fn initial_latents(
                         s.to_dtype(DType::F32)?.to_device(device)?
                     }
                     None => {
-                        // A fresh generator drawn as [T, C] then transposed (the reference's order).
-                        let v = noise::standard_normal(request.seed, &[frames, sound_channels]);
-                        Tensor::from_vec(v, (frames, sound_channels), device)?
-                            .t()?
-                            .contiguous()?
-                            .unsqueeze(0)?
+                        // A fresh generator drawn as [C, T] (the reference transposes that
+                        // to its [T, C] layout, i.e. it is already our [C, T]).
+                        let v = noise::standard_normal(request.seed, &[sound_channels, frames])?;
+                        Tensor::from_vec(v, (1, sound_channels, frames), device)?
                     }
                 },
             )
@@ -134,11 +132,6 @@ fn mask_clean(v: &Tensor, noisy: &[bool]) -> Result<Tensor> {
     let mask: Vec<f32> = noisy.iter().map(|&n| if n { 1.0 } else { 0.0 }).collect();
     let mask = Tensor::from_vec(mask, (1, 1, noisy.len(), 1, 1), v.device())?;
     Ok(v.broadcast_mul(&mask)?)
-}
-
-/// `v_u + g·(v_c − v_u)`.
-pub fn cfg_combine(cond: &Tensor, uncond: &Tensor, g: f64) -> Result<Tensor> {
-    Ok((uncond + ((cond - uncond)? * g)?)?)
 }
 
 /// Runs the whole loop and returns the final latents.

@@ -1,0 +1,318 @@
+//! The `cosmos3_wn` plugin: loads a Cosmos3 checkpoint (transformer, VAE, optional audio
+//! decoder, scheduler) and runs requests: text tower once per branch, the denoising loop,
+//! then the video and audio decoders.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::ModelIndex;
+use super::denoise::{self, Branch, Velocity, VelocityModel};
+use super::sampler::{Schedule, ScheduleOptions, SchedulerConfig};
+use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv};
+use super::vae::{decode_tiled, AudioDecoder, WanVae};
+use crate::engine::registry::Plugin;
+use crate::engine::{
+    Conditioning, Cosmos3Args, EngineConfig, GenerationOutput, GenerationRequest, PluginArgs,
+    Progress, Target,
+};
+use crate::io::json::read_json;
+use crate::parallel::RankMesh;
+use crate::{Error, Result};
+
+/// Audio decoder hop: latent steps → samples (strides 2·4·5·6·8).
+const SOUND_HOP: usize = 1920;
+
+pub struct Cosmos3Plugin {
+    args: Cosmos3Args,
+    index: ModelIndex,
+    scheduler: SchedulerConfig,
+    transformer: Cosmos3Transformer,
+    vae: WanVae,
+    audio: Option<AudioDecoder>,
+    mesh: RankMesh,
+    device: Device,
+    dtype: DType,
+    vae_tiles: Option<usize>,
+}
+
+/// Registry constructor.
+pub fn create(args: &PluginArgs, config: &EngineConfig) -> Result<Box<dyn Plugin>> {
+    let PluginArgs::Cosmos3(args) = args;
+    Ok(Box::new(Cosmos3Plugin::load(args, config, RankMesh::single())?))
+}
+
+/// The device of an engine config; a CUDA target in a CPU-only build is a clear error.
+pub fn device_for(target: Target) -> Result<Device> {
+    match target {
+        Target::Cpu => Ok(Device::Cpu),
+        Target::Cuda(i) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::invalid(
+                    "--device",
+                    "cuda: this build has no CUDA support (rebuild with `--features cuda`)",
+                ));
+            }
+            Ok(Device::new_cuda(i)?)
+        }
+    }
+}
+
+fn require_dir(ckpt: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let d = ckpt.join(name);
+    if !d.is_dir() {
+        return Err(Error::invalid(
+            "--checkpoint",
+            format!("{}: missing the {name}/ folder", ckpt.display()),
+        ));
+    }
+    Ok(d)
+}
+
+impl Cosmos3Plugin {
+    pub fn load(args: &Cosmos3Args, config: &EngineConfig, mesh: RankMesh) -> Result<Self> {
+        let ckpt = &args.checkpoint_dir;
+        if !ckpt.is_dir() {
+            return Err(Error::invalid(
+                "--checkpoint",
+                format!("{} is not a folder", ckpt.display()),
+            ));
+        }
+        let index_file = ckpt.join("model_index.json");
+        let index: ModelIndex = read_json(&index_file)?;
+        index.validate(&index_file)?;
+
+        let device = device_for(config.device.target)?;
+        let dtype = config.device.dtype;
+
+        let tdir = require_dir(ckpt, "transformer")?;
+        let tfile = tdir.join("config.json");
+        let tcfg: TransformerConfig = read_json(&tfile)?;
+        tcfg.validate(&tfile)?;
+        config.parallel.validate(tcfg.num_key_value_heads)?;
+        let transformer = Cosmos3Transformer::load(&tdir, &tcfg, dtype, &device, &mesh)?;
+
+        let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
+        let scheduler = SchedulerConfig::from_file(&sfile)?;
+
+        let vae = WanVae::load(&require_dir(ckpt, "vae")?, dtype, &device, true)?;
+        let audio = if args.load_sound {
+            if !index.has_sound_tokenizer() || !ckpt.join("sound_tokenizer").is_dir() {
+                return Err(Error::invalid(
+                    "--sound",
+                    format!("{} ships no sound_tokenizer/", ckpt.display()),
+                ));
+            }
+            Some(AudioDecoder::load(
+                &ckpt.join("sound_tokenizer"),
+                dtype,
+                &device,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            args: args.clone(),
+            index,
+            scheduler,
+            transformer,
+            vae,
+            audio,
+            mesh,
+            device,
+            dtype,
+            vae_tiles: config.runtime.vae_tiles,
+        })
+    }
+
+    fn schedule(&self, steps: usize) -> Result<Schedule> {
+        Schedule::new(
+            &self.scheduler,
+            ScheduleOptions {
+                steps,
+                flow_shift: self.args.flow_shift,
+                karras: self.args.use_karras_sigmas,
+                style: self.args.sigma_schedule,
+                native_flow: self.index.use_native_flow_schedule,
+            },
+        )
+    }
+
+    fn decode_video(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = latents.to_dtype(self.dtype)?;
+        let world = self.mesh.shape.world();
+        let video = if world > 1 {
+            super::vae::decode_parallel(&self.vae.decoder, &z, &self.mesh)?
+        } else {
+            match self.vae_tiles {
+                Some(n) if n > 1 => decode_tiled(&self.vae.decoder, &z, n)?,
+                _ => self.vae.decoder.decode(&z)?,
+            }
+        };
+        Ok(video.to_dtype(DType::F32)?)
+    }
+}
+
+/// The transformer seen by the loop: text K/V computed once per branch.
+struct Denoiser<'a> {
+    model: &'a Cosmos3Transformer,
+    cond: UndKv,
+    uncond: Option<UndKv>,
+    fps: f64,
+    dtype: DType,
+}
+
+impl VelocityModel for Denoiser<'_> {
+    fn velocity(
+        &self,
+        branch: Branch,
+        video: &Tensor,
+        sound: Option<&Tensor>,
+        timestep: f64,
+        noisy: &[bool],
+    ) -> Result<Velocity> {
+        let und = match branch {
+            Branch::Cond => &self.cond,
+            Branch::Uncond => self
+                .uncond
+                .as_ref()
+                .ok_or_else(|| Error::msg("unconditional branch requested without its text"))?,
+        };
+        let video_in = video.to_dtype(self.dtype)?;
+        let sound_in = match sound {
+            Some(s) => Some(s.to_dtype(self.dtype)?),
+            None => None,
+        };
+        let out = self.model.velocity(
+            und,
+            &GenInputs {
+                video: &video_in,
+                sound: sound_in.as_ref(),
+                timestep,
+                noisy_frames: noisy,
+                fps: self.fps,
+            },
+        )?;
+        Ok(Velocity {
+            video: out.video.to_dtype(DType::F32)?,
+            sound: match out.sound {
+                Some(s) => Some(s.to_dtype(DType::F32)?),
+                None => None,
+            },
+        })
+    }
+}
+
+impl Plugin for Cosmos3Plugin {
+    fn name(&self) -> &'static str {
+        "cosmos3_wn"
+    }
+
+    fn sound_spec(&self) -> Option<(u32, usize)> {
+        self.audio
+            .as_ref()
+            .map(|a| (a.sample_rate() as u32, SOUND_HOP))
+    }
+
+    fn encode_image(&mut self, pixels: &Tensor) -> Result<Conditioning> {
+        let enc = self
+            .vae
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
+        // [1, 3, H, W] in [−1, 1] → one latent frame; the causal VAE encodes frame 0 alone
+        // exactly as it does inside a longer clip.
+        let x = pixels.to_dtype(self.dtype)?.to_device(&self.device)?.unsqueeze(2)?;
+        let latents = enc.encode(&x)?.to_dtype(DType::F32)?;
+        Ok(Conditioning {
+            latents,
+            frame_indexes: vec![0],
+        })
+    }
+
+    fn step(
+        &mut self,
+        request: &GenerationRequest,
+        progress: &dyn Progress,
+    ) -> Result<GenerationOutput> {
+        if request.sound_frames.is_some() && self.audio.is_none() {
+            return Err(Error::invalid(
+                "--sound",
+                "the engine was created without the audio decoder (load_sound)",
+            ));
+        }
+        let mut timings = Vec::new();
+        let schedule = self.schedule(request.steps)?;
+
+        let t = Instant::now();
+        let cfg_parallel = self.mesh.cfg.size() == 2;
+        let uses_cfg = request.uses_cfg();
+        let my_branch_is_uncond = cfg_parallel && self.mesh.cfg.rank() == 1;
+        progress.stage("text", if uses_cfg && !cfg_parallel { 2 } else { 1 });
+        // Under CFG parallelism each group encodes only its own prompt.
+        let cond_ids = if my_branch_is_uncond && uses_cfg {
+            &request.neg_ids
+        } else {
+            &request.pos_ids
+        };
+        let cond = self.transformer.und(cond_ids)?;
+        progress.step();
+        let uncond = if uses_cfg && !cfg_parallel {
+            let u = self.transformer.und(&request.neg_ids)?;
+            progress.step();
+            Some(u)
+        } else {
+            None
+        };
+        progress.done("text", t.elapsed());
+        timings.push(("text".to_string(), t.elapsed()));
+        // With CFG parallelism, rank group 1 evaluates "Uncond" with the K/V it just built.
+        let (cond, uncond) = if my_branch_is_uncond && uses_cfg {
+            (cond.clone(), Some(cond))
+        } else {
+            (cond, uncond)
+        };
+
+        let t = Instant::now();
+        let start = denoise::initial_latents(
+            request,
+            self.transformer.config().latent_channel,
+            self.transformer.config().sound_dim.unwrap_or(64),
+            &self.device,
+        )?;
+        let model = Denoiser {
+            model: &self.transformer,
+            cond,
+            uncond,
+            fps: request.fps,
+            dtype: self.dtype,
+        };
+        let latents = denoise::denoise(&model, request, &schedule, start, &self.mesh, progress)?;
+        timings.push(("denoise".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        progress.stage("decode", 1);
+        let video = self.decode_video(&latents.video)?;
+        progress.step();
+        progress.done("decode", t.elapsed());
+        timings.push(("decode".to_string(), t.elapsed()));
+
+        let audio = match (&self.audio, &latents.sound) {
+            (Some(dec), Some(s)) => {
+                let t = Instant::now();
+                let wave = dec.decode(&s.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
+                timings.push(("audio".to_string(), t.elapsed()));
+                Some((wave, dec.sample_rate() as u32))
+            }
+            _ => None,
+        };
+        Ok(GenerationOutput {
+            video,
+            audio,
+            latents: latents.video,
+            sound_latents: latents.sound,
+            timings,
+        })
+    }
+}

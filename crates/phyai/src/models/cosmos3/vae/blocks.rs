@@ -1,0 +1,261 @@
+//! Building blocks of the Wan2.2 (residual) VAE, on frame-major `[T, C, H, W]` chunks:
+//! residual block, mid-block attention, spatial/temporal resampling and the parameter-free
+//! shortcuts (`avg_down` / `dup_up`) that the Wan2.2 up/down blocks add around their
+//! resampling path.
+//!
+//! Every block forward takes the [`FrameCache`] of the whole stream and a `first_chunk` flag:
+//! the first chunk is special in the temporal resamplers (no temporal up/down-sampling of
+//! the first frame, as Wan encodes frame 0 alone).
+
+use candle_core::Tensor;
+
+use super::causal_conv::{
+    last_frames, silu, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, SlotCounter,
+};
+use crate::io::weights::Weights;
+use crate::Result;
+
+/// Norm → silu → causal conv, twice, plus a (1×1×1 conv) shortcut when widths differ.
+#[derive(Debug, Clone)]
+pub struct ResidualBlock {
+    norm1: ChannelRmsNorm,
+    conv1: CausalConv3d,
+    norm2: ChannelRmsNorm,
+    conv2: CausalConv3d,
+    shortcut: Option<CausalConv3d>,
+}
+
+impl ResidualBlock {
+    pub fn new(w: &Weights, in_ch: usize, out_ch: usize, slots: &mut SlotCounter) -> Result<Self> {
+        let shortcut = if in_ch != out_ch {
+            Some(CausalConv3d::new(
+                &w.pp("conv_shortcut"),
+                in_ch,
+                out_ch,
+                (1, 1),
+                (0, 0),
+                1,
+                slots,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: ChannelRmsNorm::new(&w.pp("norm1"), in_ch, false)?,
+            conv1: CausalConv3d::new(&w.pp("conv1"), in_ch, out_ch, (3, 3), (1, 1), 1, slots)?,
+            norm2: ChannelRmsNorm::new(&w.pp("norm2"), out_ch, false)?,
+            conv2: CausalConv3d::new(&w.pp("conv2"), out_ch, out_ch, (3, 3), (1, 1), 1, slots)?,
+            shortcut,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+        let h = match &self.shortcut {
+            Some(s) => s.forward(x, cache)?,
+            None => x.clone(),
+        };
+        let y = silu(&self.norm1.forward(x)?)?;
+        let y = self.conv1.forward(&y, cache)?;
+        let y = silu(&self.norm2.forward(&y)?)?;
+        let y = self.conv2.forward(&y, cache)?;
+        Ok((y + h)?)
+    }
+}
+
+/// Single-head self-attention over the pixels of each frame separately (no time mixing).
+#[derive(Debug, Clone)]
+pub struct FrameAttention {
+    norm: ChannelRmsNorm,
+    to_qkv: FrameConv2d,
+    proj: FrameConv2d,
+    dim: usize,
+}
+
+impl FrameAttention {
+    pub fn new(w: &Weights, dim: usize) -> Result<Self> {
+        Ok(Self {
+            norm: ChannelRmsNorm::new(&w.pp("norm"), dim, true)?,
+            to_qkv: FrameConv2d::new(&w.pp("to_qkv"), dim, 3 * dim, 1, 0, 1)?,
+            proj: FrameConv2d::new(&w.pp("proj"), dim, dim, 1, 0, 1)?,
+            dim,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, c, h, w) = x.dims4()?;
+        let qkv = self.to_qkv.forward(&self.norm.forward(x)?)?;
+        // [T, 3C, HW] → [T, HW, 3C]: pixels are the sequence, channels the head dim.
+        let qkv = qkv.reshape((t, 3 * c, h * w))?.transpose(1, 2)?;
+        let q = qkv.narrow(2, 0, c)?.contiguous()?;
+        let k = qkv.narrow(2, c, c)?.contiguous()?;
+        let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
+        let scale = 1.0 / (self.dim as f64).sqrt();
+        let scores = (q.matmul(&k.transpose(1, 2)?)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // [T, HW, C]
+        let out = out.transpose(1, 2)?.reshape((t, c, h, w))?;
+        Ok((self.proj.forward(&out)? + x)?)
+    }
+}
+
+/// Residual → attention → residual at the lowest resolution.
+#[derive(Debug, Clone)]
+pub struct MidBlock {
+    res0: ResidualBlock,
+    attn: FrameAttention,
+    res1: ResidualBlock,
+}
+
+impl MidBlock {
+    pub fn new(w: &Weights, dim: usize, slots: &mut SlotCounter) -> Result<Self> {
+        let res0 = ResidualBlock::new(&w.pp("resnets").pp(0), dim, dim, slots)?;
+        let attn = FrameAttention::new(&w.pp("attentions").pp(0), dim)?;
+        let res1 = ResidualBlock::new(&w.pp("resnets").pp(1), dim, dim, slots)?;
+        Ok(Self { res0, attn, res1 })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+        let x = self.res0.forward(x, cache)?;
+        let x = self.attn.forward(&x)?;
+        self.res1.forward(&x, cache)
+    }
+}
+
+/// Decoder upsampler: optional temporal doubling (a causal conv to 2C channels whose two
+/// halves become consecutive frames), then nearest ×2 and a 3×3 conv per frame.
+#[derive(Debug, Clone)]
+pub struct Upsample {
+    time_conv: Option<CausalConv3d>,
+    conv: FrameConv2d,
+}
+
+impl Upsample {
+    pub fn new(
+        w: &Weights,
+        dim: usize,
+        out_dim: usize,
+        temporal: bool,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
+        let time_conv = if temporal {
+            Some(CausalConv3d::new(
+                &w.pp("time_conv"),
+                dim,
+                2 * dim,
+                (3, 1),
+                (1, 0),
+                1,
+                slots,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            time_conv,
+            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, out_dim, 3, 1, 1)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        if let Some(tc) = &self.time_conv {
+            // The first chunk keeps its frame count: frame 0 of a Wan video is not doubled.
+            if !first_chunk {
+                let (t, c, h, w) = x.dims4()?;
+                let y = tc.forward(&x, cache)?; // [T, 2C, H, W]
+                x = y.reshape((t * 2, c, h, w))?;
+            }
+        }
+        let (_, _, h, w) = x.dims4()?;
+        let x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        self.conv.forward(&x)
+    }
+}
+
+/// Encoder downsampler: pad right/bottom by one, 3×3 stride-2 conv per frame, then optional
+/// temporal halving by a stride-2 conv over (last frame of the previous chunk, this chunk).
+#[derive(Debug, Clone)]
+pub struct Downsample {
+    conv: FrameConv2d,
+    /// Temporal conv and the cache slot holding the previous chunk's last frame.
+    time: Option<(CausalConv3d, usize)>,
+}
+
+impl Downsample {
+    pub fn new(w: &Weights, dim: usize, temporal: bool, slots: &mut SlotCounter) -> Result<Self> {
+        let time = if temporal {
+            let conv = CausalConv3d::new(&w.pp("time_conv"), dim, dim, (3, 1), (0, 0), 2, slots)?;
+            Some((conv, slots.take()))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, dim, 3, 0, 2)?,
+            time,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
+        let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+        let x = self.conv.forward(&x)?;
+        let Some((tc, slot)) = &self.time else {
+            return Ok(x);
+        };
+        let last = last_frames(&x, 1)?;
+        let out = if first_chunk {
+            x
+        } else {
+            let prev = cache.get(*slot).ok_or_else(|| {
+                crate::Error::msg("temporal downsample: missing history of the previous chunk")
+            })?;
+            tc.conv_frames(&Tensor::cat(&[prev, &x], 0)?)?
+        };
+        cache.set(*slot, last);
+        Ok(out)
+    }
+}
+
+/// Parameter-free shortcut of a down block: space/time-to-channel fold (factors `ft`, `fs`)
+/// followed by averaging channel groups down to `out_ch`. Pads time at the front with zeros
+/// to a multiple of `ft`, as the first (single-frame) chunk needs.
+pub fn avg_down(x: &Tensor, out_ch: usize, ft: usize, fs: usize) -> Result<Tensor> {
+    let (t, c, h, w) = x.dims4()?;
+    let pad_t = (ft - t % ft) % ft;
+    let x = x.pad_with_zeros(0, pad_t, 0)?;
+    let t2 = (t + pad_t) / ft;
+    let (h2, w2) = (h / fs, w / fs);
+    let group = c * ft * fs * fs / out_ch;
+    let x = x
+        .reshape(vec![t2, ft, c, h2, fs, w2, fs])?
+        .permute(vec![0, 2, 1, 4, 6, 3, 5])?
+        .contiguous()?
+        .reshape((t2, out_ch, group, h2, w2))?;
+    Ok(x.mean(2)?)
+}
+
+/// Parameter-free shortcut of an up block: repeat channels, then unfold channel groups into
+/// `ft` frames and `fs×fs` pixels. On the first chunk the first `ft − 1` frames are dropped,
+/// matching the upsampler that does not double frame 0.
+pub fn dup_up(
+    x: &Tensor,
+    out_ch: usize,
+    ft: usize,
+    fs: usize,
+    first_chunk: bool,
+) -> Result<Tensor> {
+    let (t, c, h, w) = x.dims4()?;
+    let factor = ft * fs * fs;
+    let repeats = out_ch * factor / c;
+    let x = x
+        .unsqueeze(2)?
+        .broadcast_as((t, c, repeats, h, w))?
+        .reshape(vec![t, out_ch, ft, fs, fs, h, w])?
+        .permute(vec![0, 2, 1, 5, 3, 6, 4])?
+        .contiguous()?
+        .reshape((t * ft, out_ch, h * fs, w * fs))?;
+    if first_chunk && ft > 1 {
+        Ok(x.narrow(0, ft - 1, t * ft - (ft - 1))?)
+    } else {
+        Ok(x)
+    }
+}

@@ -1,0 +1,232 @@
+//! Causal 3-D convolution of the Wan VAE, streamed frame-chunk by frame-chunk.
+//!
+//! Layout: video tensors inside the VAE are frame-major `[T, C, H, W]` (one video, frames as
+//! the conv batch), so every spatial op is a plain conv2d over frames. A 3-D conv with
+//! temporal kernel `kt` is the sum over its taps of a conv2d of the frame sequence shifted by
+//! the tap, so no 5-D kernel is needed; a cuDNN conv3d can replace [`CausalConv3d::conv_frames`]
+//! alone later.
+//!
+//! Causality: the time axis is left-padded with `2·pad_t` frames. When a video is processed
+//! in chunks, those frames come from [`FrameCache`] — the last `2·pad_t` input frames seen by
+//! this conv — and are zeros only before the first frame, so chunked and whole-video
+//! results are identical.
+
+use candle_core::Tensor;
+
+use crate::io::weights::Weights;
+use crate::Result;
+
+/// Per-conv history for streamed (chunked) processing; one slot per temporal conv,
+/// indexed by the slot number handed out at construction.
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    slots: Vec<Option<Tensor>>,
+}
+
+impl FrameCache {
+    pub fn new(n_slots: usize) -> Self {
+        Self {
+            slots: vec![None; n_slots],
+        }
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Tensor> {
+        self.slots.get(slot).and_then(|s| s.as_ref())
+    }
+
+    pub fn set(&mut self, slot: usize, frames: Tensor) {
+        if slot >= self.slots.len() {
+            self.slots.resize(slot + 1, None);
+        }
+        self.slots[slot] = Some(frames);
+    }
+}
+
+/// Hands out cache slot numbers in construction order.
+#[derive(Debug, Default)]
+pub struct SlotCounter(usize);
+
+impl SlotCounter {
+    pub fn take(&mut self) -> usize {
+        self.0 += 1;
+        self.0 - 1
+    }
+    pub fn count(&self) -> usize {
+        self.0
+    }
+}
+
+/// Conv3d `[O, I, kt, kh, kw]` with causal time padding, symmetric spatial padding
+/// (`kh == kw`, `pad_h == pad_w` in every Wan conv), spatial stride 1 and temporal stride `st`.
+#[derive(Debug, Clone)]
+pub struct CausalConv3d {
+    /// One conv2d kernel `[O, I, kh, kw]` per temporal tap, oldest frame first.
+    taps: Vec<Tensor>,
+    bias: Tensor,
+    t_stride: usize,
+    pad_t: usize,
+    pad_s: usize,
+    /// Cache slot for convs with a temporal extent; `None` for `kt == 1`.
+    slot: Option<usize>,
+}
+
+impl CausalConv3d {
+    /// `kernel = (kt, ks)` (spatial square), `pad = (pad_t, pad_s)`.
+    pub fn new(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: (usize, usize),
+        pad: (usize, usize),
+        t_stride: usize,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
+        let (kt, ks) = kernel;
+        let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
+        let bias = w.get(out_ch, "bias")?;
+        let taps = (0..kt)
+            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let slot = (kt > 1 && pad.0 > 0).then(|| slots.take());
+        Ok(Self {
+            taps,
+            bias,
+            t_stride,
+            pad_t: pad.0,
+            pad_s: pad.1,
+            slot,
+        })
+    }
+
+    /// Number of history frames this conv pads with (`2·pad_t`).
+    fn history(&self) -> usize {
+        2 * self.pad_t
+    }
+
+    /// Causal forward of one chunk `[T, I, H, W]` → `[T', O, H, W]`, reading and updating
+    /// this conv's history in `cache`.
+    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+        let Some(slot) = self.slot else {
+            return self.conv_frames(x);
+        };
+        let need = self.history();
+        let seen = match cache.get(slot) {
+            Some(prev) => Tensor::cat(&[prev, x], 0)?,
+            None => x.clone(),
+        };
+        let n_seen = seen.dim(0)?;
+        let n_prev = n_seen - x.dim(0)?;
+        let keep = need.min(n_seen);
+        let new_history = seen.narrow(0, n_seen - keep, keep)?;
+        // Only the last `need` frames of the history matter; zeros stand in for frames
+        // before the start of the video.
+        let used_prev = n_prev.min(need);
+        let input = seen.narrow(0, n_prev - used_prev, used_prev + x.dim(0)?)?;
+        let input = input.pad_with_zeros(0, need - used_prev, 0)?;
+        cache.set(slot, new_history);
+        self.conv_frames(&input)
+    }
+
+    /// Temporal "valid" conv (no time padding) of `[T, I, H, W]` → `[(T−kt)/st + 1, O, H, W]`.
+    pub fn conv_frames(&self, x: &Tensor) -> Result<Tensor> {
+        let kt = self.taps.len();
+        let t_in = x.dim(0)?;
+        if t_in < kt {
+            return Err(crate::Error::msg(format!(
+                "causal conv: {t_in} frames for a temporal kernel of {kt}"
+            )));
+        }
+        let t_out = (t_in - kt) / self.t_stride + 1;
+        let mut acc: Option<Tensor> = None;
+        for (k, tap) in self.taps.iter().enumerate() {
+            let frames = if self.t_stride == 1 {
+                x.narrow(0, k, t_out)?
+            } else {
+                let idx: Vec<u32> = (0..t_out).map(|j| (k + j * self.t_stride) as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), x.device())?;
+                x.index_select(&idx, 0)?
+            };
+            let y = frames.contiguous()?.conv2d(tap, self.pad_s, 1, 1, 1)?;
+            acc = Some(match acc {
+                Some(a) => (a + y)?,
+                None => y,
+            });
+        }
+        let out = acc.expect("temporal kernel has at least one tap");
+        let bias = self.bias.reshape((1, (), 1, 1))?;
+        Ok(out.broadcast_add(&bias)?)
+    }
+}
+
+/// Conv2d with bias applied per frame (`[T, I, H, W]`), square kernel, symmetric padding.
+#[derive(Debug, Clone)]
+pub struct FrameConv2d {
+    weight: Tensor,
+    bias: Tensor,
+    pad: usize,
+    stride: usize,
+}
+
+impl FrameConv2d {
+    pub fn new(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        k: usize,
+        pad: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: w.get((out_ch, in_ch, k, k), "weight")?,
+            bias: w.get(out_ch, "bias")?,
+            pad,
+            stride,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
+        Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
+    }
+}
+
+/// RMS norm over channels (dim 1) as `F.normalize(x)·√C·γ`: `x / max(‖x‖₂, 1e-12)`,
+/// computed in f32 whatever the activation dtype.
+#[derive(Debug, Clone)]
+pub struct ChannelRmsNorm {
+    /// `[1, C, 1, 1]`, already scaled by √C.
+    scale: Tensor,
+}
+
+impl ChannelRmsNorm {
+    /// `images = false`: checkpoint γ is `[C,1,1,1]` (video); `true`: `[C,1,1]` (per-frame).
+    pub fn new(w: &Weights, ch: usize, images: bool) -> Result<Self> {
+        let gamma = if images {
+            w.get((ch, 1, 1), "gamma")?
+        } else {
+            w.get((ch, 1, 1, 1), "gamma")?
+        };
+        let scale = (gamma.reshape((1, ch, 1, 1))? * (ch as f64).sqrt())?;
+        Ok(Self { scale })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(candle_core::DType::F32)?;
+        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        let y = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
+        Ok(y.broadcast_mul(&self.scale)?)
+    }
+}
+
+/// Keeps the last `n` frames of `x` (all of them when it has fewer).
+pub fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
+    let t = x.dim(0)?;
+    let keep = n.min(t);
+    Ok(x.narrow(0, t - keep, keep)?)
+}
+
+/// Silu in the activation dtype.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::silu(x)?)
+}
