@@ -1,0 +1,43 @@
+"""Regenerates every reference fixture under OUT (default tests/fixtures) from one seed.
+
+    tools/reference/setup.sh                     # once: the pinned venv in .ref-venv
+    .ref-venv/bin/python tools/reference/make_fixtures.py [--seed 0] [--out tests/fixtures]
+
+Each area module exposes `make(out_dir, seed)`. The pipeline module runs first: it writes
+the tiny checkpoint the others read. Everything runs on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+AREAS = ["ref_pipeline", "ref_vae", "ref_sampler", "ref_processor"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("tests/fixtures"))
+    ap.add_argument("--only", nargs="*", help="areas to regenerate (default: all)")
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    for area in AREAS:
+        if args.only and area not in args.only:
+            continue
+        if not (Path(__file__).parent / f"{area}.py").exists():
+            print(f"skip {area} (no module)")
+            continue
+        print(f"== {area}", flush=True)
+        importlib.import_module(area).make(args.out, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
