@@ -8,9 +8,6 @@ use candle_core::{DType, Device, Tensor};
 use phyai::models::cosmos3::vae::{decode_tiled, AudioDecoder, WanVae};
 
 fn fixtures() -> PathBuf {
-    if let Ok(d) = std::env::var("DEVFIX") {
-        return PathBuf::from(d);
-    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
@@ -27,11 +24,18 @@ fn refs(name: &str) -> HashMap<String, Tensor> {
 /// ‖out − ref‖ / ‖ref‖ over all elements.
 fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
     assert_eq!(out.dims(), reference.dims(), "shape mismatch");
-    let d = (out - reference).unwrap().sqr().unwrap().sum_all().unwrap();
+    let out = out.to_dtype(DType::F64).unwrap();
+    let reference = reference.to_dtype(DType::F64).unwrap();
+    let d = (&out - &reference)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let r = reference.sqr().unwrap().sum_all().unwrap();
-    let d: f32 = d.to_scalar().unwrap();
-    let r: f32 = r.to_scalar().unwrap();
-    (d as f64).sqrt() / (r as f64).sqrt()
+    let d: f64 = d.to_scalar().unwrap();
+    let r: f64 = r.to_scalar().unwrap();
+    d.sqrt() / r.sqrt()
 }
 
 /// PSNR in dB of pixels in [0, 1].
@@ -74,14 +78,35 @@ fn encode_matches_diffusers() {
     }
 }
 
+/// The tiny audio decoder is ill-conditioned (random weights, snake of large activations:
+/// 60% of the samples clip): diffusers' own f32 waveform is 5.3e-4 away from its f64 one.
+/// Parity is therefore checked in f64 against diffusers in f64, where it is exact to
+/// rounding; the f32 path must be no further from the exact result than diffusers' f32 is.
 #[test]
 fn audio_decode_matches_diffusers() {
     let r = refs("audio_decode.safetensors");
-    let dec = AudioDecoder::load(&tiny("sound_tokenizer"), DType::F32, &Device::Cpu).unwrap();
+    let dir = tiny("sound_tokenizer");
+    let exact = &r["waveform_f64"];
+
+    let dec = AudioDecoder::load(&dir, DType::F64, &Device::Cpu).unwrap();
+    let out = dec
+        .decode(&r["latent"].to_dtype(DType::F64).unwrap())
+        .unwrap();
+    assert_eq!(out.dtype(), DType::F64);
+    let err = rel_err(&out, exact);
+    println!("audio f64 {:?} rel err {err:.3e}", out.dims());
+    assert!(err <= 1e-4, "audio f64 rel err {err}");
+
+    let dec = AudioDecoder::load(&dir, DType::F32, &Device::Cpu).unwrap();
     let out = dec.decode(&r["latent"]).unwrap();
-    let err = rel_err(&out, &r["waveform"]);
-    println!("audio {:?} rel err {err:.3e}", out.dims());
-    assert!(err <= 1e-4, "audio rel err {err}");
+    let ours = rel_err(&out, exact);
+    let theirs = rel_err(&r["waveform"], exact);
+    let vs_f32 = rel_err(&out, &r["waveform"]);
+    println!("audio f32: ours {ours:.3e}, diffusers {theirs:.3e} from exact; ours vs diffusers f32 {vs_f32:.3e}");
+    assert!(
+        ours <= 2.0 * theirs,
+        "audio f32 rel err {ours} vs diffusers' own {theirs}"
+    );
 }
 
 /// Deterministic, spatially smooth-ish latent `[1, z, t, h, w]` (no RNG dependency).
@@ -116,7 +141,12 @@ fn local_vae() -> (tempfile::TempDir, WanVae) {
     for entry in std::fs::read_dir(&src).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "safetensors") {
-            tensors.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
+            let loaded = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+            tensors.extend(
+                loaded
+                    .into_iter()
+                    .map(|(k, t)| (k, t.to_dtype(DType::F32).unwrap())),
+            );
         }
     }
     let centre = Tensor::from_vec(
@@ -153,7 +183,8 @@ fn tiled_decode_matches_full_decode() {
     let (_dir, v) = local_vae();
     let latent = test_latent(v.config.z_dim, 2, 8, 8);
     let full = v.decoder.decode(&latent).unwrap();
-    assert_eq!(full.dims(), &[1, 3, 5, 128, 128]);
+    let (ts, ss) = (v.config.temporal_scale(), v.config.spatial_scale());
+    assert_eq!(full.dims(), &[1, 3, 1 + ts, 8 * ss, 8 * ss]);
     for n in [2, 4, 8] {
         let tiled = decode_tiled(&v.decoder, &latent, n).unwrap();
         let p = psnr(&tiled, &full);
@@ -230,4 +261,37 @@ fn proc_status_kb(field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The same code in bf16 (weights and activations), against the f32 references.
+#[test]
+fn decode_and_audio_run_in_bf16() {
+    let r = refs("vae_decode.safetensors");
+    let v = WanVae::load(&tiny("vae"), DType::BF16, &Device::Cpu, false).unwrap();
+    let out = v
+        .decoder
+        .decode(&r["latent"].to_dtype(DType::BF16).unwrap())
+        .unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    let err = rel_err(&out.to_dtype(DType::F32).unwrap(), &r["pixels"]);
+    println!("bf16 decode rel err {err:.3e}");
+    assert!(err <= 5e-2, "bf16 decode rel err {err}");
+
+    // Audio: the tiny decoder is too ill-conditioned for a bf16 value check (see
+    // `audio_decode_matches_diffusers`); check it runs, in bf16, in range.
+    let r = refs("audio_decode.safetensors");
+    let dec = AudioDecoder::load(&tiny("sound_tokenizer"), DType::BF16, &Device::Cpu).unwrap();
+    let out = dec
+        .decode(&r["latent"].to_dtype(DType::BF16).unwrap())
+        .unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    assert_eq!(out.dims(), r["waveform"].dims());
+    let v: Vec<f32> = out
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(v.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
 }

@@ -1,283 +1,329 @@
-"""Model-level references from the real Cosmos3OmniPipeline running the tiny checkpoint.
+"""Tiny Cosmos3 checkpoint and pipeline-level references (diffusers 0.42.1, CPU, float32).
 
-Writes into the refs folder:
-  transformer_<case>.safetensors  the transformer's inputs and outputs at the pipeline's first
-                                  (conditional) call, captured with a forward hook, for the
-                                  cases t2v, t2av, padded (odd latent h/w), mask (I2V).
-  trajectory_<case>.safetensors   a full 3-step CFG run (t2v, t2av, i2v): token ids, initial
-                                  noise, every step's latents and velocities, sigmas,
-                                  timesteps and the decoded video (and audio).
-
-Run: python ref_pipeline.py <fixtures dir> [--seed S]   (needs tiny/ from tiny_checkpoint.py)
+`make(out_dir, seed)` writes
+  tiny/                         a random-weight Cosmos3OmniPipeline in the published layout
+                                (weights stored as bf16, like the real checkpoint; the
+                                references below run on exactly those values in f32)
+  refs/transformer_<case>.safetensors   inputs and velocities of single transformer calls
+  refs/trajectory_<case>.safetensors    3-step guided runs from given initial noise
+  refs/pipeline_cases.json              the call arguments of every case
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from common import deterministic, fixture_dirs, numpy_normal, save_tensors
+from diffusers import (
+    AutoencoderKLWan,
+    Cosmos3OmniPipeline,
+    Cosmos3OmniTransformer,
+    UniPCMultistepScheduler,
+)
+from diffusers.models.autoencoders.autoencoder_cosmos3_audio import Cosmos3AVAEAudioTokenizer
 
-PROMPT = "A red fox runs through a snowy forest at dawn."
-NEGATIVE_PROMPT = "Blurry, low quality, flickering."
-FPS = 24.0
-GUIDANCE = 6.0
-STEPS = 3
+# Text the tiny BPE tokenizer is trained on (fixed, so the vocabulary is reproducible).
+CORPUS = [
+    "A robot arm stacks three red cubes on a wooden table in a bright workshop.",
+    "The camera slowly pans across a busy warehouse where forklifts move pallets.",
+    "A small drone flies over a green field at sunset, casting a long shadow.",
+    "This video is of 720x1280 resolution. The video is 7.9 seconds long and is of 24 FPS.",
+    "This video is not of 64x96 resolution. The video is not 0.4 seconds long and is not of 24 FPS.",
+    "You are a helpful assistant who will generate videos from a give prompt.",
+    "blurry, low quality, distorted, static, jittery motion, watermark, text overlay",
+    '{"subject": "robot", "action": "grasping", "scene": "kitchen", "duration": "8s"}',
+    "0123456789 .,:;!?'\"()[]{}-_/ abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+]
 
-# name -> (num_frames, height, width, enable_sound, image conditioning)
-TRANSFORMER_CASES = {
-    "t2v": (9, 64, 96, False, False),
-    "t2av": (9, 64, 96, True, False),
-    "padded": (5, 48, 80, False, False),
-    "mask": (9, 64, 96, False, True),
-}
-TRAJECTORY_CASES = {
-    "t2v": (9, 64, 96, False, False),
-    "t2av": (9, 64, 96, True, False),
-    "i2v": (9, 64, 96, False, True),
-}
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen's chat template, reduced to what a text-only conversation uses.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    flow_shift=1.0,
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    use_karras_sigmas=True,
+    sigma_max=200.0,
+    sigma_min=0.147,
+    solver_order=2,
+    solver_type="bh2",
+    final_sigmas_type="zero",
+    timestep_spacing="linspace",
+    lower_order_final=True,
+)
 
 
-def load_pipeline(tiny: Path):
-    from diffusers import Cosmos3OmniPipeline
+def build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
-    pipe = Cosmos3OmniPipeline.from_pretrained(tiny, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<|endoftext|>")],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def randomize_(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every parameter random (no zero or identity init that could hide a missing term)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+            elif "norm" in name or name.endswith("gamma") or name.endswith("alpha") or name.endswith("beta"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def round_to_bf16_(module: torch.nn.Module) -> None:
+    """The checkpoint is stored in bf16; make the f32 model hold exactly those values."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+
+
+def build_pipeline(tiny: Path, seed: int) -> Cosmos3OmniPipeline:
+    gen = torch.Generator().manual_seed(seed)
+    if tiny.exists():
+        shutil.rmtree(tiny)
+    tiny.mkdir(parents=True)
+    tokenizer = build_tokenizer(tiny / "text_tokenizer")
+
+    transformer = Cosmos3OmniTransformer(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        rope_scaling={"mrope_section": [4, 2, 2], "rope_type": "default"},
+        sound_gen=True,
+        sound_dim=64,
+    )
+    randomize_(transformer, gen)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=12,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+        latents_mean=(0.5 * torch.randn(48, generator=gen)).tolist(),
+        latents_std=(1.0 + 0.5 * torch.rand(48, generator=gen)).tolist(),
+    )
+    randomize_(vae, gen)
+    audio = Cosmos3AVAEAudioTokenizer(dec_dim=2, encoder_enabled=False)
+    randomize_(audio, gen)
+    scheduler = UniPCMultistepScheduler(**SCHEDULER_CONFIG)
+    for m in (transformer, vae, audio):
+        round_to_bf16_(m)
+        m.eval()
+
+    pipe = Cosmos3OmniPipeline(
+        transformer=transformer,
+        text_tokenizer=tokenizer,
+        vae=vae,
+        scheduler=scheduler,
+        sound_tokenizer=audio,
+        enable_safety_checker=False,
+    )
+    # Save as bf16 (published dtype), the transformer sharded to exercise the index.
+    transformer.to(torch.bfloat16).save_pretrained(tiny / "transformer", max_shard_size="400KB")
+    vae.to(torch.bfloat16).save_pretrained(tiny / "vae")
+    audio.to(torch.bfloat16).save_pretrained(tiny / "sound_tokenizer")
+    for m in (transformer, vae, audio):
+        m.to(torch.float32)
+    scheduler.save_pretrained(tiny / "scheduler")
+    # model_index.json as save_pretrained writes it, without re-saving the weights.
+    index = {"_class_name": "Cosmos3OmniPipeline", "_diffusers_version": "0.42.1"}
+    index.update({k: v for k, v in pipe.config.items() if not k.startswith("_")})
+    (tiny / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return pipe
 
 
-def condition_image(seed: int, height: int, width: int) -> torch.Tensor:
-    """A fixed uint8 RGB image [3,H,W] (integer input: the pipeline only rescales it)."""
-    rs = np.random.RandomState(seed + 7)
-    return torch.from_numpy(rs.randint(0, 256, size=(3, height, width)).astype(np.uint8))
+CASES = {
+    # name: call arguments (prompt style is diffusers': its system prompt, empty negative)
+    "t2v": dict(prompt=CORPUS[0], num_frames=9, height=64, width=96, fps=24.0),
+    "t2av": dict(prompt=CORPUS[2], num_frames=9, height=64, width=96, fps=24.0, enable_sound=True),
+    "padded": dict(prompt=CORPUS[1], num_frames=5, height=48, width=80, fps=16.0),
+    "i2v": dict(prompt=CORPUS[0], num_frames=9, height=64, width=96, fps=24.0, image=True),
+}
 
 
-def latent_shape(pipe, frames: int, height: int, width: int) -> tuple[int, ...]:
-    t = (frames - 1) // pipe.vae_scale_factor_temporal + 1
-    s = pipe.vae_scale_factor_spatial
-    return (1, pipe.transformer.config.latent_channel, t, height // s, width // s)
+class Recorder:
+    """Captures transformer calls and every scheduler step of one pipeline run."""
+
+    def __init__(self, pipe: Cosmos3OmniPipeline):
+        self.calls: list[dict] = []
+        self.steps: list[torch.Tensor] = []
+        t = pipe.transformer
+        self.h1 = t.register_forward_pre_hook(self._pre, with_kwargs=True)
+        self.h2 = t.register_forward_hook(self._post, with_kwargs=True)
+        self.orig_step = UniPCMultistepScheduler.step
+        rec = self
+
+        def step(sched, model_output, timestep, sample, *a, **k):
+            out = rec.orig_step(sched, model_output, timestep, sample, *a, **k)
+            rec.steps.append(out[0].detach().clone())
+            return out
+
+        UniPCMultistepScheduler.step = step
+
+    def _pre(self, module, args, kwargs):
+        self.calls.append({"in": dict(kwargs)})
+
+    def _post(self, module, args, kwargs, output):
+        self.calls[-1]["out"] = output
+
+    def close(self):
+        self.h1.remove()
+        self.h2.remove()
+        UniPCMultistepScheduler.step = self.orig_step
 
 
-def sound_frames(pipe, frames: int) -> int:
-    """The pipeline's sound latent length: ceil(int(frames/fps*rate) / hop)."""
-    samples = int(frames / FPS * pipe.sound_tokenizer.config.sampling_rate)
-    hop = pipe.sound_tokenizer._hop_size
-    return (samples + hop - 1) // hop
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32).contiguous()
 
 
-@contextlib.contextmanager
-def record_transformer(pipe):
-    """Records (kwargs, outputs) of every transformer call."""
-    calls = []
-
-    def hook(_module, _args, kwargs, output):
-        calls.append((dict(kwargs), output))
-
-    handle = pipe.transformer.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def record_scheduler_steps():
-    """Records (scheduler id, prev_sample) of every UniPC step, video and sound alike."""
-    from diffusers import UniPCMultistepScheduler
-
-    original = UniPCMultistepScheduler.step
-    steps = []
-
-    def step(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        sample = out[0] if isinstance(out, tuple) else out.prev_sample
-        steps.append((id(self), sample.detach().clone()))
-        return out
-
-    UniPCMultistepScheduler.step = step
-    try:
-        yield steps
-    finally:
-        UniPCMultistepScheduler.step = original
+def transformer_tensors(call: dict) -> dict[str, torch.Tensor]:
+    i = call["in"]
+    vision, sound, _ = call["out"]
+    d = {
+        "input_ids": i["input_ids"].to(torch.int64),
+        "position_ids": _f32(i["position_ids"]),
+        "video_latent": _f32(i["vision_tokens"][0]),
+        "video_timestep": _f32(i["vision_timesteps"][:1]),
+        "noisy_frame_indexes": i["vision_noisy_frame_indexes"][0].to(torch.int64),
+        "velocity_video": _f32(vision[0]),
+    }
+    if i.get("sound_tokens") is not None:
+        d["sound_latent"] = _f32(i["sound_tokens"][0]).unsqueeze(0)
+        d["sound_timestep"] = _f32(i["sound_timesteps"][:1])
+        d["velocity_sound"] = _f32(sound[0]).unsqueeze(0)
+    return d
 
 
-def call_args(case: tuple, pipe, seed: int, with_noise: bool) -> dict:
-    """Pipeline keyword arguments for one case (the noise drawn as the engine draws it)."""
-    frames, height, width, sound, image = case
-    args = dict(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE_PROMPT,
-        num_frames=frames,
-        height=height,
-        width=width,
-        fps=FPS,
-        guidance_scale=GUIDANCE,
-        enable_sound=sound,
-        enable_safety_check=False,
+def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> dict:
+    gen = torch.Generator().manual_seed(seed + 1000 + len(name))
+    args = dict(args)
+    with_image = args.pop("image", False)
+    lt = (args["num_frames"] - 1) // 4 + 1
+    lh, lw = args["height"] // 16, args["width"] // 16
+    noise = torch.randn(1, 48, lt, lh, lw, generator=gen)
+    call = dict(args, latents=noise.clone(), num_inference_steps=3, guidance_scale=6.0, output_type="pt",
+                enable_safety_check=False)
+    image = None
+    if with_image:
+        image = torch.rand(1, 3, args["height"], args["width"], generator=gen)
+        call["image"] = image * 2 - 1  # tensors are taken as [-1, 1]
+    sound_noise = None
+    if args.get("enable_sound"):
+        n_samples = int(args["num_frames"] / args["fps"] * 48000)
+        t_sound = (n_samples + 1919) // 1920
+        sound_noise = torch.randn(64, t_sound, generator=gen)
+        call["sound_latents"] = sound_noise.clone()
+    pos_ids, neg_ids = pipe.tokenize_prompt(
+        args["prompt"], None, num_frames=args["num_frames"], height=args["height"],
+        width=args["width"], fps=args["fps"],
     )
-    if image:
-        # Passing `latents` would skip the clean-frame blend, so I2V draws its own noise.
-        args["image"] = condition_image(seed, height, width)
-        args["generator"] = torch.Generator().manual_seed(seed)
-    elif with_noise:
-        args["latents"] = numpy_normal(seed, latent_shape(pipe, frames, height, width))
-        if sound:
-            args["sound_latents"] = numpy_normal(seed, (pipe.transformer.config.sound_dim, sound_frames(pipe, frames)))
-    return args
-
-
-def transformer_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
-    """Flattens one transformer call's keyword arguments into named tensors."""
-    out = {
-        "input_ids": kwargs["input_ids"],
-        "text_indexes": kwargs["text_indexes"],
-        "position_ids": kwargs["position_ids"],
-        "und_len": torch.tensor([kwargs["und_len"]]),
-        "sequence_length": torch.tensor([kwargs["sequence_length"]]),
-        "vision_latents": kwargs["vision_tokens"][0],
-        "vision_token_shape": torch.tensor(kwargs["vision_token_shapes"][0]),
-        "vision_sequence_indexes": kwargs["vision_sequence_indexes"],
-        "vision_mse_loss_indexes": kwargs["vision_mse_loss_indexes"],
-        "vision_timesteps": kwargs["vision_timesteps"],
-        "vision_noisy_frame_indexes": kwargs["vision_noisy_frame_indexes"][0],
-    }
-    if kwargs.get("sound_tokens") is not None:
-        out.update(
-            {
-                "sound_latents": kwargs["sound_tokens"][0].unsqueeze(0),
-                "sound_token_shape": torch.tensor(kwargs["sound_token_shapes"][0]),
-                "sound_sequence_indexes": kwargs["sound_sequence_indexes"],
-                "sound_mse_loss_indexes": kwargs["sound_mse_loss_indexes"],
-                "sound_timesteps": kwargs["sound_timesteps"],
-                "sound_noisy_frame_indexes": kwargs["sound_noisy_frame_indexes"][0],
-            }
-        )
-    return out
-
-
-def make_transformer_case(pipe, refs: Path, name: str, case: tuple, seed: int) -> None:
-    """One pipeline step with CFG off; the first transformer call is the reference."""
-    args = call_args(case, pipe, seed, with_noise=True)
-    args.update(num_inference_steps=1, guidance_scale=1.0, output_type="latent")
-    with record_transformer(pipe) as calls:
-        pipe(**args)
-    kwargs, (preds_vision, preds_sound, _preds_action) = calls[0]
-    tensors = transformer_inputs(kwargs)
-    tensors["velocity_video"] = preds_vision[0]
-    if preds_sound is not None:
-        tensors["velocity_sound"] = preds_sound[0].unsqueeze(0)
-    meta = {
-        "case": name,
-        "prompt": PROMPT,
-        "num_frames": case[0],
-        "height": case[1],
-        "width": case[2],
-        "fps": FPS,
-        "enable_sound": case[3],
-        "image_condition": case[4],
-        "timestep": float(kwargs["vision_timesteps"][0]),
-        "seed": seed,
-    }
-    save_tensors(refs / f"transformer_{name}.safetensors", tensors, meta)
-
-
-def make_trajectory(pipe, refs: Path, name: str, case: tuple, seed: int) -> None:
-    """Full pipeline run, CFG on, decoded to pixels (and audio)."""
-    frames, height, width, sound, _image = case
-    args = call_args(case, pipe, seed, with_noise=True)
-    args.update(num_inference_steps=STEPS, output_type="pt")
-    decoded = []
-    vae_hook = pipe.vae.register_forward_hook(lambda *_: None)  # placeholder, replaced below
-    vae_hook.remove()
-    original_decode = pipe.vae.decode
-
-    def decode(z, *a, **k):
-        out = original_decode(z, *a, **k)
-        decoded.append((z.detach().clone(), out.sample.detach().clone()))
-        return out
-
-    pipe.vae.decode = decode
+    rec = Recorder(pipe)
     try:
-        with record_transformer(pipe) as calls, record_scheduler_steps() as steps:
-            result = pipe(**args)
+        with torch.no_grad():
+            out = pipe(**call)
     finally:
-        del pipe.vae.decode
-    video_id = id(pipe.scheduler)
-    video_steps = [s for sid, s in steps if sid == video_id]
-    sound_steps = [s for sid, s in steps if sid != video_id]
-    cond = calls[0::2]
-    uncond = calls[1::2]
+        rec.close()
 
-    tensors = {
-        "pos_input_ids": cond[0][0]["input_ids"],
-        "neg_input_ids": uncond[0][0]["input_ids"],
-        "pos_position_ids": cond[0][0]["position_ids"],
-        "neg_position_ids": uncond[0][0]["position_ids"],
-        "init_latents": cond[0][0]["vision_tokens"][0],
-        "latents_steps": torch.stack([s.reshape(cond[0][0]["vision_tokens"][0].shape) for s in video_steps]),
-        "v_cond_video": torch.stack([c[1][0][0] for c in cond]),
-        "v_uncond_video": torch.stack([c[1][0][0] for c in uncond]),
-        "vision_timesteps": torch.stack([c[0]["vision_timesteps"] for c in cond]),
-        "sigmas": pipe.scheduler.sigmas,
-        "timesteps": pipe.scheduler.timesteps,
-        "final_latents": video_steps[-1].reshape(cond[0][0]["vision_tokens"][0].shape),
-        "vae_input": decoded[0][0],
-        "vae_output": decoded[0][1],
-        # Pipeline output "pt" is [T,3,H,W] in [0,1]; stored as [1,3,T,H,W].
-        "video": result.video.permute(1, 0, 2, 3).unsqueeze(0),
+    # First call is the conditional branch of step 0, second the unconditional one.
+    for branch, idx in (("cond", 0), ("uncond", 1)):
+        t = transformer_tensors(rec.calls[idx])
+        save_file(t, str(refs / f"transformer_{name}_{branch}.safetensors"))
+
+    video = out.video  # [T, C, H, W] in [0, 1]
+    if isinstance(video, list):
+        video = video[0]
+    traj = {
+        "pos_ids": torch.tensor(pos_ids, dtype=torch.int64),
+        "neg_ids": torch.tensor(neg_ids, dtype=torch.int64),
+        "init_video": _f32(noise),
+        "sigmas": _f32(pipe.scheduler.sigmas),
+        "timesteps": pipe.scheduler.timesteps.to(torch.int64),
+        "video": _f32(video).permute(1, 0, 2, 3).unsqueeze(0).contiguous(),
     }
-    if "image" in args:
-        tensors["image"] = args["image"]
-    if sound:
-        shape = (1,) + tuple(cond[0][0]["sound_tokens"][0].shape)
-        tensors.update(
-            {
-                "init_sound_latents": cond[0][0]["sound_tokens"][0].unsqueeze(0),
-                "sound_latents_steps": torch.stack([s.reshape(shape) for s in sound_steps]),
-                "v_cond_sound": torch.stack([c[1][1][0].unsqueeze(0) for c in cond]),
-                "v_uncond_sound": torch.stack([c[1][1][0].unsqueeze(0) for c in uncond]),
-                "final_sound_latents": sound_steps[-1].reshape(shape),
-                "audio": result.sound.unsqueeze(0),
-            }
-        )
-    meta = {
-        "case": name,
-        "prompt": PROMPT,
-        "negative_prompt": NEGATIVE_PROMPT,
-        "num_frames": frames,
-        "height": height,
-        "width": width,
-        "fps": FPS,
-        "guidance_scale": GUIDANCE,
-        "num_inference_steps": STEPS,
-        "enable_sound": sound,
-        "seed": seed,
-        "noise": "generator" if "image" in args else "numpy RandomState(seed).standard_normal, f32",
-    }
-    save_tensors(refs / f"trajectory_{name}.safetensors", tensors, meta)
+    per_step = 2 if sound_noise is not None else 1
+    for s in range(3):
+        traj[f"video_step{s}"] = _f32(rec.steps[s * per_step])
+        if sound_noise is not None:
+            traj[f"sound_step{s}"] = _f32(rec.steps[s * per_step + 1]).contiguous()
+    traj["latents"] = traj["video_step2"].clone()
+    if sound_noise is not None:
+        traj["init_sound"] = _f32(sound_noise).unsqueeze(0)
+        traj["sound_latents"] = traj["sound_step2"].clone()
+        traj["audio"] = _f32(out.sound).unsqueeze(0)
+    if image is not None:
+        traj["image"] = _f32(image)  # [1, 3, H, W] in [0, 1]
+    save_file(traj, str(refs / f"trajectory_{name}.safetensors"))
+    return {k: v for k, v in args.items()} | {"steps": 3, "guidance_scale": 6.0, "image": with_image,
+                                               "pos_len": len(pos_ids), "neg_len": len(neg_ids)}
 
 
 def make(out_dir: Path, seed: int) -> None:
-    deterministic()
-    refs, tiny = fixture_dirs(out_dir)
-    pipe = load_pipeline(tiny)
-    for name, case in TRANSFORMER_CASES.items():
-        make_transformer_case(pipe, refs, name, case, seed)
-    for name, case in TRAJECTORY_CASES.items():
-        make_trajectory(pipe, refs, name, case, seed)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", type=Path, help="fixtures folder (reads tiny/, writes refs/)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    make(args.out, args.seed)
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    refs = out_dir / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(out_dir / "tiny", seed)
+    cases = {}
+    for name, args in CASES.items():
+        cases[name] = run_case(pipe, name, args, seed, refs)
+    (refs / "pipeline_cases.json").write_text(json.dumps(cases, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    make(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"), 0)

@@ -4,7 +4,7 @@ Writes into the refs folder:
   vae_decode.safetensors   latent [1,48,3,4,6] (normalised) -> pixels [1,3,9,64,96] in [0,1]
   vae_encode.safetensors   video [1,3,5,64,96] and image [1,3,1,64,96] in [-1,1]
                            -> normalised latents (posterior mode), as the I2V path encodes
-  audio_decode.safetensors latent [1,64,4] -> waveform [1,2,7680] in [-1,1]
+  audio_decode.safetensors latent [1,64,4] -> waveform [1,2,7680] in [-1,1] (f32 and f64)
 
 The weights come from the tiny checkpoint (`tiny/vae`, `tiny/sound_tokenizer`). With `--dev`
 and no tiny checkpoint, a small random model is made here instead (development only).
@@ -13,6 +13,7 @@ and no tiny checkpoint, a small random model is made here instead (development o
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -126,10 +127,18 @@ def make(out_dir: Path, seed: int, dev: bool = False) -> None:
     )
 
     # Audio: the pipeline's decode_sound calls sound_tokenizer.decode (decoder, clamp [-1,1]).
+    # The random tiny decoder is ill-conditioned (snake of large activations): diffusers'
+    # own f32 result is ~4e-4 away from its f64 result. The f64 waveform is the exact
+    # reference; the f32 one is what diffusers computes in f32.
     a_latent = torch.randn(1, tok.config.vocoder_input_dim, 4, generator=g)
     wave = tok.decode(a_latent)
+    wave64 = copy.deepcopy(tok).double().decode(a_latent.double())
     save_file(
-        {"latent": a_latent.contiguous(), "waveform": wave.contiguous()},
+        {
+            "latent": a_latent.contiguous(),
+            "waveform": wave.contiguous(),
+            "waveform_f64": wave64.contiguous(),
+        },
         refs / "audio_decode.safetensors",
         metadata={"source": audio_src, "seed": str(seed)},
     )

@@ -165,6 +165,69 @@ impl Communicator for LocalComm {
     }
 }
 
+/// The local communicators of every rank of a mesh, plus the hubs behind them so a
+/// failing rank can release the others ([`LocalMeshes::abort`]).
+pub struct LocalMeshes {
+    pub meshes: Vec<RankMesh>,
+    hubs: Vec<Arc<LocalHub>>,
+}
+
+impl LocalMeshes {
+    pub fn new(shape: MeshShape, timeout: Duration) -> Self {
+        let world = shape.world();
+        let world_hub = LocalHub::new(world, timeout);
+        let mut hubs: Vec<Arc<LocalHub>> = vec![world_hub.clone()];
+        let mut axis_hubs: Vec<(Axis, Vec<usize>, Arc<LocalHub>)> = Vec::new();
+        for axis in [Axis::Cfg, Axis::Sp, Axis::Tp] {
+            for g in shape.groups(axis) {
+                let hub = LocalHub::new(g.len(), timeout);
+                hubs.push(hub.clone());
+                axis_hubs.push((axis, g, hub));
+            }
+        }
+        let comm_for = |rank: usize, axis: Axis| -> Arc<dyn Communicator> {
+            let (_, g, hub) = axis_hubs
+                .iter()
+                .find(|(a, g, _)| *a == axis && g.contains(&rank))
+                .expect("every rank belongs to one group per axis");
+            let idx = g.iter().position(|&r| r == rank).unwrap();
+            Arc::new(LocalComm::new(hub.clone(), idx))
+        };
+        let meshes = (0..world)
+            .map(|rank| RankMesh {
+                shape,
+                rank,
+                world: Arc::new(LocalComm::new(world_hub.clone(), rank)),
+                cfg: comm_for(rank, Axis::Cfg),
+                sp: comm_for(rank, Axis::Sp),
+                tp: comm_for(rank, Axis::Tp),
+            })
+            .collect();
+        Self { meshes, hubs }
+    }
+
+    /// A handle that releases every rank blocked in a collective of these meshes.
+    pub fn aborter(&self) -> Aborter {
+        Aborter {
+            hubs: self.hubs.clone(),
+        }
+    }
+}
+
+/// Fails every pending and later collective of a set of local meshes with `why`.
+#[derive(Clone)]
+pub struct Aborter {
+    hubs: Vec<Arc<LocalHub>>,
+}
+
+impl Aborter {
+    pub fn abort(&self, why: &str) {
+        for h in &self.hubs {
+            h.abort(why);
+        }
+    }
+}
+
 /// Runs `f` on `shape.world()` ranks as threads, each with its [`RankMesh`] of local
 /// communicators. If any rank fails, the others are released from their collectives and
 /// the first failure (naming its rank) is returned.
@@ -174,51 +237,22 @@ where
     F: Fn(RankMesh) -> Result<T> + Sync,
 {
     let world = shape.world();
-    let world_hub = LocalHub::new(world, timeout);
-    let mut hubs: Vec<Arc<LocalHub>> = vec![world_hub.clone()];
-    // One hub per group along each axis; a rank finds its group's hub by the group's first rank.
-    let mut axis_hubs: Vec<(Axis, Vec<usize>, Arc<LocalHub>)> = Vec::new();
-    for axis in [Axis::Cfg, Axis::Sp, Axis::Tp] {
-        for g in shape.groups(axis) {
-            let hub = LocalHub::new(g.len(), timeout);
-            hubs.push(hub.clone());
-            axis_hubs.push((axis, g, hub));
-        }
-    }
-    let comm_for = |rank: usize, axis: Axis| -> Arc<dyn Communicator> {
-        let (_, g, hub) = axis_hubs
-            .iter()
-            .find(|(a, g, _)| *a == axis && g.contains(&rank))
-            .expect("every rank belongs to one group per axis");
-        let idx = g.iter().position(|&r| r == rank).unwrap();
-        Arc::new(LocalComm::new(hub.clone(), idx))
-    };
-    let meshes: Vec<RankMesh> = (0..world)
-        .map(|rank| RankMesh {
-            shape,
-            rank,
-            world: Arc::new(LocalComm::new(world_hub.clone(), rank)),
-            cfg: comm_for(rank, Axis::Cfg),
-            sp: comm_for(rank, Axis::Sp),
-            tp: comm_for(rank, Axis::Tp),
-        })
-        .collect();
+    let local = LocalMeshes::new(shape, timeout);
+    let aborter = local.aborter();
+    let meshes = local.meshes;
 
     let results: Vec<Result<T>> = std::thread::scope(|scope| {
         let handles: Vec<_> = meshes
             .into_iter()
             .map(|mesh| {
-                let hubs = &hubs;
+                let aborter = &aborter;
                 let f = &f;
                 scope.spawn(move || {
                     let rank = mesh.rank;
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mesh)))
                         .unwrap_or_else(|_| Err(Error::msg("panicked")));
                     if let Err(e) = &out {
-                        let why = format!("rank {rank} failed: {e}");
-                        for h in hubs.iter() {
-                            h.abort(&why);
-                        }
+                        aborter.abort(&format!("rank {rank} failed: {e}"));
                     }
                     out
                 })

@@ -4,7 +4,7 @@
 //! conv(k7) → per stride: snake, transposed conv (×stride), three dilated residual units →
 //! snake → conv(k7) → clamp. Convs are stored weight-normalised (`weight_g`, `weight_v`) or
 //! plain (`weight`); the effective kernel `g·v/‖v‖` (norm per output slice, dim 0) is folded
-//! once at load, in f32.
+//! once at load, in f32 (f64 when computing in f64).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,12 +16,21 @@ use crate::io::json::read_json;
 use crate::io::weights::{WeightStore, Weights};
 use crate::{Error, Result};
 
+/// Precision for folding parameters at load: f32, or f64 when computing in f64.
+fn fold_dtype(w: &Weights) -> DType {
+    if w.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// Loads a conv kernel of `shape`, folding weight norm when the checkpoint stores it split.
 fn conv_kernel(w: &Weights, shape: (usize, usize, usize)) -> Result<Tensor> {
     if w.contains("weight") {
         return w.get(shape, "weight");
     }
-    let f = w.with_dtype(DType::F32);
+    let f = w.with_dtype(fold_dtype(w));
     let v = f.get(shape, "weight_v")?;
     let g = f.get((shape.0, 1, 1), "weight_g")?;
     let norm = v.sqr()?.sum_keepdim(2)?.sum_keepdim(1)?.sqrt()?;
@@ -39,7 +48,7 @@ struct Snake {
 
 impl Snake {
     fn new(w: &Weights, ch: usize) -> Result<Self> {
-        let f = w.with_dtype(DType::F32);
+        let f = w.with_dtype(fold_dtype(w));
         let alpha = f.get((1, ch, 1), "alpha")?.exp()?;
         let inv_beta = (f.get((1, ch, 1), "beta")?.exp()? + 1e-9)?.recip()?;
         Ok(Self {
@@ -151,7 +160,19 @@ impl UpBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.stride;
         let y = self.snake.forward(x)?;
-        let y = y.conv_transpose1d(&self.kernel, s.div_ceil(2), s % 2, s, 1, 1)?;
+        // Unpadded transposed conv (candle's fast col2im path), then the crop that padding
+        // `⌈s/2⌉` and output padding `s mod 2` describe: length exactly `s ×` the input.
+        let (pad, out_pad) = (s.div_ceil(2), s % 2);
+        let full = y.conv_transpose1d(&self.kernel, 0, 0, s, 1, 1)?;
+        let full_len = full.dim(2)?;
+        let out_len = full_len + out_pad - 2 * pad;
+        let avail = full_len - pad;
+        let y = if out_len <= avail {
+            full.narrow(2, pad, out_len)?
+        } else {
+            full.narrow(2, pad, avail)?
+                .pad_with_zeros(2, 0, out_len - avail)?
+        };
         let mut y = y.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
         for u in &self.units {
             y = u.forward(&y)?;

@@ -1,10 +1,10 @@
 //! Causal 3-D convolution of the Wan VAE, streamed frame-chunk by frame-chunk.
 //!
 //! Layout: video tensors inside the VAE are frame-major `[T, C, H, W]` (one video, frames as
-//! the conv batch), so every spatial op is a plain conv2d over frames. A 3-D conv with
-//! temporal kernel `kt` is the sum over its taps of a conv2d of the frame sequence shifted by
-//! the tap, so no 5-D kernel is needed; a cuDNN conv3d can replace [`CausalConv3d::conv_frames`]
-//! alone later.
+//! the conv batch), so every spatial op is a 2-D conv over frames ([`FrameKernel`]). A 3-D
+//! conv with temporal kernel `kt` is the sum over its taps of a 2-D conv of the frame
+//! sequence shifted by the tap, so no 5-D kernel is needed; a cuDNN conv3d can replace
+//! [`CausalConv3d::conv_frames`] alone later.
 //!
 //! Causality: the time axis is left-padded with `2·pad_t` frames. When a video is processed
 //! in chunks, those frames come from [`FrameCache`] — the last `2·pad_t` input frames seen by
@@ -13,6 +13,7 @@
 
 use candle_core::Tensor;
 
+use super::frame_conv::FrameKernel;
 use crate::io::weights::Weights;
 use crate::Result;
 
@@ -60,12 +61,11 @@ impl SlotCounter {
 /// (`kh == kw`, `pad_h == pad_w` in every Wan conv), spatial stride 1 and temporal stride `st`.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// One conv2d kernel `[O, I, kh, kw]` per temporal tap, oldest frame first.
-    taps: Vec<Tensor>,
+    /// One spatial kernel per temporal tap, oldest frame first.
+    taps: Vec<FrameKernel>,
     bias: Tensor,
     t_stride: usize,
     pad_t: usize,
-    pad_s: usize,
     /// Cache slot for convs with a temporal extent; `None` for `kt == 1`.
     slot: Option<usize>,
 }
@@ -85,15 +85,14 @@ impl CausalConv3d {
         let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
         let bias = w.get(out_ch, "bias")?;
         let taps = (0..kt)
-            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad.1, 1))
+            .collect::<Result<Vec<_>>>()?;
         let slot = (kt > 1 && pad.0 > 0).then(|| slots.take());
         Ok(Self {
             taps,
             bias,
             t_stride,
             pad_t: pad.0,
-            pad_s: pad.1,
             slot,
         })
     }
@@ -117,7 +116,8 @@ impl CausalConv3d {
         let n_seen = seen.dim(0)?;
         let n_prev = n_seen - x.dim(0)?;
         let keep = need.min(n_seen);
-        let new_history = seen.narrow(0, n_seen - keep, keep)?;
+        // A copy: a view would keep the whole chunk alive in the cache.
+        let new_history = seen.narrow(0, n_seen - keep, keep)?.copy()?;
         // Only the last `need` frames of the history matter; zeros stand in for frames
         // before the start of the video.
         let used_prev = n_prev.min(need);
@@ -146,7 +146,7 @@ impl CausalConv3d {
                 let idx = Tensor::new(idx.as_slice(), x.device())?;
                 x.index_select(&idx, 0)?
             };
-            let y = frames.contiguous()?.conv2d(tap, self.pad_s, 1, 1, 1)?;
+            let y = tap.forward(&frames.contiguous()?)?;
             acc = Some(match acc {
                 Some(a) => (a + y)?,
                 None => y,
@@ -161,10 +161,8 @@ impl CausalConv3d {
 /// Conv2d with bias applied per frame (`[T, I, H, W]`), square kernel, symmetric padding.
 #[derive(Debug, Clone)]
 pub struct FrameConv2d {
-    weight: Tensor,
+    kernel: FrameKernel,
     bias: Tensor,
-    pad: usize,
-    stride: usize,
 }
 
 impl FrameConv2d {
@@ -177,15 +175,13 @@ impl FrameConv2d {
         stride: usize,
     ) -> Result<Self> {
         Ok(Self {
-            weight: w.get((out_ch, in_ch, k, k), "weight")?,
+            kernel: FrameKernel::new(&w.get((out_ch, in_ch, k, k), "weight")?, pad, stride)?,
             bias: w.get(out_ch, "bias")?,
-            pad,
-            stride,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
+        let y = self.kernel.forward(x)?;
         Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
     }
 }
@@ -219,11 +215,12 @@ impl ChannelRmsNorm {
     }
 }
 
-/// Keeps the last `n` frames of `x` (all of them when it has fewer).
+/// A copy of the last `n` frames of `x` (all of them when it has fewer), for a cache: a view
+/// would keep the whole chunk alive.
 pub fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
     let t = x.dim(0)?;
     let keep = n.min(t);
-    Ok(x.narrow(0, t - keep, keep)?)
+    Ok(x.narrow(0, t - keep, keep)?.copy()?)
 }
 
 /// Silu in the activation dtype.

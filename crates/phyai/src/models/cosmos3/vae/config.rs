@@ -306,3 +306,70 @@ impl AudioVaeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wan22(extra: serde_json::Value) -> VaeConfig {
+        let mut v = serde_json::json!({
+            "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": true,
+            "in_channels": 12, "out_channels": 12, "patch_size": 2,
+            "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+            "latents_mean": vec![0.0; 48], "latents_std": vec![1.0; 48],
+            "some_future_key": 1,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn wan22_config_validates_and_derives_scales() {
+        let c = wan22(serde_json::json!({}));
+        c.validate(Path::new("vae/config.json")).unwrap();
+        assert_eq!((c.spatial_scale(), c.temporal_scale()), (16, 4));
+        assert_eq!(c.temperal_downsample, vec![false, true, true]);
+        assert_eq!(c.decoder_dim(), 256);
+    }
+
+    #[test]
+    fn bad_vae_configs_name_the_key() {
+        let f = Path::new("vae/config.json");
+        for (extra, key) in [
+            (serde_json::json!({"is_residual": false}), "is_residual"),
+            (
+                serde_json::json!({"latents_std": [1.0, 1.0, 1.0]}),
+                "latents_std",
+            ),
+            (
+                serde_json::json!({"scale_factor_spatial": 8}),
+                "scale_factor_spatial",
+            ),
+            (
+                serde_json::json!({"temperal_downsample": [true]}),
+                "temperal_downsample",
+            ),
+            (serde_json::json!({"in_channels": 3}), "in_channels"),
+        ] {
+            match wan22(extra).validate(f) {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn audio_defaults_are_the_shipped_decoder() {
+        let c: AudioVaeConfig = serde_json::from_str("{}").unwrap();
+        c.validate(Path::new("sound_tokenizer/config.json"))
+            .unwrap();
+        assert_eq!(
+            (c.upsampling(), c.hop(), c.sampling_rate),
+            (1920, 1920, 48000)
+        );
+        let bad: AudioVaeConfig = serde_json::from_str(r#"{"dec_final_tanh": true}"#).unwrap();
+        assert!(bad.validate(Path::new("x")).is_err());
+    }
+}

@@ -11,6 +11,7 @@ pub mod causal_conv;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod frame_conv;
 pub mod tiles;
 
 use std::path::Path;

@@ -1,0 +1,96 @@
+//! Square-kernel 2-D convolution of a frame stack `[T, C, H, W]` (no bias), the one kernel
+//! every VAE conv is built from.
+//!
+//! Two equivalent evaluations, chosen by device at load:
+//! - `Conv2d`: candle's conv2d (cuDNN on CUDA). On CPU it lowers to im2col, a buffer k²
+//!   times the input, which at 720p and 512–1024 channels is tens of GB.
+//! - `Shifted` (CPU, stride 1): the conv as a sum over the k² spatial taps of a 1×1 conv
+//!   (a `[O, C] × [C, H·W]` matmul) of the zero-padded frame shifted by the tap. Transient
+//!   memory is one shifted copy of one frame plus the accumulator.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+#[derive(Debug, Clone)]
+enum Kernel {
+    Conv2d(Tensor),
+    /// `k·k` matrices `[O, C]`, row-major over (dy, dx).
+    Shifted(Vec<Tensor>),
+}
+
+#[derive(Debug, Clone)]
+pub struct FrameKernel {
+    kernel: Kernel,
+    k: usize,
+    pad: usize,
+    stride: usize,
+}
+
+impl FrameKernel {
+    /// `weight` is `[O, C, k, k]`.
+    pub fn new(weight: &Tensor, pad: usize, stride: usize) -> Result<Self> {
+        let (_, _, k, k2) = weight.dims4()?;
+        if k != k2 {
+            return Err(crate::Error::msg(format!(
+                "frame conv: non-square kernel {k}×{k2}"
+            )));
+        }
+        let kernel = if matches!(weight.device(), Device::Cpu) && stride == 1 {
+            let mut mats = Vec::with_capacity(k * k);
+            for dy in 0..k {
+                for dx in 0..k {
+                    let m = weight.narrow(2, dy, 1)?.narrow(3, dx, 1)?;
+                    mats.push(m.squeeze(3)?.squeeze(2)?.contiguous()?);
+                }
+            }
+            Kernel::Shifted(mats)
+        } else {
+            Kernel::Conv2d(weight.contiguous()?)
+        };
+        Ok(Self {
+            kernel,
+            k,
+            pad,
+            stride,
+        })
+    }
+
+    /// `[T, C, H, W]` → `[T, O, H', W']`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mats = match &self.kernel {
+            Kernel::Conv2d(w) => return Ok(x.conv2d(w, self.pad, self.stride, 1, 1)?),
+            Kernel::Shifted(m) => m,
+        };
+        let (t, c, h, w) = x.dims4()?;
+        let (k, p) = (self.k, self.pad);
+        let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+        let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let mut frames = Vec::with_capacity(t);
+        for f in 0..t {
+            let frame = padded.get(f)?;
+            let mut acc: Option<Tensor> = None;
+            for dy in 0..k {
+                for dx in 0..k {
+                    let shifted = if k == 1 && p == 0 {
+                        frame.reshape((c, h * w))?
+                    } else {
+                        frame
+                            .narrow(1, dy, ho)?
+                            .narrow(2, dx, wo)?
+                            .contiguous()?
+                            .reshape((c, ho * wo))?
+                    };
+                    let y = mats[dy * k + dx].matmul(&shifted)?;
+                    acc = Some(match acc {
+                        Some(a) => (a + y)?,
+                        None => y,
+                    });
+                }
+            }
+            let acc = acc.expect("kernel has at least one tap");
+            frames.push(acc.reshape(((), ho, wo))?);
+        }
+        Ok(Tensor::stack(&frames, 0)?)
+    }
+}
