@@ -63,15 +63,12 @@ impl ParallelConfig {
         }
     }
 
-    /// Checks the topology against the model's key/value head count.
-    pub fn validate(&self, num_kv_heads: usize) -> Result<()> {
+    /// Checks the topology's own consistency (sizes, world = cfg·sp·tp).
+    pub fn validate_shape(&self) -> Result<()> {
         if !(self.cfg_size == 1 || self.cfg_size == 2) {
             return Err(Error::invalid(
                 "--cfg",
-                format!(
-                    "must be 1 or 2 (cond and uncond branches), got {}",
-                    self.cfg_size
-                ),
+                format!("must be 1 or 2 (cond and uncond branches), got {}", self.cfg_size),
             ));
         }
         for (flag, n) in [("--tp", self.tp_size), ("--sp", self.sp_size)] {
@@ -79,25 +76,27 @@ impl ParallelConfig {
                 return Err(Error::invalid(flag, "must be at least 1"));
             }
         }
-        let heads_split = self.tp_size * self.sp_size;
-        if num_kv_heads % heads_split != 0 {
-            return Err(Error::invalid(
-                if self.sp_size > 1 {
-                    "--tp/--sp"
-                } else {
-                    "--tp"
-                },
-                format!(
-                    "tp·sp = {heads_split} must divide the model's {num_kv_heads} key/value heads"
-                ),
-            ));
-        }
         if self.world_size != self.cfg_size * self.tp_size * self.sp_size {
             return Err(Error::invalid(
                 "world size",
                 format!(
                     "{} ≠ cfg {} · sp {} · tp {}",
                     self.world_size, self.cfg_size, self.sp_size, self.tp_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the topology against the model's key/value head count.
+    pub fn validate(&self, num_kv_heads: usize) -> Result<()> {
+        self.validate_shape()?;
+        let heads_split = self.tp_size * self.sp_size;
+        if num_kv_heads % heads_split != 0 {
+            return Err(Error::invalid(
+                if self.sp_size > 1 { "--tp/--sp" } else { "--tp" },
+                format!(
+                    "tp·sp = {heads_split} must divide the model's {num_kv_heads} key/value heads"
                 ),
             ));
         }

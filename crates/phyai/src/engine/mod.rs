@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod progress;
+pub mod ranks;
 pub mod registry;
 pub mod request;
 
@@ -18,17 +19,47 @@ pub use request::{
 
 use crate::Result;
 
-/// Loads a model plugin once and serves requests with it.
+/// How long a rank waits in a collective for its peers before declaring them lost.
+const COLLECTIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Loads a model plugin once (on every rank of the parallel topology) and serves requests.
 pub struct Engine {
-    plugin: Box<dyn registry::Plugin>,
+    pool: ranks::RankPool,
     config: EngineConfig,
 }
 
 impl Engine {
+    /// Builds the plugin on `world_size` ranks. On CPU the ranks are threads linked by the
+    /// in-process communicator; a single rank needs no communicator at all.
     pub fn new(args: EngineArgs) -> Result<Self> {
-        let plugin = registry::create(&args.plugin, &args.plugin_args, &args.config)?;
+        let p = &args.config.parallel;
+        p.validate_shape()?;
+        let factory = registry::factory(&args.plugin)?;
+        let shape = crate::parallel::MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
+        let (meshes, aborter) = if shape.world() == 1 {
+            (vec![crate::parallel::RankMesh::single()], None)
+        } else {
+            match args.config.device.target {
+                Target::Cpu => {
+                    let local = crate::parallel::local::LocalMeshes::new(shape, COLLECTIVE_TIMEOUT);
+                    let aborter = local.aborter();
+                    (local.meshes, Some(aborter))
+                }
+                Target::Cuda(_) => {
+                    return Err(crate::Error::invalid(
+                        "--tp/--cfg/--sp",
+                        "multi-GPU runs are not available in this build yet; use one GPU or --device cpu",
+                    ))
+                }
+            }
+        };
+        let plugin_args = args.plugin_args.clone();
+        let config = args.config.clone();
+        let make: std::sync::Arc<ranks::PluginFactory> =
+            std::sync::Arc::new(move |mesh| factory(&plugin_args, &config, mesh));
+        let pool = ranks::RankPool::start(meshes, aborter, make)?;
         Ok(Self {
-            plugin,
+            pool,
             config: args.config,
         })
     }
@@ -39,13 +70,13 @@ impl Engine {
 
     /// `(sample_rate, samples per sound latent step)` when the audio decoder is loaded.
     pub fn sound_spec(&self) -> Option<(u32, usize)> {
-        self.plugin.sound_spec()
+        self.pool.sound_spec()
     }
 
     /// Encodes a conditioning image (`[1, 3, H, W]` in [−1, 1], already resized to the
     /// request's size) into the clean latent frames of an I2V request.
     pub fn encode_image(&mut self, pixels: &candle_core::Tensor) -> Result<Conditioning> {
-        self.plugin.encode_image(pixels)
+        self.pool.encode_image(pixels)
     }
 
     /// Runs one request silently.
@@ -60,6 +91,6 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<GenerationOutput> {
         request.validate()?;
-        self.plugin.step(request, progress)
+        self.pool.step(request, progress)
     }
 }

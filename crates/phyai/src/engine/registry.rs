@@ -4,6 +4,7 @@ use super::config::{EngineConfig, PluginArgs};
 use super::progress::Progress;
 use super::request::{Conditioning, GenerationOutput, GenerationRequest};
 use candle_core::Tensor;
+use crate::parallel::RankMesh;
 use crate::{Error, Result};
 
 /// A model family behind the engine.
@@ -22,7 +23,7 @@ pub trait Plugin: Send {
     ) -> Result<GenerationOutput>;
 }
 
-type Factory = fn(&PluginArgs, &EngineConfig) -> Result<Box<dyn Plugin>>;
+type Factory = fn(&PluginArgs, &EngineConfig, RankMesh) -> Result<Box<dyn Plugin>>;
 
 /// Registered plugins: name and constructor.
 const PLUGINS: &[(&str, Factory)] = &[("cosmos3_wn", crate::models::cosmos3::plugin::create)];
@@ -32,16 +33,19 @@ pub fn plugin_names() -> Vec<&'static str> {
     PLUGINS.iter().map(|(n, _)| *n).collect()
 }
 
-/// Builds the plugin `name`.
-pub fn create(name: &str, args: &PluginArgs, config: &EngineConfig) -> Result<Box<dyn Plugin>> {
-    let (_, factory) = PLUGINS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-        Error::invalid(
-            "plugin",
-            format!(
-                "unknown plugin {name:?}; registered: {}",
-                plugin_names().join(", ")
-            ),
-        )
-    })?;
-    factory(args, config)
+/// The constructor of plugin `name`.
+pub fn factory(name: &str) -> Result<Factory> {
+    PLUGINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            Error::invalid(
+                "plugin",
+                format!(
+                    "unknown plugin {name:?}; registered: {}",
+                    plugin_names().join(", ")
+                ),
+            )
+        })
 }

@@ -282,15 +282,19 @@ impl WeightStore {
         Ok(t)
     }
 
-    /// Writes every tensor a synthetic store has made to one safetensors file (f32).
-    pub fn save_synthetic(&self, path: &Path) -> Result<()> {
+    /// Writes every tensor a synthetic store has made to one safetensors file in `dtype`.
+    pub fn save_synthetic(&self, path: &Path, dtype: DType) -> Result<()> {
         let syn = self
             .synthetic
             .as_ref()
             .ok_or_else(|| Error::msg("save_synthetic on a store read from files"))?;
         let made = syn.made.lock().unwrap();
+        let tensors = made
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
+            .collect::<Result<std::collections::HashMap<String, Tensor>>>()?;
         let tmp = path.with_extension("safetensors.partial");
-        candle_core::safetensors::save(&made.clone().into_iter().collect(), &tmp)
+        candle_core::safetensors::save(&tensors, &tmp)
             .map_err(|e| Error::weights(path, e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }

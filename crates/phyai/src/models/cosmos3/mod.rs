@@ -1,6 +1,10 @@
 //! Cosmos3 (Nano, Super): configs, denoiser, sampler, decoders, prompt processing.
 
 pub mod config;
+pub mod demo;
+pub mod denoise;
+pub mod plugin;
+pub mod postprocess;
 pub mod processor;
 pub mod sampler;
 pub mod transformer;

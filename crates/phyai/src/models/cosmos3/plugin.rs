@@ -37,10 +37,10 @@ pub struct Cosmos3Plugin {
     vae_tiles: Option<usize>,
 }
 
-/// Registry constructor.
-pub fn create(args: &PluginArgs, config: &EngineConfig) -> Result<Box<dyn Plugin>> {
+/// Registry constructor: one rank's plugin on its mesh.
+pub fn create(args: &PluginArgs, config: &EngineConfig, mesh: RankMesh) -> Result<Box<dyn Plugin>> {
     let PluginArgs::Cosmos3(args) = args;
-    Ok(Box::new(Cosmos3Plugin::load(args, config, RankMesh::single())?))
+    Ok(Box::new(Cosmos3Plugin::load(args, config, mesh)?))
 }
 
 /// The device of an engine config; a CUDA target in a CPU-only build is a clear error.
@@ -143,7 +143,9 @@ impl Cosmos3Plugin {
         let z = latents.to_dtype(self.dtype)?;
         let world = self.mesh.shape.world();
         let video = if world > 1 {
-            super::vae::decode_parallel(&self.vae.decoder, &z, &self.mesh)?
+            let t = z.dim(2)?;
+            let frames = (t - 1) * self.vae.config.temporal_scale() + 1;
+            super::vae::decode_parallel(&self.vae.decoder, &z, frames, &self.mesh)?
         } else {
             match self.vae_tiles {
                 Some(n) if n > 1 => decode_tiled(&self.vae.decoder, &z, n)?,
@@ -278,7 +280,7 @@ impl Plugin for Cosmos3Plugin {
         let start = denoise::initial_latents(
             request,
             self.transformer.config().latent_channel,
-            self.transformer.config().sound_dim.unwrap_or(64),
+            self.transformer.config().sound_channels().unwrap_or(64),
             &self.device,
         )?;
         let model = Denoiser {

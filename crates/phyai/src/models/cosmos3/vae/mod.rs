@@ -12,6 +12,7 @@ pub mod config;
 pub mod decoder;
 pub mod encoder;
 pub mod frame_conv;
+pub mod parallel;
 pub mod tiles;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use audio::AudioDecoder;
 pub use config::{AudioVaeConfig, VaeConfig};
 pub use decoder::WanDecoder;
 pub use encoder::WanEncoder;
+pub use parallel::decode_parallel;
 pub use tiles::{decode_tile, decode_tiled, tile_grid, TileGrid, TilePlan};
 
 use crate::io::json::read_json;
