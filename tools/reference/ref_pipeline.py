@@ -259,8 +259,21 @@ def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> dict:
                 enable_safety_check=False)
     image = None
     if with_image:
-        image = torch.rand(1, 3, args["height"], args["width"], generator=gen)
+        # An 8-bit RGB image (what a PNG holds), also written next to the refs for the CLI.
+        image = (torch.rand(1, 3, args["height"], args["width"], generator=gen) * 255).round() / 255
         call["image"] = image * 2 - 1  # tensors are taken as [-1, 1]
+        from PIL import Image
+
+        png = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(png).save(refs / f"{name}_image.png")
+        # With `latents=` given, the pipeline does not blend the clean image latent into
+        # frame 0 itself (it only does so for noise it draws), so blend it here exactly as
+        # its prepare_latents would: frame 0 = encoded image, the rest = noise.
+        with torch.no_grad():
+            frames = (image * 2 - 1).unsqueeze(2).expand(-1, -1, args["num_frames"], -1, -1)
+            x0 = pipe._encode_video(frames.contiguous()).float()
+        call["latents"] = noise.clone()
+        call["latents"][:, :, 0] = x0[:, :, 0]
     sound_noise = None
     if args.get("enable_sound"):
         n_samples = int(args["num_frames"] / args["fps"] * 48000)
@@ -306,6 +319,7 @@ def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> dict:
         traj["audio"] = _f32(out.sound).unsqueeze(0)
     if image is not None:
         traj["image"] = _f32(image)  # [1, 3, H, W] in [0, 1]
+        traj["image_latent"] = _f32(call["latents"][:, :, :1])  # normalised latent of frame 0
     save_file(traj, str(refs / f"trajectory_{name}.safetensors"))
     return {k: v for k, v in args.items()} | {"steps": 3, "guidance_scale": 6.0, "image": with_image,
                                                "pos_len": len(pos_ids), "neg_len": len(neg_ids)}
