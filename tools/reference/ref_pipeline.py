@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -159,6 +160,12 @@ def build_pipeline(tiny: Path, seed: int) -> Cosmos3OmniPipeline:
     randomize_(vae, gen)
     audio = Cosmos3AVAEAudioTokenizer(dec_dim=2, encoder_enabled=False)
     randomize_(audio, gen)
+    with torch.no_grad():
+        # Weight-norm gains of N(0, 1) make the random decoder chaotic (f32 and f64 runs of
+        # the reference itself disagree by 5e-4); a tenth keeps it well conditioned.
+        for name, p in audio.named_parameters():
+            if name.endswith("weight_g"):
+                p.mul_(0.1)
     scheduler = UniPCMultistepScheduler(**SCHEDULER_CONFIG)
     for m in (transformer, vae, audio):
         round_to_bf16_(m)
@@ -172,12 +179,15 @@ def build_pipeline(tiny: Path, seed: int) -> Cosmos3OmniPipeline:
         sound_tokenizer=audio,
         enable_safety_checker=False,
     )
-    # Save as bf16 (published dtype), the transformer sharded to exercise the index.
-    transformer.to(torch.bfloat16).save_pretrained(tiny / "transformer", max_shard_size="400KB")
-    vae.to(torch.bfloat16).save_pretrained(tiny / "vae")
+    # Save bf16 copies (published dtype), the transformer sharded to exercise the index. The
+    # f32 models stay untouched: casting them would also round non-persistent buffers (the
+    # rotary inv_freq) that from_pretrained recomputes in f32.
+    copy.deepcopy(transformer).to(torch.bfloat16).save_pretrained(tiny / "transformer", max_shard_size="400KB")
+    copy.deepcopy(vae).to(torch.bfloat16).save_pretrained(tiny / "vae")
+    # (weight_norm modules cannot be deep-copied; the audio decoder has no buffers to spoil.)
+    assert not list(audio.buffers())
     audio.to(torch.bfloat16).save_pretrained(tiny / "sound_tokenizer")
-    for m in (transformer, vae, audio):
-        m.to(torch.float32)
+    audio.to(torch.float32)
     scheduler.save_pretrained(tiny / "scheduler")
     # model_index.json as save_pretrained writes it, without re-saving the weights.
     index = {"_class_name": "Cosmos3OmniPipeline", "_diffusers_version": "0.42.1"}
