@@ -36,7 +36,19 @@ def main() -> int:
             continue
         print(f"== {area}", flush=True)
         importlib.import_module(area).make(args.out, args.seed)
+    report_sizes(args.out)
     return 0
+
+
+def report_sizes(out: Path) -> None:
+    """Prints the total size and the largest files: the fixtures must stay small (~10 MB)."""
+    files = sorted((p for p in Path(out).rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    total = sum(p.stat().st_size for p in files)
+    print(f"fixtures: {len(files)} files, {total / 1e6:.2f} MB")
+    for p in files[:8]:
+        print(f"  {p.stat().st_size / 1e6:6.2f} MB  {p.relative_to(out)}")
+    if total > 10e6:
+        print("WARNING: fixtures exceed 10 MB")
 
 
 if __name__ == "__main__":

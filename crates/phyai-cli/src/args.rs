@@ -18,6 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate a video (and optionally its soundtrack) from a prompt.
+    #[command(args_override_self = true)]
     Generate(Box<GenerateArgs>),
     /// Write the tiny random-weight demo checkpoint to DIR (published Cosmos3 layout).
     DemoCheckpoint {

@@ -1,1 +1,241 @@
+//! The Cosmos3 mixture-of-transformers denoiser.
+//!
+//! One physical layer holds two experts: the text ("und") expert, causal over the prompt,
+//! and the generation ("gen") expert, whose video/sound tokens attend over the text K/V and
+//! their own. The text side never reads the generation tokens, so [`Cosmos3Transformer::und`]
+//! runs once per prompt and [`Cosmos3Transformer::velocity`] once per step, reusing its
+//! [`UndKv`] — the same velocity as recomputing the whole joint sequence every step.
+//!
+//! Unused for generation: `lm_head` and the text tower's final `norm` (see
+//! [`UNUSED_WEIGHT_PREFIXES`]).
 
+pub mod block;
+pub mod config;
+pub mod embed;
+pub mod gen;
+pub mod positions;
+pub mod und;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use config::TransformerConfig;
+pub use und::UndKv;
+
+use crate::io::weights::{WeightStore, Weights};
+use crate::layers::linear::{Linear, TpGroup};
+use crate::layers::rope::MultiAxisRope;
+use crate::parallel::RankMesh;
+use crate::{Error, Result};
+use embed::{patchify, unpatchify, SoundHeads, TimestepEmbedder};
+use gen::{noisy_token_mask, GenTower};
+use und::UndTower;
+
+/// Checkpoint keys the generation path never reads.
+pub const UNUSED_WEIGHT_PREFIXES: &[&str] = &["lm_head.", "norm."];
+
+/// What one denoising step feeds the generation tower.
+pub struct GenInputs<'a> {
+    /// Current video latent `[1, latent_channel, t, h, w]` (model dtype).
+    pub video: &'a Tensor,
+    /// Current sound latent `[1, sound_dim, T]`, when the request generates sound.
+    pub sound: Option<&'a Tensor>,
+    /// The model-facing timestep of this step (e.g. 999), shared by video and sound tokens;
+    /// scaled by `timestep_scale` inside.
+    pub timestep: f64,
+    /// One flag per latent frame: true when the frame is being denoised (timestep added,
+    /// velocity predicted), false for clean conditioning frames.
+    pub noisy_frames: &'a [bool],
+    /// Video frame rate (drives the temporal rotary positions).
+    pub fps: f64,
+}
+
+/// Velocities of one step: video `[1, C, t, h, w]` (zeros at clean frames), sound `[1, C, T]`.
+pub struct GenOutput {
+    pub video: Tensor,
+    pub sound: Option<Tensor>,
+}
+
+pub struct Cosmos3Transformer {
+    cfg: TransformerConfig,
+    und: UndTower,
+    gen: GenTower,
+    rope: MultiAxisRope,
+    proj_in: Linear,
+    proj_out: Linear,
+    time: TimestepEmbedder,
+    sound: Option<SoundHeads>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Cosmos3Transformer {
+    /// Builds the model from checkpoint weights (dtype and device of `w`), unsharded.
+    pub fn new(cfg: &TransformerConfig, w: Weights) -> Result<Self> {
+        Self::new_sharded(cfg, w, &TpGroup::single())
+    }
+
+    /// Builds this rank's shard: heads and MLP channels split over `tp`.
+    pub fn new_sharded(cfg: &TransformerConfig, w: Weights, tp: &TpGroup) -> Result<Self> {
+        let section = cfg.mrope_section();
+        let section: [usize; 3] = section.as_slice().try_into().map_err(|_| {
+            Error::invalid(
+                "rope_scaling.mrope_section",
+                format!("{section:?} needs 3 entries"),
+            )
+        })?;
+        let pd = cfg.patch_latent_dim;
+        let h = cfg.hidden_size;
+        let sound = match cfg.sound_channels() {
+            Some(c) => Some(SoundHeads::load(&w, c, h)?),
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            und: UndTower::load(&w, cfg, tp)?,
+            gen: GenTower::load(&w, cfg, tp)?,
+            rope: MultiAxisRope::new(cfg.head_dim, cfg.rope_theta, section)?,
+            proj_in: Linear::load(&w.pp("proj_in"), pd, h, true)?,
+            proj_out: Linear::load(&w.pp("proj_out"), h, pd, true)?,
+            time: TimestepEmbedder::load(&w.pp("time_embedder"), h)?,
+            sound,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+        })
+    }
+
+    /// Opens `dir` (`*.safetensors` or a sharded index) and builds this rank's shard of
+    /// the tensor-parallel group of `mesh`.
+    pub fn load(
+        dir: &Path,
+        cfg: &TransformerConfig,
+        dtype: DType,
+        device: &Device,
+        mesh: &RankMesh,
+    ) -> Result<Self> {
+        let store = Arc::new(WeightStore::open_dir(dir)?);
+        let w = Weights::new(store, dtype, device);
+        Self::new_sharded(cfg, w, &TpGroup::new(mesh.tp.clone()))
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Text K/V of one prompt (ids as the processor produced them, no padding).
+    pub fn und(&self, text_ids: &[u32]) -> Result<UndKv> {
+        self.und.forward(text_ids, &self.rope, self.dtype)
+    }
+
+    /// The velocity of one step for one CFG branch.
+    pub fn velocity(&self, und: &UndKv, inputs: &GenInputs) -> Result<GenOutput> {
+        let cfg = &self.cfg;
+        let p = cfg.latent_patch_size;
+        let video = inputs.video;
+        let dims = video.dims();
+        if dims.len() != 5 || dims[0] != 1 || dims[1] != cfg.latent_channel {
+            return Err(Error::invalid(
+                "video latent",
+                format!(
+                    "shape {dims:?}, expected [1, {}, t, h, w]",
+                    cfg.latent_channel
+                ),
+            ));
+        }
+        if inputs.noisy_frames.len() != dims[2] {
+            return Err(Error::invalid(
+                "noisy frames",
+                format!(
+                    "{} flags for {} latent frames",
+                    inputs.noisy_frames.len(),
+                    dims[2]
+                ),
+            ));
+        }
+        if inputs.fps.is_nan() || inputs.fps <= 0.0 {
+            return Err(Error::invalid(
+                "fps",
+                format!("{} must be positive", inputs.fps),
+            ));
+        }
+        let dtype = self.dtype;
+        let video = video.to_dtype(dtype)?.to_device(&self.device)?;
+        let (patches, grid) = patchify(&video, p)?;
+        let temb = self
+            .time
+            .forward(inputs.timestep, cfg.timestep_scale)?
+            .to_dtype(dtype)?;
+        let mask = noisy_token_mask(
+            inputs.noisy_frames,
+            grid.tokens_per_frame(),
+            dtype,
+            &self.device,
+        )?;
+        let video_tokens = self
+            .proj_in
+            .forward(&patches)?
+            .broadcast_add(&mask.broadcast_mul(&temb)?)?;
+        let mut positions =
+            positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
+        let n_video = video_tokens.dim(0)?;
+        let tokens = match inputs.sound {
+            None => video_tokens,
+            Some(s) => {
+                let heads = self.sound.as_ref().ok_or_else(|| {
+                    Error::invalid("sound", "this checkpoint does not generate sound")
+                })?;
+                let sd = s.dims();
+                if sd.len() != 3 || sd[0] != 1 || sd[1] != heads.channels() || sd[2] == 0 {
+                    return Err(Error::invalid(
+                        "sound latent",
+                        format!("shape {sd:?}, expected [1, {}, T]", heads.channels()),
+                    ));
+                }
+                let s = s.to_dtype(dtype)?.to_device(&self.device)?;
+                let st = heads.embed(&s)?.broadcast_add(&temb)?;
+                positions.extend(positions::sound_positions(cfg, und.text_len, sd[2]));
+                Tensor::cat(&[&video_tokens, &st], 0)?
+            }
+        };
+        let (cos, sin) = self.rope.tables(&positions, dtype, &self.device)?;
+        let hidden = self.gen.forward(&tokens, und, &cos, &sin)?;
+
+        let v = self.proj_out.forward(&hidden.narrow(0, 0, n_video)?)?;
+        let v = unpatchify(&v, &grid, grid.t, p)?;
+        let zeros = Tensor::zeros(
+            (cfg.latent_channel, 1, grid.latent_h, grid.latent_w),
+            dtype,
+            &self.device,
+        )?;
+        let frames: Vec<Tensor> = inputs
+            .noisy_frames
+            .iter()
+            .enumerate()
+            .map(|(f, &noisy)| {
+                if noisy {
+                    v.narrow(1, f, 1)
+                } else {
+                    Ok(zeros.clone())
+                }
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let video_v = Tensor::cat(&frames, 1)?.unsqueeze(0)?;
+        let sound_v = match (&self.sound, inputs.sound) {
+            (Some(heads), Some(_)) => {
+                let n = hidden.dim(0)? - n_video;
+                Some(heads.project_out(&hidden.narrow(0, n_video, n)?)?)
+            }
+            _ => None,
+        };
+        Ok(GenOutput {
+            video: video_v,
+            sound: sound_v,
+        })
+    }
+}

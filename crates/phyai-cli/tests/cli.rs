@@ -1,0 +1,202 @@
+//! The `phyai` command end to end: bad inputs give one clear line and a non-zero exit with
+//! no output file; good runs write the files and match the reference fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tiny() -> PathBuf {
+    fixtures().join("tiny")
+}
+
+fn phyai(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phyai"))
+        .args(args)
+        .env("PHYAI_LOG", "off")
+        .output()
+        .expect("run phyai")
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Asserts a failed run: non-zero exit, exactly one stderr line naming `needle`, no mp4.
+fn assert_one_line_error(out: &Output, needle: &str, prefix: &Path, case: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{case}: should fail\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{case}: expected one line, got:\n{stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{case}: {:?} should name {needle:?}",
+        lines[0]
+    );
+    let mp4 = PathBuf::from(format!("{}.mp4", prefix.display()));
+    assert!(!mp4.exists(), "{case}: left {} behind", mp4.display());
+}
+
+#[test]
+fn bad_inputs_give_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip");
+    let out_s = out.to_str().unwrap();
+    let ckpt = tiny();
+    let ckpt_s = ckpt.to_str().unwrap();
+
+    // A checkpoint whose first transformer shard is cut short.
+    let corrupt = tmp.path().join("corrupt");
+    copy_dir(&ckpt, &corrupt);
+    let shard = std::fs::read_dir(corrupt.join("transformer"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("00001-of-00002.safetensors"))
+        .unwrap();
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    // A checkpoint without its audio decoder.
+    let silent = tmp.path().join("silent");
+    copy_dir(&ckpt, &silent);
+    std::fs::remove_dir_all(silent.join("sound_tokenizer")).unwrap();
+    // An "image" that is not one.
+    let not_image = tmp.path().join("not-image.png");
+    std::fs::write(&not_image, b"definitely not a png").unwrap();
+    // Initial noise of the wrong shape.
+    let bad_noise = tmp.path().join("noise.safetensors");
+    {
+        let t = candle_core::Tensor::zeros((1, 48, 1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let mut m = std::collections::HashMap::new();
+        m.insert("video".to_string(), t);
+        candle_core::safetensors::save(&m, &bad_noise).unwrap();
+    }
+    let missing_dir_out = tmp.path().join("no/such/folder/clip");
+
+    let small = ["--num-frames", "5", "--height", "32", "--width", "32", "--steps", "1"];
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("missing checkpoint", vec!["--checkpoint", "/no/such/checkpoint"], "--checkpoint"),
+        ("corrupt weights", vec!["--checkpoint", corrupt.to_str().unwrap()], "00001-of-00002.safetensors"),
+        ("frames not 4k+1", vec!["--checkpoint", ckpt_s, "--num-frames", "10"], "--num-frames"),
+        ("height not /16", vec!["--checkpoint", ckpt_s, "--height", "100"], "--height"),
+        ("width zero", vec!["--checkpoint", ckpt_s, "--width", "0"], "--width"),
+        ("cfg 3", vec!["--checkpoint", ckpt_s, "--cfg", "3"], "--cfg"),
+        ("tp not dividing kv heads", vec!["--checkpoint", ckpt_s, "--tp", "3"], "--tp"),
+        ("unreadable image", vec!["--checkpoint", ckpt_s, "--image", "/no/such/image.png"], "--image"),
+        ("image that is not one", vec!["--checkpoint", ckpt_s, "--image", not_image.to_str().unwrap()], "not-image.png"),
+        ("empty prompt", vec!["--checkpoint", ckpt_s, "--prompt", "  "], "--prompt"),
+        ("zero steps", vec!["--checkpoint", ckpt_s, "--steps", "0"], "--steps"),
+        ("zero fps", vec!["--checkpoint", ckpt_s, "--fps", "0"], "--fps"),
+        ("negative guidance", vec!["--checkpoint", ckpt_s, "--guidance-scale=-1"], "--guidance-scale"),
+        ("sound without decoder", vec!["--checkpoint", silent.to_str().unwrap(), "--sound"], "--sound"),
+        ("noise of the wrong shape", vec!["--checkpoint", ckpt_s, "--init-noise", bad_noise.to_str().unwrap()], "--init-noise"),
+        ("noise file missing", vec!["--checkpoint", ckpt_s, "--init-noise", "/no/such/noise.safetensors"], "--init-noise"),
+        ("cuda in a cpu build", vec!["--checkpoint", ckpt_s, "--device", "cuda"], "--device"),
+    ];
+    for (case, extra, needle) in cases {
+        let mut args = vec!["generate", "--prompt", "a robot", "--out", out_s, "--quiet"];
+        args.extend_from_slice(&small);
+        // Later flags win in the table (clap keeps the last occurrence).
+        args.extend(extra.iter().copied());
+        if case == "cuda in a cpu build" && cfg!(feature = "cuda") {
+            continue;
+        }
+        let o = phyai(&args);
+        assert_one_line_error(&o, needle, &out, case);
+    }
+    let o = phyai(&["generate", "--checkpoint", ckpt_s, "--prompt", "a robot", "--out", missing_dir_out.to_str().unwrap()]);
+    assert_one_line_error(&o, "--out", &missing_dir_out, "output folder missing");
+}
+
+fn load_ref(name: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(fixtures().join("refs").join(name), &candle_core::Device::Cpu)
+        .unwrap()
+}
+
+fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    use candle_core::DType;
+    let b = if b.rank() == a.rank() + 1 { b.squeeze(0).unwrap() } else { b.clone() };
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    (d / n).sqrt()
+}
+
+/// Runs the CLI like the reference pipeline call of `case` (diffusers prompt style, the
+/// reference's initial noise) and compares the dumped latents and pixels.
+fn cli_matches_reference(case: &str, prompt: &str, sound: bool, image: bool) {
+    let r = load_ref(&format!("trajectory_{case}.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("video".to_string(), r["init_video"].clone());
+    if sound {
+        m.insert("sound".to_string(), r["init_sound"].clone());
+    }
+    candle_core::safetensors::save(&m, &noise).unwrap();
+    let dump = tmp.path().join("dump");
+    let out = tmp.path().join("clip");
+    let png = fixtures().join("refs").join(format!("{case}_image.png"));
+    let mut args = vec![
+        "generate", "--checkpoint", tiny().to_str().unwrap().to_owned().leak(),
+        "--prompt", prompt, "--prompt-style", "diffusers",
+        "--num-frames", "9", "--height", "64", "--width", "96", "--fps", "24",
+        "--steps", "3", "--guidance-scale", "6",
+        "--init-noise", noise.to_str().unwrap().to_owned().leak(),
+        "--dump-dir", dump.to_str().unwrap().to_owned().leak(),
+        "--out", out.to_str().unwrap().to_owned().leak(), "--quiet",
+    ];
+    if sound {
+        args.push("--sound");
+    }
+    if image {
+        args.extend(["--image", png.to_str().unwrap().to_owned().leak()]);
+    }
+    let o = phyai(&args);
+    assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
+    let lat = candle_core::safetensors::load(dump.join("latents.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let px = candle_core::safetensors::load(dump.join("output.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let e_lat = rel_err(&lat["video"], &r["latents"]);
+    let e_px = rel_err(&px["video"], &r["video"]);
+    println!("{case}: latents {e_lat:.2e}, pixels {e_px:.2e}");
+    assert!(e_lat <= 1e-4, "{case}: latents rel err {e_lat:e}");
+    assert!(e_px <= 1e-4, "{case}: pixels rel err {e_px:e}");
+    if sound {
+        let e_s = rel_err(&lat["sound"], &r["sound_latents"]);
+        assert!(e_s <= 1e-4, "{case}: sound latents rel err {e_s:e}");
+        assert!(out.with_extension("wav").exists());
+    }
+    assert!(PathBuf::from(format!("{}.mp4", out.display())).exists());
+}
+
+#[test]
+fn cli_t2av_matches_diffusers() {
+    cli_matches_reference(
+        "t2av",
+        "A small drone flies over a green field at sunset, casting a long shadow.",
+        true,
+        false,
+    );
+}
+
+#[test]
+fn cli_i2v_matches_diffusers() {
+    cli_matches_reference(
+        "i2v",
+        "A robot arm stacks three red cubes on a wooden table in a bright workshop.",
+        false,
+        true,
+    );
+}

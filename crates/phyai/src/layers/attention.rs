@@ -1,0 +1,235 @@
+//! The one attention entry point of the crate: scaled dot-product attention with grouped
+//! query heads, optionally causal.
+//!
+//! Layout: `q` `[Hq, Sq, D]`, `k`/`v` `[Hkv, Sk, D]` with `Hq = G·Hkv`; query head `h` reads
+//! key/value head `h / G` (heads of a group are adjacent). Output `[Hq, Sq, D]` in `q`'s dtype.
+//!
+//! The portable backend tiles queries and keys and keeps an online softmax (running max,
+//! running sum, rescaled accumulator) in f32 whatever the input dtype, so memory is
+//! `O(Hq·tile_q·tile_k)`, never `O(Sq·Sk)`. It is written with tensor ops and so runs on any
+//! device; a fused CUDA kernel plugs in at [`Backend::FusedCuda`].
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::{Error, Result};
+
+/// Queries per tile.
+const TILE_Q: usize = 256;
+/// Keys per tile.
+const TILE_K: usize = 1024;
+
+/// Which implementation runs for a given device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Tiled online-softmax attention from tensor ops (CPU, and any device as a fallback).
+    Tiled,
+    /// Slot for a fused flash-attention kernel on CUDA; until it exists it runs the tiled
+    /// path on the GPU.
+    #[cfg(feature = "cuda")]
+    FusedCuda,
+}
+
+impl Backend {
+    pub fn for_device(device: &Device) -> Self {
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            return Backend::FusedCuda;
+        }
+        let _ = device;
+        Backend::Tiled
+    }
+}
+
+/// `softmax(q·kᵀ/√D [+ causal mask]) · v`, see the module docs for shapes.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    let (hq, sq, d) = q.dims3()?;
+    let (hkv, sk, dk) = k.dims3()?;
+    if v.dims3()? != (hkv, sk, dk) || dk != d || hkv == 0 || !hq.is_multiple_of(hkv) {
+        return Err(Error::invalid(
+            "attention",
+            format!(
+                "incompatible shapes q {:?}, k {:?}, v {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            ),
+        ));
+    }
+    if causal && sq != sk {
+        return Err(Error::invalid(
+            "attention",
+            format!("causal attention needs as many queries as keys ({sq} vs {sk})"),
+        ));
+    }
+    match Backend::for_device(q.device()) {
+        Backend::Tiled => tiled(q, k, v, causal, TILE_Q, TILE_K),
+        #[cfg(feature = "cuda")]
+        Backend::FusedCuda => tiled(q, k, v, causal, TILE_Q, TILE_K),
+    }
+}
+
+/// Additive mask of one (query tile, key tile) pair: −∞ where key index > query index.
+fn causal_bias(q0: usize, nq: usize, k0: usize, nk: usize, dev: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; nq * nk];
+    for i in 0..nq {
+        for j in 0..nk {
+            if k0 + j > q0 + i {
+                m[i * nk + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (1, 1, nq, nk), dev)?)
+}
+
+/// Online-softmax attention over `tile_q × tile_k` blocks, f32 throughout.
+pub(crate) fn tiled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    tile_q: usize,
+    tile_k: usize,
+) -> Result<Tensor> {
+    let (hq, sq, d) = q.dims3()?;
+    let (hkv, sk, _) = k.dims3()?;
+    let g = hq / hkv;
+    let dev = q.device();
+    let scale = 1.0 / (d as f64).sqrt();
+    let q4 = q.to_dtype(DType::F32)?.reshape((hkv, g, sq, d))?;
+    let kf = k.to_dtype(DType::F32)?.contiguous()?;
+    let vf = v.to_dtype(DType::F32)?.contiguous()?;
+    let mut outs = Vec::with_capacity(sq.div_ceil(tile_q.max(1)));
+    let mut q0 = 0;
+    while q0 < sq {
+        let nq = tile_q.min(sq - q0);
+        let qt = (q4.narrow(2, q0, nq)?.reshape((hkv, g * nq, d))? * scale)?;
+        // Keys a causal tile can see end at its last query.
+        let k_end = if causal { (q0 + nq).min(sk) } else { sk };
+        let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (max, sum, acc)
+        let mut k0 = 0;
+        while k0 < k_end {
+            let nk = tile_k.min(k_end - k0);
+            let kt = kf.narrow(1, k0, nk)?;
+            let vt = vf.narrow(1, k0, nk)?;
+            let mut s = qt.matmul(&kt.t()?)?; // [hkv, g·nq, nk]
+            if causal && k0 + nk > q0 + 1 {
+                let bias = causal_bias(q0, nq, k0, nk, dev)?;
+                s = s.reshape((hkv, g, nq, nk))?.broadcast_add(&bias)?;
+                s = s.reshape((hkv, g * nq, nk))?;
+            }
+            let tile_max = s.max_keepdim(D::Minus1)?;
+            state = Some(match state {
+                None => {
+                    let p = s.broadcast_sub(&tile_max)?.exp()?;
+                    let l = p.sum_keepdim(D::Minus1)?;
+                    (tile_max, l, p.matmul(&vt)?)
+                }
+                Some((m, l, acc)) => {
+                    let m_new = m.maximum(&tile_max)?;
+                    let p = s.broadcast_sub(&m_new)?.exp()?;
+                    let corr = (m - &m_new)?.exp()?;
+                    let l = ((l * &corr)? + p.sum_keepdim(D::Minus1)?)?;
+                    let acc = (acc.broadcast_mul(&corr)? + p.matmul(&vt)?)?;
+                    (m_new, l, acc)
+                }
+            });
+            k0 += nk;
+        }
+        let (_, l, acc) = state.ok_or_else(|| Error::msg("attention over zero keys"))?;
+        outs.push(acc.broadcast_div(&l)?.reshape((hkv, g, nq, d))?);
+        q0 += nq;
+    }
+    let out = Tensor::cat(&outs, 2)?.reshape((hq, sq, d))?;
+    Ok(out.to_dtype(q.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole-matrix softmax attention with the key/value heads repeated.
+    fn naive(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+        let (hq, sq, d) = q.dims3().unwrap();
+        let (hkv, sk, _) = k.dims3().unwrap();
+        let g = hq / hkv;
+        let rep = |t: &Tensor| {
+            t.unsqueeze(1)
+                .unwrap()
+                .repeat((1, g, 1, 1))
+                .unwrap()
+                .reshape((hq, sk, d))
+                .unwrap()
+        };
+        let (k, v) = (rep(k), rep(v));
+        let mut s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        if causal {
+            let bias = causal_bias(0, sq, 0, sk, &Device::Cpu)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            s = s.broadcast_add(&bias).unwrap();
+        }
+        candle_nn::ops::softmax_last_dim(&s)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let n = b.sqr().unwrap().sum_all().unwrap();
+        (d.to_scalar::<f32>().unwrap() / n.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn tiled_matches_naive_gqa_causal_and_full() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (4, 37, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 37, 16), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 37, 16), &dev).unwrap();
+        for causal in [false, true] {
+            let want = naive(&q, &k, &v, causal);
+            for (tq, tk) in [(5, 7), (37, 37), (8, 64), (64, 3)] {
+                let got = tiled(&q, &k, &v, causal, tq, tk).unwrap();
+                let e = rel(&got, &want);
+                assert!(e < 1e-6, "causal={causal} tiles=({tq},{tk}) rel err {e}");
+            }
+        }
+        // Cross attention: fewer queries than keys.
+        let qs = q.narrow(1, 0, 11).unwrap().contiguous().unwrap();
+        let e = rel(
+            &tiled(&qs, &k, &v, false, 4, 9).unwrap(),
+            &naive(&qs, &k, &v, false),
+        );
+        assert!(e < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn bf16_inputs_keep_f32_statistics() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 3.0, (2, 20, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 3.0, (1, 20, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 20, 8), &dev).unwrap();
+        let b = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let got = attention(&b(&q), &b(&k), &b(&v), true).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = naive(
+            &b(&q).to_dtype(DType::F32).unwrap(),
+            &b(&k).to_dtype(DType::F32).unwrap(),
+            &b(&v).to_dtype(DType::F32).unwrap(),
+            true,
+        );
+        let e = rel(&got.to_dtype(DType::F32).unwrap(), &want);
+        assert!(e < 1e-2, "{e}");
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((3, 4, 8), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
+        assert!(attention(&q, &k, &k, false).is_err());
+        let k = Tensor::zeros((1, 5, 8), DType::F32, &dev).unwrap();
+        assert!(attention(&q, &k, &k, true).is_err());
+    }
+}

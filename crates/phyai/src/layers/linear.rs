@@ -1,0 +1,130 @@
+//! Linear layers as model code sees them. Every matmul of a model goes through one of these
+//! types so a tensor-parallel variant can replace a plain one without touching the model:
+//! [`Linear`] is replicated on every rank; [`TpGroup`] builds the column/row-parallel layers
+//! of [`super::tp`] (plain layers when the group has one rank) and says how many heads or
+//! channels this rank owns.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::tp::{shard_range, ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding};
+use crate::io::weights::Weights;
+use crate::parallel::{Communicator, SingleRank};
+use crate::Result;
+
+/// `y = x·Wᵀ + b` with `W` `[out, in]` (torch layout), the same on every rank.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(w.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x` `[.., in]` → `[.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// The tensor-parallel group a block's projections are split over. Splits are in whole
+/// units (attention heads of `head_dim` rows, or single MLP channels), contiguous per rank.
+#[derive(Clone)]
+pub struct TpGroup {
+    comm: Arc<dyn Communicator>,
+}
+
+impl std::fmt::Debug for TpGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TpGroup({}/{})", self.comm.rank(), self.comm.size())
+    }
+}
+
+impl Default for TpGroup {
+    fn default() -> Self {
+        Self::single()
+    }
+}
+
+impl TpGroup {
+    /// A group of one: every layer is whole.
+    pub fn single() -> Self {
+        Self {
+            comm: Arc::new(SingleRank),
+        }
+    }
+
+    pub fn new(comm: Arc<dyn Communicator>) -> Self {
+        Self { comm }
+    }
+
+    pub fn size(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// How many of `n` units (`what`, e.g. "num_key_value_heads") this rank owns; an
+    /// error when the group size does not divide `n`.
+    pub fn local(&self, n: usize, what: &str) -> Result<usize> {
+        Ok(shard_range(n, self.comm.rank(), self.comm.size(), what)?.len())
+    }
+
+    /// Output features split: this rank computes its `units` (of `unit` rows each).
+    pub fn column(
+        &self,
+        w: &Weights,
+        in_dim: usize,
+        units: usize,
+        unit: usize,
+        bias: bool,
+        what: &str,
+    ) -> Result<ColumnParallelLinear> {
+        let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+        ColumnParallelLinear::load(w, in_dim, units * unit, bias, r.start * unit..r.end * unit)
+    }
+
+    /// Input features split: this rank consumes its `units` and the partial outputs are
+    /// summed over the group.
+    pub fn row(
+        &self,
+        w: &Weights,
+        units: usize,
+        unit: usize,
+        out_dim: usize,
+        bias: bool,
+        what: &str,
+    ) -> Result<RowParallelLinear> {
+        let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+        RowParallelLinear::load(
+            w,
+            units * unit,
+            out_dim,
+            bias,
+            r.start * unit..r.end * unit,
+            self.comm.clone(),
+        )
+    }
+
+    /// Token embedding with the vocabulary split over the group.
+    pub fn embedding(
+        &self,
+        w: &Weights,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<VocabParallelEmbedding> {
+        VocabParallelEmbedding::load(w, vocab, hidden, self.comm.clone())
+    }
+}

@@ -1,0 +1,69 @@
+//! Gated feed-forward blocks: SwiGLU (`down(silu(gate(x)) · up(x))`, Nano/Super) and the
+//! squared-ReLU variant (`down(relu(up(x))²)`, Edge). Up/gate are column-parallel and down
+//! is row-parallel over the intermediate channels.
+
+use candle_core::Tensor;
+
+use super::linear::TpGroup;
+use super::tp::{ColumnParallelLinear, RowParallelLinear};
+use crate::io::weights::Weights;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    Relu2,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "silu" => Ok(Self::Silu),
+            "relu2" => Ok(Self::Relu2),
+            other => Err(Error::invalid(
+                "hidden_act",
+                format!("{other:?} (expected \"silu\" or \"relu2\")"),
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GatedMlp {
+    gate: Option<ColumnParallelLinear>,
+    up: ColumnParallelLinear,
+    down: RowParallelLinear,
+}
+
+impl GatedMlp {
+    /// Loads `gate_proj` (SiLU only), `up_proj`, `down_proj`, all without bias.
+    pub fn load(
+        w: &Weights,
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+        tp: &TpGroup,
+    ) -> Result<Self> {
+        let what = "intermediate_size";
+        let gate = match act {
+            Activation::Silu => {
+                Some(tp.column(&w.pp("gate_proj"), hidden, intermediate, 1, false, what)?)
+            }
+            Activation::Relu2 => None,
+        };
+        Ok(Self {
+            gate,
+            up: tp.column(&w.pp("up_proj"), hidden, intermediate, 1, false, what)?,
+            down: tp.row(&w.pp("down_proj"), intermediate, 1, hidden, false, what)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let up = self.up.forward(x)?;
+        let h = match &self.gate {
+            Some(g) => (candle_nn::ops::silu(&g.forward(x)?)? * up)?,
+            None => up.relu()?.sqr()?,
+        };
+        self.down.forward(&h)
+    }
+}

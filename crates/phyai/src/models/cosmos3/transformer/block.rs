@@ -1,0 +1,155 @@
+//! One expert of a decoder layer: pre-norm, Q/K/V with per-head QK norm, output
+//! projection, post-norm SwiGLU. The text ("und") and generation ("gen") experts of a layer
+//! have the same structure and differ only in their checkpoint leaf names.
+
+use candle_core::Tensor;
+
+use super::config::TransformerConfig;
+use crate::io::weights::Weights;
+use crate::layers::linear::TpGroup;
+use crate::layers::mlp::{Activation, GatedMlp};
+use crate::layers::norm::{RmsNorm, RmsScale};
+use crate::layers::tp::{ColumnParallelLinear, RowParallelLinear};
+use crate::Result;
+
+/// Leaf names of one expert inside `layers.{i}`.
+pub struct ExpertKeys {
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub out: &'static str,
+    pub norm_q: &'static str,
+    pub norm_k: &'static str,
+    pub input_norm: &'static str,
+    pub post_norm: &'static str,
+    pub mlp: &'static str,
+}
+
+pub const UND_KEYS: ExpertKeys = ExpertKeys {
+    q: "to_q",
+    k: "to_k",
+    v: "to_v",
+    out: "to_out",
+    norm_q: "norm_q",
+    norm_k: "norm_k",
+    input_norm: "input_layernorm",
+    post_norm: "post_attention_layernorm",
+    mlp: "mlp",
+};
+
+pub const GEN_KEYS: ExpertKeys = ExpertKeys {
+    q: "add_q_proj",
+    k: "add_k_proj",
+    v: "add_v_proj",
+    out: "to_add_out",
+    norm_q: "norm_added_q",
+    norm_k: "norm_added_k",
+    input_norm: "input_layernorm_moe_gen",
+    post_norm: "post_attention_layernorm_moe_gen",
+    mlp: "mlp_moe_gen",
+};
+
+/// The norm convention of a config: Nemotron-style scaling goes with the squared-ReLU MLP.
+pub fn norm_scale(cfg: &TransformerConfig) -> RmsScale {
+    if cfg.hidden_act == "relu2" {
+        RmsScale::BeforeCast
+    } else {
+        RmsScale::AfterCast
+    }
+}
+
+#[derive(Clone)]
+pub struct ExpertBlock {
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+    q: ColumnParallelLinear,
+    k: ColumnParallelLinear,
+    v: ColumnParallelLinear,
+    out: RowParallelLinear,
+    norm_q: Option<RmsNorm>,
+    norm_k: Option<RmsNorm>,
+    mlp: GatedMlp,
+    /// Heads on this rank.
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl ExpertBlock {
+    /// `w` is `layers.{i}`; `qk_norm` false leaves Q and K unnormalised (text expert of Edge).
+    pub fn load(
+        w: &Weights,
+        cfg: &TransformerConfig,
+        keys: &ExpertKeys,
+        qk_norm: bool,
+        tp: &TpGroup,
+    ) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let bias = cfg.attention_bias;
+        let eps = cfg.rms_norm_eps;
+        let scale = norm_scale(cfg);
+        let a = w.pp("self_attn");
+        let norm = |w: &Weights, dim| RmsNorm::load(w, dim, eps, scale);
+        let (norm_q, norm_k) = if qk_norm {
+            (
+                Some(norm(&a.pp(keys.norm_q), d)?),
+                Some(norm(&a.pp(keys.norm_k), d)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            input_norm: norm(&w.pp(keys.input_norm), h)?,
+            post_norm: norm(&w.pp(keys.post_norm), h)?,
+            q: tp.column(&a.pp(keys.q), h, nq, d, bias, "num_attention_heads")?,
+            k: tp.column(&a.pp(keys.k), h, nkv, d, bias, "num_key_value_heads")?,
+            v: tp.column(&a.pp(keys.v), h, nkv, d, bias, "num_key_value_heads")?,
+            out: tp.row(&a.pp(keys.out), nq, d, h, bias, "num_attention_heads")?,
+            norm_q,
+            norm_k,
+            mlp: GatedMlp::load(
+                &w.pp(keys.mlp),
+                h,
+                cfg.intermediate_size,
+                Activation::parse(&cfg.hidden_act)?,
+                tp,
+            )?,
+            heads: tp.local(nq, "num_attention_heads")?,
+            kv_heads: tp.local(nkv, "num_key_value_heads")?,
+            head_dim: d,
+        })
+    }
+
+    /// Hidden states `[N, hidden]` → pre-norm → Q `[Hq, N, D]`, K and V `[Hkv, N, D]`,
+    /// Q and K normalised per head, before rotary embedding.
+    pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let n = x.dim(0)?;
+        let xn = self.input_norm.forward(x)?;
+        let heads = |t: Tensor, nh: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let t = t.reshape((n, nh, self.head_dim))?;
+            let t = match norm {
+                Some(nm) => nm.forward(&t)?,
+                None => t,
+            };
+            Ok(t.transpose(0, 1)?.contiguous()?)
+        };
+        let q = heads(self.q.forward(&xn)?, self.heads, &self.norm_q)?;
+        let k = heads(self.k.forward(&xn)?, self.kv_heads, &self.norm_k)?;
+        let v = heads(self.v.forward(&xn)?, self.kv_heads, &None)?;
+        Ok((q, k, v))
+    }
+
+    /// Residual stream `x` `[N, hidden]` and attention output `[Hq, N, D]` → next hidden
+    /// states: `x + out(attn)`, then `+ mlp(post_norm(·))`.
+    pub fn finish(&self, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let a = attn
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((n, self.heads * self.head_dim))?;
+        let x = (x + self.out.forward(&a)?)?;
+        let m = self.mlp.forward(&self.post_norm.forward(&x)?)?;
+        Ok((x + m)?)
+    }
+}
