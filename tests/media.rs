@@ -245,3 +245,55 @@ fn wav_round_trip() {
     assert_eq!(read_wav(&path).unwrap().samples, vec![1.0, -1.0]);
     assert!(write_wav(&path, &[0.0; 3], 2, 8000).is_err());
 }
+
+/// Conditioning-image preprocessing against diffusers' `_preprocess_conditioning_image`
+/// (cover-resize with antialiased bilinear, centre crop, integer levels) on
+/// `refs/conditioning_image.png`, stored as levels k (value = k / 127.5 − 1).
+#[test]
+fn conditioning_image_matches_reference() {
+    let refs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(refs.join("processor.json")).unwrap())
+            .unwrap();
+    let image = &doc["image"];
+    let file = refs.join(image["file"].as_str().unwrap());
+    for case in image["cases"].as_array().unwrap() {
+        let (h, w) = (
+            case["height"].as_u64().unwrap() as usize,
+            case["width"].as_u64().unwrap() as usize,
+        );
+        let want: Vec<i64> = case["chw_levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let t = phyai::io::image::load_image(&file, h, w).unwrap();
+        assert_eq!(t.dims(), &[1, 3, h, w]);
+        let got: Vec<i64> = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&x| ((x + 1.0) * 127.5).round() as i64)
+            .collect();
+        let off: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        let worst = off
+            .iter()
+            .map(|&i| (got[i] - want[i]).abs())
+            .max()
+            .unwrap_or(0);
+        // Levels are integers after rounding (measured: identical); allow a rare ±1 where a
+        // differently ordered float sum lands on the other side of .5.
+        assert!(
+            worst <= 1 && off.len() * 1000 <= got.len(),
+            "{h}x{w}: {} of {} levels differ (worst {worst})",
+            off.len(),
+            got.len()
+        );
+        println!("{h}x{w}: {} of {} levels differ by 1", off.len(), got.len());
+    }
+    assert!(phyai::io::image::load_image(&refs.join("missing.png"), 16, 16).is_err());
+    assert!(phyai::io::image::load_image(&refs.join("processor.json"), 16, 16).is_err());
+}

@@ -22,12 +22,29 @@ fn load(name: &str) -> HashMap<String, Tensor> {
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     // The reference records scheduler samples with the pipeline's extra batch axis.
-    let b = if b.rank() == a.rank() + 1 { b.squeeze(0).unwrap() } else { b.clone() };
+    let b = if b.rank() == a.rank() + 1 {
+        b.squeeze(0).unwrap()
+    } else {
+        b.clone()
+    };
     assert_eq!(a.dims(), b.dims());
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (d / n).sqrt()
 }
 
@@ -134,7 +151,12 @@ fn check(case: Case) {
     if case.image {
         // The conditioning frame is kept exactly.
         let f0 = out.latents.narrow(2, 0, 1).unwrap();
-        let d = (&f0 - &r["image_latent"]).unwrap().abs().unwrap().max_all().unwrap();
+        let d = (&f0 - &r["image_latent"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         let enc = rel_err(&f0, &r["image_latent"]);
         assert!(enc < 1e-4, "frame 0 drifted: {enc:e} (max {d})");
     }
@@ -142,37 +164,68 @@ fn check(case: Case) {
 
 #[test]
 fn t2v_trajectory_matches_diffusers() {
-    check(Case { name: "t2v", fps: 24.0, sound: false, image: false });
+    check(Case {
+        name: "t2v",
+        fps: 24.0,
+        sound: false,
+        image: false,
+    });
 }
 
 #[test]
 fn t2av_trajectory_matches_diffusers() {
-    check(Case { name: "t2av", fps: 24.0, sound: true, image: false });
+    check(Case {
+        name: "t2av",
+        fps: 24.0,
+        sound: true,
+        image: false,
+    });
 }
 
 #[test]
 fn padded_trajectory_matches_diffusers() {
-    check(Case { name: "padded", fps: 16.0, sound: false, image: false });
+    check(Case {
+        name: "padded",
+        fps: 16.0,
+        sound: false,
+        image: false,
+    });
 }
 
 #[test]
 fn i2v_trajectory_matches_diffusers() {
-    check(Case { name: "i2v", fps: 24.0, sound: false, image: true });
+    check(Case {
+        name: "i2v",
+        fps: 24.0,
+        sound: false,
+        image: true,
+    });
 }
 
 #[test]
 fn cpu_parallel_topologies_match_one_rank() {
-    let case = Case { name: "t2av", fps: 24.0, sound: true, image: false };
+    let case = Case {
+        name: "t2av",
+        fps: 24.0,
+        sound: true,
+        image: false,
+    };
     let (one, _) = run(&case, ParallelConfig::default(), None);
     for (cfg, tp) in [(1, 2), (2, 1), (2, 2)] {
         let (many, _) = run(&case, ParallelConfig::new(cfg, tp, 1), None);
         // The same tiles decoded in sequence on one rank.
         let (tiled, _) = run(&case, ParallelConfig::default(), Some(cfg * tp));
         let lat = rel_err(&many.latents, &one.latents);
-        let snd = rel_err(many.sound_latents.as_ref().unwrap(), one.sound_latents.as_ref().unwrap());
+        let snd = rel_err(
+            many.sound_latents.as_ref().unwrap(),
+            one.sound_latents.as_ref().unwrap(),
+        );
         let vid = rel_err(&many.video, &tiled.video);
         println!("cfg {cfg} × tp {tp}: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}");
-        assert!(lat <= 1e-5 && snd <= 1e-5, "cfg {cfg} × tp {tp}: {lat:e} {snd:e}");
+        assert!(
+            lat <= 1e-5 && snd <= 1e-5,
+            "cfg {cfg} × tp {tp}: {lat:e} {snd:e}"
+        );
         // A multi-rank run decodes one tile per rank: the same video as the tiled decode.
         assert!(vid <= 1e-5, "cfg {cfg} × tp {tp}: video {vid:e}");
     }

@@ -267,6 +267,27 @@ fn bad_inputs_are_errors() {
         },
     );
     assert!(r.is_err());
+    let noisy = noisy_flags(&c);
+    let bad_sound = Tensor::zeros((1, 3, 5), DType::F32, &Device::Cpu).unwrap();
+    let empty = Tensor::zeros((1, 48, 3, 0, 6), DType::F32, &Device::Cpu).unwrap();
+    for (v, s, fps) in [
+        (&video, Some(&bad_sound), 24.0),
+        (&empty, None, 24.0),
+        (&video, None, 0.0),
+        (&video, None, f64::NAN),
+    ] {
+        let r = m.velocity(
+            &und,
+            &GenInputs {
+                video: v,
+                sound: s,
+                timestep: 999.0,
+                noisy_frames: &noisy,
+                fps,
+            },
+        );
+        assert!(r.is_err());
+    }
     assert!(m.und(&[]).is_err());
     assert!(m.und(&[u32::MAX]).is_err());
 }

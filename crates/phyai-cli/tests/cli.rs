@@ -76,32 +76,125 @@ fn bad_inputs_give_one_clear_line() {
     // Initial noise of the wrong shape.
     let bad_noise = tmp.path().join("noise.safetensors");
     {
-        let t = candle_core::Tensor::zeros((1, 48, 1, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let t = candle_core::Tensor::zeros(
+            (1, 48, 1, 1, 1),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let mut m = std::collections::HashMap::new();
         m.insert("video".to_string(), t);
         candle_core::safetensors::save(&m, &bad_noise).unwrap();
     }
     let missing_dir_out = tmp.path().join("no/such/folder/clip");
 
-    let small = ["--num-frames", "5", "--height", "32", "--width", "32", "--steps", "1"];
+    let small = [
+        "--num-frames",
+        "5",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "1",
+    ];
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
-        ("missing checkpoint", vec!["--checkpoint", "/no/such/checkpoint"], "--checkpoint"),
-        ("corrupt weights", vec!["--checkpoint", corrupt.to_str().unwrap()], "00001-of-00002.safetensors"),
-        ("frames not 4k+1", vec!["--checkpoint", ckpt_s, "--num-frames", "10"], "--num-frames"),
-        ("height not /16", vec!["--checkpoint", ckpt_s, "--height", "100"], "--height"),
-        ("width zero", vec!["--checkpoint", ckpt_s, "--width", "0"], "--width"),
+        (
+            "missing checkpoint",
+            vec!["--checkpoint", "/no/such/checkpoint"],
+            "--checkpoint",
+        ),
+        (
+            "corrupt weights",
+            vec!["--checkpoint", corrupt.to_str().unwrap()],
+            "00001-of-00002.safetensors",
+        ),
+        (
+            "frames not 4k+1",
+            vec!["--checkpoint", ckpt_s, "--num-frames", "10"],
+            "--num-frames",
+        ),
+        (
+            "height not /16",
+            vec!["--checkpoint", ckpt_s, "--height", "100"],
+            "--height",
+        ),
+        (
+            "width zero",
+            vec!["--checkpoint", ckpt_s, "--width", "0"],
+            "--width",
+        ),
         ("cfg 3", vec!["--checkpoint", ckpt_s, "--cfg", "3"], "--cfg"),
-        ("tp not dividing kv heads", vec!["--checkpoint", ckpt_s, "--tp", "3"], "--tp"),
-        ("unreadable image", vec!["--checkpoint", ckpt_s, "--image", "/no/such/image.png"], "--image"),
-        ("image that is not one", vec!["--checkpoint", ckpt_s, "--image", not_image.to_str().unwrap()], "not-image.png"),
-        ("empty prompt", vec!["--checkpoint", ckpt_s, "--prompt", "  "], "--prompt"),
-        ("zero steps", vec!["--checkpoint", ckpt_s, "--steps", "0"], "--steps"),
-        ("zero fps", vec!["--checkpoint", ckpt_s, "--fps", "0"], "--fps"),
-        ("negative guidance", vec!["--checkpoint", ckpt_s, "--guidance-scale=-1"], "--guidance-scale"),
-        ("sound without decoder", vec!["--checkpoint", silent.to_str().unwrap(), "--sound"], "--sound"),
-        ("noise of the wrong shape", vec!["--checkpoint", ckpt_s, "--init-noise", bad_noise.to_str().unwrap()], "--init-noise"),
-        ("noise file missing", vec!["--checkpoint", ckpt_s, "--init-noise", "/no/such/noise.safetensors"], "--init-noise"),
-        ("cuda in a cpu build", vec!["--checkpoint", ckpt_s, "--device", "cuda"], "--device"),
+        (
+            "tp not dividing kv heads",
+            vec!["--checkpoint", ckpt_s, "--tp", "3"],
+            "--tp",
+        ),
+        (
+            "unreadable image",
+            vec!["--checkpoint", ckpt_s, "--image", "/no/such/image.png"],
+            "--image",
+        ),
+        (
+            "image that is not one",
+            vec![
+                "--checkpoint",
+                ckpt_s,
+                "--image",
+                not_image.to_str().unwrap(),
+            ],
+            "not-image.png",
+        ),
+        (
+            "empty prompt",
+            vec!["--checkpoint", ckpt_s, "--prompt", "  "],
+            "--prompt",
+        ),
+        (
+            "zero steps",
+            vec!["--checkpoint", ckpt_s, "--steps", "0"],
+            "--steps",
+        ),
+        (
+            "zero fps",
+            vec!["--checkpoint", ckpt_s, "--fps", "0"],
+            "--fps",
+        ),
+        (
+            "negative guidance",
+            vec!["--checkpoint", ckpt_s, "--guidance-scale=-1"],
+            "--guidance-scale",
+        ),
+        (
+            "sound without decoder",
+            vec!["--checkpoint", silent.to_str().unwrap(), "--sound"],
+            "--sound",
+        ),
+        (
+            "noise of the wrong shape",
+            vec![
+                "--checkpoint",
+                ckpt_s,
+                "--init-noise",
+                bad_noise.to_str().unwrap(),
+            ],
+            "--init-noise",
+        ),
+        (
+            "noise file missing",
+            vec![
+                "--checkpoint",
+                ckpt_s,
+                "--init-noise",
+                "/no/such/noise.safetensors",
+            ],
+            "--init-noise",
+        ),
+        (
+            "cuda in a cpu build",
+            vec!["--checkpoint", ckpt_s, "--device", "cuda"],
+            "--device",
+        ),
     ];
     for (case, extra, needle) in cases {
         let mut args = vec!["generate", "--prompt", "a robot", "--out", out_s, "--quiet"];
@@ -114,23 +207,51 @@ fn bad_inputs_give_one_clear_line() {
         let o = phyai(&args);
         assert_one_line_error(&o, needle, &out, case);
     }
-    let o = phyai(&["generate", "--checkpoint", ckpt_s, "--prompt", "a robot", "--out", missing_dir_out.to_str().unwrap()]);
+    let o = phyai(&[
+        "generate",
+        "--checkpoint",
+        ckpt_s,
+        "--prompt",
+        "a robot",
+        "--out",
+        missing_dir_out.to_str().unwrap(),
+    ]);
     assert_one_line_error(&o, "--out", &missing_dir_out, "output folder missing");
 }
 
 fn load_ref(name: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(fixtures().join("refs").join(name), &candle_core::Device::Cpu)
-        .unwrap()
+    candle_core::safetensors::load(
+        fixtures().join("refs").join(name),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
     use candle_core::DType;
-    let b = if b.rank() == a.rank() + 1 { b.squeeze(0).unwrap() } else { b.clone() };
+    let b = if b.rank() == a.rank() + 1 {
+        b.squeeze(0).unwrap()
+    } else {
+        b.clone()
+    };
     assert_eq!(a.dims(), b.dims());
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (d / n).sqrt()
 }
 
@@ -150,13 +271,32 @@ fn cli_matches_reference(case: &str, prompt: &str, sound: bool, image: bool) {
     let out = tmp.path().join("clip");
     let png = fixtures().join("refs").join(format!("{case}_image.png"));
     let mut args = vec![
-        "generate", "--checkpoint", tiny().to_str().unwrap().to_owned().leak(),
-        "--prompt", prompt, "--prompt-style", "diffusers",
-        "--num-frames", "9", "--height", "64", "--width", "96", "--fps", "24",
-        "--steps", "3", "--guidance-scale", "6",
-        "--init-noise", noise.to_str().unwrap().to_owned().leak(),
-        "--dump-dir", dump.to_str().unwrap().to_owned().leak(),
-        "--out", out.to_str().unwrap().to_owned().leak(), "--quiet",
+        "generate",
+        "--checkpoint",
+        tiny().to_str().unwrap().to_owned().leak(),
+        "--prompt",
+        prompt,
+        "--prompt-style",
+        "diffusers",
+        "--num-frames",
+        "9",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--fps",
+        "24",
+        "--steps",
+        "3",
+        "--guidance-scale",
+        "6",
+        "--init-noise",
+        noise.to_str().unwrap().to_owned().leak(),
+        "--dump-dir",
+        dump.to_str().unwrap().to_owned().leak(),
+        "--out",
+        out.to_str().unwrap().to_owned().leak(),
+        "--quiet",
     ];
     if sound {
         args.push("--sound");
@@ -165,9 +305,17 @@ fn cli_matches_reference(case: &str, prompt: &str, sound: bool, image: bool) {
         args.extend(["--image", png.to_str().unwrap().to_owned().leak()]);
     }
     let o = phyai(&args);
-    assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
-    let lat = candle_core::safetensors::load(dump.join("latents.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let px = candle_core::safetensors::load(dump.join("output.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(
+        o.status.success(),
+        "{case}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lat =
+        candle_core::safetensors::load(dump.join("latents.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let px =
+        candle_core::safetensors::load(dump.join("output.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     let e_lat = rel_err(&lat["video"], &r["latents"]);
     let e_px = rel_err(&px["video"], &r["video"]);
     println!("{case}: latents {e_lat:.2e}, pixels {e_px:.2e}");

@@ -68,7 +68,10 @@ impl ParallelConfig {
         if !(self.cfg_size == 1 || self.cfg_size == 2) {
             return Err(Error::invalid(
                 "--cfg",
-                format!("must be 1 or 2 (cond and uncond branches), got {}", self.cfg_size),
+                format!(
+                    "must be 1 or 2 (cond and uncond branches), got {}",
+                    self.cfg_size
+                ),
             ));
         }
         for (flag, n) in [("--tp", self.tp_size), ("--sp", self.sp_size)] {
@@ -92,9 +95,13 @@ impl ParallelConfig {
     pub fn validate(&self, num_kv_heads: usize) -> Result<()> {
         self.validate_shape()?;
         let heads_split = self.tp_size * self.sp_size;
-        if num_kv_heads % heads_split != 0 {
+        if !num_kv_heads.is_multiple_of(heads_split) {
             return Err(Error::invalid(
-                if self.sp_size > 1 { "--tp/--sp" } else { "--tp" },
+                if self.sp_size > 1 {
+                    "--tp/--sp"
+                } else {
+                    "--tp"
+                },
                 format!(
                     "tp·sp = {heads_split} must divide the model's {num_kv_heads} key/value heads"
                 ),

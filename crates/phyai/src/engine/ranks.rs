@@ -65,7 +65,9 @@ impl RankPool {
             let aborter = aborter.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("phyai-rank-{rank}"))
-                .spawn(move || worker_loop(rank, mesh, factory, aborter, ready_tx, job_rx, reply_tx))
+                .spawn(move || {
+                    worker_loop(rank, mesh, factory, aborter, ready_tx, job_rx, reply_tx)
+                })
                 .map_err(|e| Error::msg(format!("rank {rank}: cannot start its thread: {e}")))?;
             workers.push(Worker {
                 rank,
@@ -76,7 +78,10 @@ impl RankPool {
             loaded.push((rank, ready_rx));
         }
         let lead = factory(lead_mesh);
-        let mut first_err = lead.as_ref().err().map(|e| Error::msg(format!("rank 0: {e}")));
+        let mut first_err = lead
+            .as_ref()
+            .err()
+            .map(|e| Error::msg(format!("rank 0: {e}")));
         for (rank, ready) in loaded {
             let r = ready
                 .recv()
@@ -129,7 +134,9 @@ impl RankPool {
         }
         match (lead, worker_err) {
             (Ok(v), None) => Ok(v),
-            (Err(e), _) if !e.to_string().starts_with("rank ") => Err(Error::msg(format!("rank 0 failed: {e}"))),
+            (Err(e), _) if !e.to_string().starts_with("rank ") => {
+                Err(Error::msg(format!("rank 0 failed: {e}")))
+            }
             (Err(e), None) => Err(e),
             (_, Some(e)) => Err(e),
         }
@@ -149,7 +156,11 @@ impl RankPool {
         })
     }
 
-    pub fn step(&mut self, request: &GenerationRequest, progress: &dyn Progress) -> Result<GenerationOutput> {
+    pub fn step(
+        &mut self,
+        request: &GenerationRequest,
+        progress: &dyn Progress,
+    ) -> Result<GenerationOutput> {
         self.broadcast(|| Job::Step(Box::new(request.clone())))?;
         let lead = self.lead.step(request, progress);
         self.abort_on_err(&lead, 0);

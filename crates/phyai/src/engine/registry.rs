@@ -3,9 +3,9 @@
 use super::config::{EngineConfig, PluginArgs};
 use super::progress::Progress;
 use super::request::{Conditioning, GenerationOutput, GenerationRequest};
-use candle_core::Tensor;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
+use candle_core::Tensor;
 
 /// A model family behind the engine.
 pub trait Plugin: Send {

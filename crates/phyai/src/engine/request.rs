@@ -15,7 +15,7 @@ pub struct LatentShape {
 /// Converts a pixel-space request (frames, height, width) to the latent grid, checking the
 /// VAE's constraints: frames = 4k+1, height and width multiples of 16.
 pub fn pixel_to_latent_shape(frames: usize, height: usize, width: usize) -> Result<LatentShape> {
-    if frames == 0 || (frames - 1) % 4 != 0 {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
         return Err(Error::invalid(
             "--num-frames",
             format!("must be 4k+1 (1, 5, 9, …, 189), got {frames}"),

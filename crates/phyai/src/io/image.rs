@@ -76,25 +76,31 @@ struct Taps {
 }
 
 impl Taps {
+    /// Weights are computed in f32 in the same order as the reference kernel, so the
+    /// interpolated values match it to the last bit in almost every pixel.
     fn new(input: usize, output: usize) -> Self {
-        let scale = input as f64 / output as f64;
+        let scale = input as f32 / output as f32;
         let support = if scale >= 1.0 { scale } else { 1.0 };
         let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
         let mut starts = Vec::with_capacity(output);
         let mut weights = Vec::with_capacity(output);
         for i in 0..output {
-            let center = scale * (i as f64 + 0.5);
-            let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let hi = ((center + support + 0.5).floor() as usize).min(input);
-            let mut ws: Vec<f64> = (lo..hi)
-                .map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0))
+            let center = scale * (i as f32 + 0.5);
+            // Truncation toward zero, then clamped at 0, as the reference does.
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let mut ws: Vec<f32> = (lo..hi)
+                .map(|j| {
+                    let x = (j as f32 - center + 0.5) * inv;
+                    (1.0 - x.abs()).max(0.0)
+                })
                 .collect();
-            let total: f64 = ws.iter().sum();
-            if total > 0.0 {
+            let total: f32 = ws.iter().sum();
+            if total != 0.0 {
                 ws.iter_mut().for_each(|w| *w /= total);
             }
             starts.push(lo);
-            weights.push(ws.into_iter().map(|w| w as f32).collect());
+            weights.push(ws);
         }
         Self { starts, weights }
     }

@@ -128,3 +128,27 @@ impl TpGroup {
         VocabParallelEmbedding::load(w, vocab, hidden, self.comm.clone())
     }
 }
+
+#[cfg(test)]
+mod scratch_perf {
+    use candle_core::{Device, Tensor};
+    #[test]
+    #[ignore]
+    fn transposed_vs_contiguous() {
+        let x = Tensor::randn(0f32, 1.0, (520, 512), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (1536, 512), &Device::Cpu).unwrap();
+        let wt = w.t().unwrap().contiguous().unwrap();
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                let _ = x.matmul(&w.t().unwrap()).unwrap();
+            }
+            let a = t.elapsed();
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                let _ = x.matmul(&wt).unwrap();
+            }
+            println!("t(): {:?}  contiguous: {:?}", a / 10, t.elapsed() / 10);
+        }
+    }
+}

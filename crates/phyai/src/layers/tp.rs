@@ -18,7 +18,7 @@ use crate::{Error, Result};
 
 /// The contiguous block of `n` items that tp rank `rank` of `size` owns.
 pub fn shard_range(n: usize, rank: usize, size: usize, what: &str) -> Result<Range<usize>> {
-    if size == 0 || n % size != 0 {
+    if size == 0 || !n.is_multiple_of(size) {
         return Err(Error::invalid(
             "--tp",
             format!("{what} ({n}) is not divisible by the tensor-parallel degree {size}"),

@@ -147,7 +147,7 @@ impl Communicator for LocalComm {
     fn all_to_all(&self, t: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
         let n = self.hub.size;
         let len = t.dim(split_dim)?;
-        if len % n != 0 {
+        if !len.is_multiple_of(n) {
             return Err(Error::msg(format!(
                 "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
             )));

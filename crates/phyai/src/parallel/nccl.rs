@@ -163,7 +163,7 @@ impl Communicator for NcclComm {
         // correct; a send/recv version moves 1/size of the bytes.
         let n = self.size();
         let len = t.dim(split_dim)?;
-        if len % n != 0 {
+        if !len.is_multiple_of(n) {
             return Err(Error::msg(format!(
                 "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
             )));

@@ -141,7 +141,10 @@ fn save_component(
     let store = Arc::new(WeightStore::synthetic(dir, seed));
     let w = Weights::new(store.clone(), DType::F32, &Device::Cpu);
     build(&cfg_file, config_text, &w)?;
-    store.save_synthetic(&dir.join("diffusion_pytorch_model.safetensors"), DType::BF16)
+    store.save_synthetic(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        DType::BF16,
+    )
 }
 
 /// Writes the demo checkpoint into `dir` (created; must be absent or empty).
@@ -160,12 +163,17 @@ pub fn write_demo_checkpoint(dir: &Path) -> Result<()> {
     mkdir(dir)?;
     write(&dir.join("model_index.json"), MODEL_INDEX)?;
 
-    save_component(&dir.join("transformer"), TRANSFORMER, SEED, |file, text, w| {
-        let cfg: TransformerConfig = parse_json(file, text)?;
-        cfg.validate(file)?;
-        Cosmos3Transformer::new(&cfg, w.clone())?;
-        Ok(())
-    })?;
+    save_component(
+        &dir.join("transformer"),
+        TRANSFORMER,
+        SEED,
+        |file, text, w| {
+            let cfg: TransformerConfig = parse_json(file, text)?;
+            cfg.validate(file)?;
+            Cosmos3Transformer::new(&cfg, w.clone())?;
+            Ok(())
+        },
+    )?;
 
     // Per-channel latent statistics of a plausible spread (the real ones are learnt).
     let mean: Vec<String> = (0..48)

@@ -225,7 +225,10 @@ impl Plugin for Cosmos3Plugin {
             .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
         // [1, 3, H, W] in [−1, 1] → one latent frame; the causal VAE encodes frame 0 alone
         // exactly as it does inside a longer clip.
-        let x = pixels.to_dtype(self.dtype)?.to_device(&self.device)?.unsqueeze(2)?;
+        let x = pixels
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?
+            .unsqueeze(2)?;
         let latents = enc.encode(&x)?.to_dtype(DType::F32)?;
         Ok(Conditioning {
             latents,

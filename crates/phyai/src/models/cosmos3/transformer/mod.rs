@@ -79,6 +79,7 @@ impl Cosmos3Transformer {
 
     /// Builds this rank's shard: heads and MLP channels split over `tp`.
     pub fn new_sharded(cfg: &TransformerConfig, w: Weights, tp: &TpGroup) -> Result<Self> {
+        cfg.validate(Path::new("transformer/config.json"))?;
         let section = cfg.mrope_section();
         let section: [usize; 3] = section.as_slice().try_into().map_err(|_| {
             Error::invalid(
@@ -133,19 +134,14 @@ impl Cosmos3Transformer {
         self.und.forward(text_ids, &self.rope, self.dtype)
     }
 
-    /// The velocity of one step for one CFG branch.
-    pub fn velocity(&self, und: &UndKv, inputs: &GenInputs) -> Result<GenOutput> {
-        let cfg = &self.cfg;
-        let p = cfg.latent_patch_size;
-        let video = inputs.video;
-        let dims = video.dims();
-        if dims.len() != 5 || dims[0] != 1 || dims[1] != cfg.latent_channel {
+    /// Shapes and values a step cannot run with, as errors naming the input.
+    fn check_inputs(&self, inputs: &GenInputs) -> Result<()> {
+        let c = self.cfg.latent_channel;
+        let dims = inputs.video.dims();
+        if dims.len() != 5 || dims[0] != 1 || dims[1] != c || dims[2..].contains(&0) {
             return Err(Error::invalid(
                 "video latent",
-                format!(
-                    "shape {dims:?}, expected [1, {}, t, h, w]",
-                    cfg.latent_channel
-                ),
+                format!("shape {dims:?}, expected [1, {c}, t, h, w] with t, h, w ≥ 1"),
             ));
         }
         if inputs.noisy_frames.len() != dims[2] {
@@ -164,6 +160,27 @@ impl Cosmos3Transformer {
                 format!("{} must be positive", inputs.fps),
             ));
         }
+        if let Some(s) = inputs.sound {
+            let heads = self.sound.as_ref().ok_or_else(|| {
+                Error::invalid("sound", "this checkpoint does not generate sound")
+            })?;
+            let sd = s.dims();
+            if sd.len() != 3 || sd[0] != 1 || sd[1] != heads.channels() || sd[2] == 0 {
+                return Err(Error::invalid(
+                    "sound latent",
+                    format!("shape {sd:?}, expected [1, {}, T]", heads.channels()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The velocity of one step for one CFG branch.
+    pub fn velocity(&self, und: &UndKv, inputs: &GenInputs) -> Result<GenOutput> {
+        self.check_inputs(inputs)?;
+        let cfg = &self.cfg;
+        let p = cfg.latent_patch_size;
+        let video = inputs.video;
         let dtype = self.dtype;
         let video = video.to_dtype(dtype)?.to_device(&self.device)?;
         let (patches, grid) = patchify(&video, p)?;
@@ -184,24 +201,14 @@ impl Cosmos3Transformer {
         let mut positions =
             positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
         let n_video = video_tokens.dim(0)?;
-        let tokens = match inputs.sound {
-            None => video_tokens,
-            Some(s) => {
-                let heads = self.sound.as_ref().ok_or_else(|| {
-                    Error::invalid("sound", "this checkpoint does not generate sound")
-                })?;
-                let sd = s.dims();
-                if sd.len() != 3 || sd[0] != 1 || sd[1] != heads.channels() || sd[2] == 0 {
-                    return Err(Error::invalid(
-                        "sound latent",
-                        format!("shape {sd:?}, expected [1, {}, T]", heads.channels()),
-                    ));
-                }
+        let tokens = match (inputs.sound, &self.sound) {
+            (Some(s), Some(heads)) => {
                 let s = s.to_dtype(dtype)?.to_device(&self.device)?;
                 let st = heads.embed(&s)?.broadcast_add(&temb)?;
-                positions.extend(positions::sound_positions(cfg, und.text_len, sd[2]));
+                positions.extend(positions::sound_positions(cfg, und.text_len, s.dim(2)?));
                 Tensor::cat(&[&video_tokens, &st], 0)?
             }
+            _ => video_tokens,
         };
         let (cos, sin) = self.rope.tables(&positions, dtype, &self.device)?;
         let hidden = self.gen.forward(&tokens, und, &cos, &sin)?;
