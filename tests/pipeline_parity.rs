@@ -230,3 +230,87 @@ fn cpu_parallel_topologies_match_one_rank() {
         assert!(vid <= 1e-5, "cfg {cfg} × tp {tp}: video {vid:e}");
     }
 }
+
+#[test]
+fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
+    // The demo model has 4 key/value heads, so tp = 4 is possible there.
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("demo");
+    phyai::models::cosmos3::demo::write_demo_checkpoint(&ckpt).unwrap();
+    let run = |parallel: ParallelConfig, tiles: Option<usize>| {
+        let mut e = Engine::new(EngineArgs {
+            plugin: "cosmos3_wn".into(),
+            plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+                checkpoint_dir: ckpt.clone(),
+                flow_shift: None,
+                use_karras_sigmas: None,
+                load_sound: true,
+                sigma_schedule: SigmaStyle::Checkpoint,
+            }),
+            config: EngineConfig {
+                device: DeviceConfig {
+                    target: Target::Cpu,
+                    dtype: DType::F32,
+                },
+                parallel,
+                runtime: RuntimeConfig {
+                    vae_tiles: tiles,
+                    ..RuntimeConfig::default()
+                },
+            },
+        })
+        .unwrap();
+        e.step(&GenerationRequest {
+            pos_ids: vec![
+                151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,
+            ],
+            neg_ids: vec![
+                151644, 872, 198, 151645, 198, 151644, 77091, 198, 151645, 151652,
+            ],
+            latent: LatentShape { t: 2, h: 4, w: 4 },
+            fps: 24.0,
+            steps: 2,
+            guidance_scale: 6.0,
+            seed: 7,
+            sound_frames: Some(4),
+            conditioning: None,
+            init_noise: None,
+        })
+        .unwrap()
+    };
+    let one = run(ParallelConfig::default(), None);
+    for (cfg, tp) in [(1, 4), (2, 2)] {
+        let many = run(ParallelConfig::new(cfg, tp, 1), None);
+        let tiled = run(ParallelConfig::default(), Some(cfg * tp));
+        let lat = rel_err(&many.latents, &one.latents);
+        let snd = rel_err(
+            many.sound_latents.as_ref().unwrap(),
+            one.sound_latents.as_ref().unwrap(),
+        );
+        let vid = rel_err(&many.video, &tiled.video);
+        println!("demo cfg {cfg} × tp {tp}: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}");
+        assert!(
+            lat <= 1e-5 && snd <= 1e-5 && vid <= 1e-5,
+            "cfg {cfg} × tp {tp}"
+        );
+    }
+    let e = Engine::new(EngineArgs {
+        plugin: "cosmos3_wn".into(),
+        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+            checkpoint_dir: ckpt.clone(),
+            flow_shift: None,
+            use_karras_sigmas: None,
+            load_sound: false,
+            sigma_schedule: SigmaStyle::Checkpoint,
+        }),
+        config: EngineConfig {
+            parallel: ParallelConfig::new(1, 8, 1),
+            ..EngineConfig::default()
+        },
+    });
+    let msg = e.err().unwrap().to_string();
+    assert!(
+        msg.contains("--tp") && msg.contains("key/value heads"),
+        "{msg}"
+    );
+}

@@ -236,3 +236,94 @@ impl Drop for RankPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::local::LocalMeshes;
+    use crate::parallel::MeshShape;
+    use candle_core::Device;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// All-reduces once per denoising step; `fail` = (rank, step) errors there.
+    struct Lockstep {
+        mesh: RankMesh,
+        fail: Option<(usize, usize)>,
+    }
+
+    impl Plugin for Lockstep {
+        fn name(&self) -> &'static str {
+            "lockstep"
+        }
+        fn sound_spec(&self) -> Option<(u32, usize)> {
+            None
+        }
+        fn encode_image(&mut self, _: &Tensor) -> Result<Conditioning> {
+            Err(Error::msg("no encoder"))
+        }
+        fn step(&mut self, req: &GenerationRequest, _: &dyn Progress) -> Result<GenerationOutput> {
+            let mut acc = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
+            for step in 0..req.steps {
+                if self.fail == Some((self.mesh.rank, step)) {
+                    return Err(Error::msg(format!("injected fault at step {step}")));
+                }
+                let one = Tensor::ones(1, candle_core::DType::F32, &Device::Cpu)?;
+                acc = (acc + self.mesh.world.all_reduce_sum(&one)?)?;
+            }
+            Ok(GenerationOutput {
+                video: acc.clone(),
+                audio: None,
+                latents: acc,
+                sound_latents: None,
+                timings: Vec::new(),
+            })
+        }
+    }
+
+    fn request(steps: usize) -> GenerationRequest {
+        GenerationRequest {
+            pos_ids: vec![1],
+            neg_ids: vec![1],
+            latent: super::super::LatentShape { t: 1, h: 1, w: 1 },
+            fps: 24.0,
+            steps,
+            guidance_scale: 1.0,
+            seed: 0,
+            sound_frames: None,
+            conditioning: None,
+            init_noise: None,
+        }
+    }
+
+    fn pool(world: usize, fail: Option<(usize, usize)>) -> RankPool {
+        let local = LocalMeshes::new(MeshShape::new(1, 1, world), Duration::from_secs(60));
+        let aborter = local.aborter();
+        let factory: Arc<PluginFactory> =
+            Arc::new(move |mesh| Ok(Box::new(Lockstep { mesh, fail }) as Box<dyn Plugin>));
+        RankPool::start(local.meshes, Some(aborter), factory).unwrap()
+    }
+
+    #[test]
+    fn ranks_run_requests_in_lockstep() {
+        let mut p = pool(4, None);
+        for _ in 0..2 {
+            let out = p.step(&request(3), &Silent).unwrap();
+            assert_eq!(out.latents.to_vec1::<f32>().unwrap(), vec![12.0]);
+        }
+    }
+
+    #[test]
+    fn a_rank_failing_mid_run_stops_every_rank_with_its_name() {
+        for failing in [0usize, 2] {
+            let mut p = pool(4, Some((failing, 2)));
+            let start = Instant::now();
+            let e = p.step(&request(5), &Silent).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("rank {failing}")) && e.contains("injected fault at step 2"),
+                "{e}"
+            );
+            assert!(start.elapsed() < Duration::from_secs(10));
+        }
+    }
+}

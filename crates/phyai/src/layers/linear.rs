@@ -130,25 +130,27 @@ impl TpGroup {
 }
 
 #[cfg(test)]
-mod scratch_perf {
-    use candle_core::{Device, Tensor};
+mod tests {
+    use super::*;
+    use crate::io::weights::WeightStore;
+    use candle_core::{DType, Device};
+    use std::path::Path;
+
     #[test]
-    #[ignore]
-    fn transposed_vs_contiguous() {
-        let x = Tensor::randn(0f32, 1.0, (520, 512), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (1536, 512), &Device::Cpu).unwrap();
-        let wt = w.t().unwrap().contiguous().unwrap();
-        for _ in 0..2 {
-            let t = std::time::Instant::now();
-            for _ in 0..10 {
-                let _ = x.matmul(&w.t().unwrap()).unwrap();
-            }
-            let a = t.elapsed();
-            let t = std::time::Instant::now();
-            for _ in 0..10 {
-                let _ = x.matmul(&wt).unwrap();
-            }
-            println!("t(): {:?}  contiguous: {:?}", a / 10, t.elapsed() / 10);
-        }
+    fn plain_linear_and_single_rank_group() {
+        let store = Arc::new(WeightStore::synthetic(Path::new("test"), 1));
+        let w = Weights::new(store, DType::F32, &Device::Cpu);
+        let x = Tensor::randn(0f32, 1.0, (3, 8), &Device::Cpu).unwrap();
+        let lin = Linear::load(&w.pp("a"), 8, 6, true).unwrap();
+        let y = lin.forward(&x).unwrap();
+        let want = x
+            .matmul(&w.pp("a").get((6, 8), "weight").unwrap().t().unwrap())
+            .unwrap();
+        let d = (y - want).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0); // synthetic bias is zero
+        let tp = TpGroup::single();
+        assert_eq!(tp.local(8, "heads").unwrap(), 8);
+        let col = tp.column(&w.pp("a"), 8, 3, 2, true, "heads").unwrap();
+        assert_eq!(col.out_features(), 6);
     }
 }

@@ -37,7 +37,8 @@ const MODEL_INDEX: &str = r#"{
 }
 "#;
 
-/// Nano's architecture shrunk (64 wide, 2 layers) with the real 151,936-token vocabulary.
+/// Nano's architecture shrunk (64 wide, 2 layers, 8 query / 4 key-value heads so tensor
+/// parallelism up to 4 can be tried) with the real 151,936-token vocabulary.
 const TRANSFORMER: &str = r#"{
   "_class_name": "Cosmos3OmniTransformer",
   "_diffusers_version": "0.42.1",
@@ -51,9 +52,9 @@ const TRANSFORMER: &str = r#"{
   "intermediate_size": 128,
   "latent_channel": 48,
   "latent_patch_size": 2,
-  "num_attention_heads": 4,
+  "num_attention_heads": 8,
   "num_hidden_layers": 2,
-  "num_key_value_heads": 2,
+  "num_key_value_heads": 4,
   "patch_latent_dim": 192,
   "qk_norm_for_text": true,
   "rms_norm_eps": 1e-06,

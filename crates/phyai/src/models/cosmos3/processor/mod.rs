@@ -64,6 +64,9 @@ pub struct Processor {
     template: ChatTemplate,
     eos_id: u32,
     vision_start_id: u32,
+    /// diffusers style only: whether the system turn is added (the pipeline's
+    /// `default_use_system_prompt`, read from the checkpoint's `model_index.json`).
+    diffusers_system_prompt: bool,
 }
 
 impl Processor {
@@ -90,6 +93,7 @@ impl Processor {
             template,
             eos_id,
             vision_start_id,
+            diffusers_system_prompt: default_use_system_prompt(dir)?,
         })
     }
 
@@ -113,6 +117,7 @@ impl Processor {
         let (pos, neg) = captions(inputs)?;
         let system = match inputs.style {
             PromptStyle::Phyai => None,
+            PromptStyle::Diffusers if !self.diffusers_system_prompt => None,
             PromptStyle::Diffusers if inputs.num_frames == 1 => Some(SYSTEM_PROMPT_IMAGE),
             PromptStyle::Diffusers => Some(SYSTEM_PROMPT_VIDEO),
         };
@@ -201,6 +206,26 @@ fn captions(inputs: &PromptInputs) -> Result<(String, String)> {
             )
         }
     })
+}
+
+/// `default_use_system_prompt` of the pipeline config next to the tokenizer folder
+/// (`<checkpoint>/model_index.json`); true, the pipeline default, when absent.
+fn default_use_system_prompt(dir: &Path) -> Result<bool> {
+    let Some(index) = dir.parent().map(|p| p.join("model_index.json")) else {
+        return Ok(true);
+    };
+    if !index.exists() {
+        return Ok(true);
+    }
+    match read_json_value(&index)?.get("default_use_system_prompt") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::config(
+            &index,
+            "default_use_system_prompt",
+            format!("expected a boolean, got {other}"),
+        )),
+    }
 }
 
 fn read_json_value(file: &Path) -> Result<Value> {

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::io::atomic::write_atomic;
 use crate::{Error, Result};
 
 const TOKENIZER_JSON_GZ: &[u8] =
@@ -20,18 +21,9 @@ pub fn write_qwen_tokenizer(dir: &Path) -> Result<()> {
     flate2::read::GzDecoder::new(TOKENIZER_JSON_GZ)
         .read_to_end(&mut json)
         .map_err(|e| Error::msg(format!("bundled Qwen tokenizer is corrupt: {e}")))?;
-    write_atomically(&dir.join("tokenizer.json"), &json)?;
-    write_atomically(
+    write_atomic(&dir.join("tokenizer.json"), &json)?;
+    write_atomic(
         &dir.join("tokenizer_config.json"),
         TOKENIZER_CONFIG.as_bytes(),
     )
-}
-
-/// Writes via a temporary file in the same folder so readers never see a partial file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::write(tmp.path(), bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }

@@ -1,0 +1,115 @@
+//! A request that carries only a seed (no initial noise) against diffusers'
+//! Cosmos3OmniPipeline started from the engine's seeded noise: numpy `RandomState(seed)`
+//! standard normals rounded to f32, video `[1,48,t,h,w]`, sound `[64,T]` from a fresh
+//! generator. Checks the seeded draw, then the whole guided T2AV run, in f32 on CPU.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use phyai::engine::{
+    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, GenerationRequest, LatentShape,
+    ParallelConfig, PluginArgs, RuntimeConfig, Target,
+};
+use phyai::models::cosmos3::sampler::{noise, SigmaStyle};
+
+const REF: &str = "trajectory_seeded_t2av.safetensors";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn load() -> (HashMap<String, Tensor>, u64) {
+    let path = fixtures().join("refs").join(REF);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    // The seed is in the file's metadata, next to the tensors.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let seed = meta.metadata().as_ref().unwrap()["seed"].parse().unwrap();
+    (tensors, seed)
+}
+
+/// ‖a − b‖ / ‖b‖ in f64.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    (norm(&(&a - &b).unwrap()) / norm(&b)).sqrt()
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineArgs {
+        plugin: "cosmos3_wn".into(),
+        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+            checkpoint_dir: fixtures().join("tiny"),
+            flow_shift: None,
+            use_karras_sigmas: None,
+            load_sound: true,
+            sigma_schedule: SigmaStyle::Checkpoint,
+        }),
+        config: EngineConfig {
+            device: DeviceConfig {
+                target: Target::Cpu,
+                dtype: DType::F32,
+            },
+            parallel: ParallelConfig::default(),
+            runtime: RuntimeConfig::default(),
+        },
+    })
+    .unwrap()
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+#[test]
+fn seeded_noise_is_the_reference_start() {
+    let (r, seed) = load();
+    for key in ["init_video", "init_sound"] {
+        let init = &r[key];
+        let shape: Vec<usize> = if key == "init_sound" {
+            init.dims()[1..].to_vec() // drawn as [64, T]
+        } else {
+            init.dims().to_vec()
+        };
+        let drawn = noise::standard_normal(seed, &shape).unwrap();
+        let want = init.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(drawn, want, "{key}: seeded draw differs");
+    }
+}
+
+#[test]
+fn seeded_t2av_matches_diffusers() {
+    let (r, seed) = load();
+    let (_, _, t, h, w) = r["init_video"].dims5().unwrap();
+    let req = GenerationRequest {
+        pos_ids: ids(&r["pos_ids"]),
+        neg_ids: ids(&r["neg_ids"]),
+        latent: LatentShape { t, h, w },
+        fps: 24.0,
+        steps: 3,
+        guidance_scale: 6.0,
+        seed,
+        sound_frames: Some(r["init_sound"].dim(2).unwrap()),
+        conditioning: None,
+        init_noise: None,
+    };
+    let out = engine().step(&req).unwrap();
+    let lat = rel_err(&out.latents, &r["latents"]);
+    let snd = rel_err(out.sound_latents.as_ref().unwrap(), &r["sound_latents"]);
+    let vid = rel_err(&out.video, &r["video"]);
+    let (wave, rate) = out.audio.as_ref().unwrap();
+    let aud = rel_err(wave, &r["audio"]);
+    println!("seeded t2av: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}, audio {aud:.2e}");
+    assert_eq!(*rate, 48_000);
+    assert!(lat <= 1e-4, "latents rel err {lat:e}");
+    assert!(snd <= 1e-4, "sound latents rel err {snd:e}");
+    assert!(vid <= 1e-4, "video rel err {vid:e}");
+    assert!(aud <= 1e-3, "audio rel err {aud:e}");
+}
