@@ -314,7 +314,7 @@ def make(out_dir: Path, seed: int) -> None:
             for c in CASES
         },
     }
-    (refs / "processor.json").write_text(json.dumps(doc, ensure_ascii=False) + "\n", encoding="utf-8")
+    (refs / "processor.json").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
     print("processor.json:", {t: len(v) for t, v in results.items()})
 
 

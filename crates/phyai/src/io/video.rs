@@ -87,7 +87,9 @@ fn encode_h264(frames: &[u8], t: usize, h: usize, w: usize, fps: f64) -> Result<
     let gop = ((fps * 2.0).round() as u32).max(1);
     let config = EncoderConfig::new()
         .skip_frames(false)
-        .rate_control_mode(RateControlMode::Quality)
+        // Fixed quantiser: every frame is kept at constant quality, and the encoder has no
+        // rate-control warnings to print on stderr.
+        .rate_control_mode(RateControlMode::Off)
         .bitrate(BitRate::from_bps(bps))
         .max_frame_rate(FrameRate::from_hz(fps as f32))
         .intra_frame_period(IntraFramePeriod::from_num_frames(gop))
