@@ -187,3 +187,53 @@ fn truncated_corrupt_and_missing_files_give_one_line_errors() {
     let e = WeightStore::open_dir(&empty).unwrap_err().to_string();
     assert!(e.contains("no *.safetensors"), "{e}");
 }
+
+/// Every component of the fixture checkpoint loads strictly: each stored tensor has the
+/// shape its config implies, is bf16 as published, and none is left unused (beyond the
+/// ones generation never reads).
+#[test]
+fn fixture_checkpoint_loads_strictly() {
+    use phyai::io::json::read_json;
+    use phyai::models::cosmos3::transformer::{
+        Cosmos3Transformer, TransformerConfig, UNUSED_WEIGHT_PREFIXES,
+    };
+    use phyai::models::cosmos3::vae::{
+        AudioDecoder, AudioVaeConfig, VaeConfig, WanDecoder, WanEncoder,
+    };
+
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let open = |name: &str| {
+        let store = Arc::new(WeightStore::open_dir(&tiny.join(name)).unwrap());
+        for k in store.keys() {
+            assert_eq!(store.info(k).unwrap().dtype, DType::BF16, "{name}/{k}");
+        }
+        store
+    };
+
+    let store = open("transformer");
+    assert!(store
+        .origin()
+        .to_string_lossy()
+        .ends_with(".safetensors.index.json"));
+    let file = tiny.join("transformer/config.json");
+    let cfg: TransformerConfig = read_json(&file).unwrap();
+    cfg.validate(&file).unwrap();
+    Cosmos3Transformer::new(&cfg, Weights::new(store.clone(), DType::F32, &Device::Cpu)).unwrap();
+    store.check_all_used(UNUSED_WEIGHT_PREFIXES).unwrap();
+
+    let store = open("vae");
+    let file = tiny.join("vae/config.json");
+    let cfg: VaeConfig = read_json(&file).unwrap();
+    cfg.validate(&file).unwrap();
+    let w = Weights::new(store.clone(), DType::F32, &Device::Cpu);
+    WanDecoder::new(&cfg, &w).unwrap();
+    WanEncoder::new(&cfg, &w).unwrap();
+    store.check_all_used(&[]).unwrap();
+
+    let store = open("sound_tokenizer");
+    let file = tiny.join("sound_tokenizer/config.json");
+    let cfg: AudioVaeConfig = read_json(&file).unwrap();
+    cfg.validate(&file).unwrap();
+    AudioDecoder::new(&cfg, &Weights::new(store.clone(), DType::F32, &Device::Cpu)).unwrap();
+    store.check_all_used(&[]).unwrap();
+}

@@ -127,7 +127,18 @@ fn run(
             "{}: image latent",
             case.name
         );
-        req.conditioning = Some(c);
+        req.conditioning = Some(c.clone());
+        let out = e.step(&req).unwrap();
+        // The conditioning frame comes out exactly as it went in.
+        let f0 = out.latents.narrow(2, 0, 1).unwrap();
+        let d = (&f0 - &c.latents)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "frame 0 drifted");
+        return (out, r);
     }
     (e.step(&req).unwrap(), r)
 }
