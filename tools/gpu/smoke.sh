@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke run of the carried CUDA binary (.carry/phyai, made by tools/cuda/build.sh):
+# GPU smoke run of the carried CUDA binary (.carry/phyai.gz: tools/cuda/build.sh, then gzip):
 # the demo checkpoint end to end on the GPU in bf16 and f32, and the tiny fixture
 # checkpoint from the reference's initial noise with dumps, for comparison with the CPU.
 # Writes logs and dumps under $OUT (or ./gpu-out).
@@ -9,7 +9,8 @@ mkdir -p "$OUT"
 SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
 export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0
-B=.carry/phyai
+gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+B=/tmp/phyai
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $B demo-checkpoint /tmp/demo 2>&1 | tail -1
 for dt in bf16 f32; do
