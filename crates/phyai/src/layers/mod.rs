@@ -1,9 +1,10 @@
 //! Building blocks shared by the models: attention, norms, rotary embedding, MLP, linear
-//! layers (plain and tensor-parallel).
+//! layers (plain and tensor-parallel) and the sequence-parallel exchange.
 
 pub mod attention;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+pub mod sp;
 pub mod tp;

@@ -12,6 +12,7 @@ use crate::layers::attention::attention;
 use crate::layers::linear::TpGroup;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::apply_rope;
+use crate::layers::sp::{SeqShard, SpGroup};
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -35,9 +36,18 @@ impl GenTower {
         Ok(Self { layers, norm })
     }
 
-    /// Tokens `[N, hidden]` with rotary tables `[N, head_dim/2]` → final-normed hidden
-    /// states `[N, hidden]`.
-    pub fn forward(&self, x: &Tensor, und: &UndKv, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// This rank's shard of the tokens `[shard.len, hidden]` with its rotary tables
+    /// `[shard.len, head_dim/2]` → its shard of the final-normed hidden states. With a
+    /// group of one the shard is the whole sequence `[N, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        und: &UndKv,
+        cos: &Tensor,
+        sin: &Tensor,
+        sp: &SpGroup,
+        shard: &SeqShard,
+    ) -> Result<Tensor> {
         if und.k.len() != self.layers.len() || und.v.len() != self.layers.len() {
             return Err(Error::invalid(
                 "text K/V",
@@ -54,9 +64,23 @@ impl GenTower {
             let q = apply_rope(&q, cos, sin)?;
             let k = apply_rope(&k, cos, sin)?;
             let dtype = k.dtype();
-            let k_all = Tensor::cat(&[&und.k[i].to_dtype(dtype)?, &k], 1)?;
-            let v_all = Tensor::cat(&[&und.v[i].to_dtype(dtype)?, &v], 1)?;
+            let (mut uk, mut uv) = (und.k[i].to_dtype(dtype)?, und.v[i].to_dtype(dtype)?);
+            let (q, k, v) = if sp.size() > 1 {
+                let heads = sp.local_heads(uk.dim(0)?, "num_key_value_heads")?;
+                uk = uk.narrow(0, heads.start, heads.len())?;
+                uv = uv.narrow(0, heads.start, heads.len())?;
+                let mut p = sp.seq_to_heads(&[&q, &k, &v], shard)?.into_iter();
+                match (p.next(), p.next(), p.next()) {
+                    (Some(q), Some(k), Some(v)) => (q, k, v),
+                    _ => return Err(Error::msg("sequence-parallel exchange lost a tensor")),
+                }
+            } else {
+                (q, k, v)
+            };
+            let k_all = Tensor::cat(&[&uk, &k], 1)?;
+            let v_all = Tensor::cat(&[&uv, &v], 1)?;
             let a = attention(&q, &k_all, &v_all, false)?;
+            let a = sp.heads_to_seq(&a, shard)?;
             x = layer.finish(&x, &a)?;
         }
         self.norm.forward(&x)

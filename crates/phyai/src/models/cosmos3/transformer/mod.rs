@@ -6,6 +6,12 @@
 //! runs once per prompt and [`Cosmos3Transformer::velocity`] once per step, reusing its
 //! [`UndKv`] — the same velocity as recomputing the whole joint sequence every step.
 //!
+//! Sequence parallelism (Ulysses, over the mesh's sp axis) splits the generation tokens —
+//! video then sound — contiguously over the sp ranks: each embeds, transforms and final-norms
+//! only its shard, the tower exchanges heads for tokens around attention, and the shards are
+//! gathered before the output projections, so every rank returns the whole velocity. The
+//! text tower is not split (it runs once per prompt).
+//!
 //! Unused for generation: `lm_head` and the text tower's final `norm` (see
 //! [`UNUSED_WEIGHT_PREFIXES`]).
 
@@ -27,6 +33,7 @@ pub use und::UndKv;
 use crate::io::weights::{WeightStore, Weights};
 use crate::layers::linear::{Linear, TpGroup};
 use crate::layers::rope::MultiAxisRope;
+use crate::layers::sp::SpGroup;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
 use embed::{patchify, unpatchify, SoundHeads, TimestepEmbedder};
@@ -67,6 +74,8 @@ pub struct Cosmos3Transformer {
     proj_out: Linear,
     time: TimestepEmbedder,
     sound: Option<SoundHeads>,
+    /// The sequence-parallel group the generation tokens are split over.
+    sp: SpGroup,
     dtype: DType,
     device: Device,
 }
@@ -79,6 +88,25 @@ impl Cosmos3Transformer {
 
     /// Builds this rank's shard: heads and MLP channels split over `tp`.
     pub fn new_sharded(cfg: &TransformerConfig, w: Weights, tp: &TpGroup) -> Result<Self> {
+        Self::new_parallel(cfg, w, tp, SpGroup::single())
+    }
+
+    /// Builds this rank's shard of a tp group, whose generation tokens are split over `sp`;
+    /// the heads of this rank must split evenly over `sp`.
+    pub fn new_parallel(
+        cfg: &TransformerConfig,
+        w: Weights,
+        tp: &TpGroup,
+        sp: SpGroup,
+    ) -> Result<Self> {
+        sp.local_heads(
+            tp.local(cfg.num_key_value_heads, "num_key_value_heads")?,
+            "num_key_value_heads",
+        )?;
+        sp.local_heads(
+            tp.local(cfg.num_attention_heads, "num_attention_heads")?,
+            "num_attention_heads",
+        )?;
         cfg.validate(Path::new("transformer/config.json"))?;
         let section = cfg.mrope_section();
         let section: [usize; 3] = section.as_slice().try_into().map_err(|_| {
@@ -102,13 +130,14 @@ impl Cosmos3Transformer {
             proj_out: Linear::load(&w.pp("proj_out"), h, pd, true)?,
             time: TimestepEmbedder::load(&w.pp("time_embedder"), h)?,
             sound,
+            sp,
             dtype: w.dtype(),
             device: w.device().clone(),
         })
     }
 
     /// Opens `dir` (`*.safetensors` or a sharded index) and builds this rank's shard of
-    /// the tensor-parallel group of `mesh`.
+    /// the tensor-parallel group of `mesh`, splitting generation tokens over its sp group.
     pub fn load(
         dir: &Path,
         cfg: &TransformerConfig,
@@ -118,7 +147,12 @@ impl Cosmos3Transformer {
     ) -> Result<Self> {
         let store = Arc::new(WeightStore::open_dir(dir)?);
         let w = Weights::new(store, dtype, device);
-        Self::new_sharded(cfg, w, &TpGroup::new(mesh.tp.clone()))
+        Self::new_parallel(
+            cfg,
+            w,
+            &TpGroup::new(mesh.tp.clone()),
+            SpGroup::new(mesh.sp.clone()),
+        )
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -188,30 +222,74 @@ impl Cosmos3Transformer {
             .time
             .forward(inputs.timestep, cfg.timestep_scale)?
             .to_dtype(dtype)?;
-        let mask = noisy_token_mask(
-            inputs.noisy_frames,
-            grid.tokens_per_frame(),
-            dtype,
-            &self.device,
-        )?;
-        let video_tokens = self
-            .proj_in
-            .forward(&patches)?
-            .broadcast_add(&mask.broadcast_mul(&temb)?)?;
-        let mut positions =
-            positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
-        let n_video = video_tokens.dim(0)?;
-        let tokens = match (inputs.sound, &self.sound) {
-            (Some(s), Some(heads)) => {
-                let s = s.to_dtype(dtype)?.to_device(&self.device)?;
-                let st = heads.embed(&s)?.broadcast_add(&temb)?;
-                positions.extend(positions::sound_positions(cfg, und.text_len, s.dim(2)?));
-                Tensor::cat(&[&video_tokens, &st], 0)?
-            }
-            _ => video_tokens,
+        let sound_in = match (inputs.sound, &self.sound) {
+            (Some(s), Some(heads)) => Some((s.to_dtype(dtype)?.to_device(&self.device)?, heads)),
+            _ => None,
+        };
+        let n_video = grid.tokens();
+        let n_sound = match &sound_in {
+            Some((s, _)) => s.dim(2)?,
+            None => 0,
+        };
+        // This rank's block of the joint sequence [video | sound | dummy padding].
+        let shard = self.sp.shard(n_video + n_sound)?;
+        let real = shard.real();
+        let vid = real.start.min(n_video)..real.end.min(n_video);
+        let snd = real.start.max(n_video) - n_video..real.end.max(n_video) - n_video;
+        let mut pieces = Vec::with_capacity(3);
+        let mut positions = Vec::with_capacity(shard.len);
+        if !vid.is_empty() {
+            let mask = noisy_token_mask(
+                inputs.noisy_frames,
+                grid.tokens_per_frame(),
+                dtype,
+                &self.device,
+            )?;
+            let (mask, patches) = if vid.len() == n_video {
+                (mask, patches)
+            } else {
+                (
+                    mask.narrow(0, vid.start, vid.len())?,
+                    patches.narrow(0, vid.start, vid.len())?,
+                )
+            };
+            pieces.push(
+                self.proj_in
+                    .forward(&patches)?
+                    .broadcast_add(&mask.broadcast_mul(&temb)?)?,
+            );
+            let all =
+                positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
+            positions.extend_from_slice(&all[vid.clone()]);
+        }
+        if let (Some((s, heads)), false) = (&sound_in, snd.is_empty()) {
+            let s = if snd.len() == n_sound {
+                s.clone()
+            } else {
+                s.narrow(2, snd.start, snd.len())?
+            };
+            pieces.push(heads.embed(&s)?.broadcast_add(&temb)?);
+            let all = positions::sound_positions(cfg, und.text_len, n_sound);
+            positions.extend_from_slice(&all[snd.clone()]);
+        }
+        if shard.pad() > 0 {
+            pieces.push(Tensor::zeros(
+                (shard.pad(), cfg.hidden_size),
+                dtype,
+                &self.device,
+            )?);
+            positions.resize(shard.len, [0.0; 3]);
+        }
+        let tokens = if pieces.len() == 1 {
+            pieces.swap_remove(0)
+        } else {
+            Tensor::cat(&pieces, 0)?
         };
         let (cos, sin) = self.rope.tables(&positions, dtype, &self.device)?;
-        let hidden = self.gen.forward(&tokens, und, &cos, &sin)?;
+        let hidden = self
+            .gen
+            .forward(&tokens, und, &cos, &sin, &self.sp, &shard)?;
+        let hidden = self.sp.gather_tokens(&hidden, &shard)?;
 
         let v = self.proj_out.forward(&hidden.narrow(0, 0, n_video)?)?;
         let v = unpatchify(&v, &grid, grid.t, p)?;
