@@ -3,85 +3,16 @@
 //! token ids, in f32 on CPU. Also CPU tensor/CFG parallelism against the single-rank run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use phyai::engine::{
-    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, GenerationOutput,
-    GenerationRequest, InitNoise, LatentShape, ParallelConfig, PluginArgs, RuntimeConfig, Target,
+    Cosmos3Args, Engine, EngineArgs, EngineConfig, GenerationOutput, GenerationRequest, InitNoise,
+    LatentShape, ParallelConfig, PluginArgs,
 };
 use phyai::models::cosmos3::sampler::SigmaStyle;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("refs").join(name), &Device::Cpu).unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    // The reference records scheduler samples with the pipeline's extra batch axis.
-    let b = if b.rank() == a.rank() + 1 {
-        b.squeeze(0).unwrap()
-    } else {
-        b.clone()
-    };
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let n = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (d / n).sqrt()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
-}
-
-fn engine(sound: bool, parallel: ParallelConfig, vae_tiles: Option<usize>) -> Engine {
-    Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: fixtures().join("tiny"),
-            flow_shift: None,
-            use_karras_sigmas: None,
-            load_sound: sound,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
-        config: EngineConfig {
-            device: DeviceConfig {
-                target: Target::Cpu,
-                dtype: DType::F32,
-            },
-            parallel,
-            runtime: RuntimeConfig {
-                vae_tiles,
-                ..RuntimeConfig::default()
-            },
-        },
-    })
-    .unwrap()
-}
+mod support;
+use support::{engine_on, fixtures, ids, load_ref, rel_err};
 
 struct Case {
     name: &'static str,
@@ -115,8 +46,8 @@ fn run(
     parallel: ParallelConfig,
     vae_tiles: Option<usize>,
 ) -> (GenerationOutput, HashMap<String, Tensor>) {
-    let r = load(&format!("trajectory_{}.safetensors", case.name));
-    let mut e = engine(case.sound, parallel, vae_tiles);
+    let r = load_ref(&format!("trajectory_{}.safetensors", case.name));
+    let mut e = engine_on(&fixtures().join("tiny"), case.sound, parallel, vae_tiles);
     let mut req = request(case, &r);
     if case.image {
         // The pipeline's [0, 1] 8-bit image → [−1, 1], encoded as the clean frame 0.
@@ -249,28 +180,7 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
     let ckpt = dir.path().join("demo");
     phyai::models::cosmos3::demo::write_demo_checkpoint(&ckpt).unwrap();
     let run = |parallel: ParallelConfig, tiles: Option<usize>| {
-        let mut e = Engine::new(EngineArgs {
-            plugin: "cosmos3_wn".into(),
-            plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-                checkpoint_dir: ckpt.clone(),
-                flow_shift: None,
-                use_karras_sigmas: None,
-                load_sound: true,
-                sigma_schedule: SigmaStyle::Checkpoint,
-            }),
-            config: EngineConfig {
-                device: DeviceConfig {
-                    target: Target::Cpu,
-                    dtype: DType::F32,
-                },
-                parallel,
-                runtime: RuntimeConfig {
-                    vae_tiles: tiles,
-                    ..RuntimeConfig::default()
-                },
-            },
-        })
-        .unwrap();
+        let mut e = engine_on(&ckpt, true, parallel, tiles);
         e.step(&GenerationRequest {
             pos_ids: vec![
                 151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,

@@ -4,20 +4,15 @@
 //! generator. Checks the seeded draw, then the whole guided T2AV run, in f32 on CPU.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use phyai::engine::{
-    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, GenerationRequest, LatentShape,
-    ParallelConfig, PluginArgs, RuntimeConfig, Target,
-};
-use phyai::models::cosmos3::sampler::{noise, SigmaStyle};
+use candle_core::{Device, Tensor};
+use phyai::engine::{GenerationRequest, LatentShape, ParallelConfig};
+use phyai::models::cosmos3::sampler::noise;
+
+mod support;
+use support::{engine_on, fixtures, ids, rel_err};
 
 const REF: &str = "trajectory_seeded_t2av.safetensors";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn load() -> (HashMap<String, Tensor>, u64) {
     let path = fixtures().join("refs").join(REF);
@@ -27,52 +22,6 @@ fn load() -> (HashMap<String, Tensor>, u64) {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let seed = meta.metadata().as_ref().unwrap()["seed"].parse().unwrap();
     (tensors, seed)
-}
-
-/// ‖a − b‖ / ‖b‖ in f64.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let norm = |t: &Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    (norm(&(&a - &b).unwrap()) / norm(&b)).sqrt()
-}
-
-fn engine() -> Engine {
-    Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: fixtures().join("tiny"),
-            flow_shift: None,
-            use_karras_sigmas: None,
-            load_sound: true,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
-        config: EngineConfig {
-            device: DeviceConfig {
-                target: Target::Cpu,
-                dtype: DType::F32,
-            },
-            parallel: ParallelConfig::default(),
-            runtime: RuntimeConfig::default(),
-        },
-    })
-    .unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
 }
 
 #[test]
@@ -107,7 +56,14 @@ fn seeded_t2av_matches_diffusers() {
         conditioning: None,
         init_noise: None,
     };
-    let out = engine().step(&req).unwrap();
+    let out = engine_on(
+        &fixtures().join("tiny"),
+        true,
+        ParallelConfig::default(),
+        None,
+    )
+    .step(&req)
+    .unwrap();
     let lat = rel_err(&out.latents, &r["latents"]);
     let snd = rel_err(out.sound_latents.as_ref().unwrap(), &r["sound_latents"]);
     let vid = rel_err(&out.video, &r["video"]);

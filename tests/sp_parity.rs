@@ -6,49 +6,24 @@
 //! 2-step run on the demo checkpoint (4 key/value heads: sp = 4, sp 2 × tp 2) match one rank
 //! within 1e-5 relative (f32).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{
-    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, GenerationOutput,
-    GenerationRequest, InitNoise, LatentShape, ParallelConfig, PluginArgs, RuntimeConfig, Target,
-};
+use phyai::engine::{GenerationOutput, GenerationRequest, InitNoise, LatentShape, ParallelConfig};
 use phyai::io::json::read_json;
 use phyai::io::weights::{WeightStore, Weights};
-use phyai::models::cosmos3::sampler::SigmaStyle;
 use phyai::models::cosmos3::transformer::{
     Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig,
 };
 use phyai::parallel::local::run_ranks;
 use phyai::parallel::MeshShape;
 
+mod support;
+use support::{engine_on, fixtures, ids, load_ref as load, rel_err};
+
 const TOL: f64 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("refs").join(name), &Device::Cpu).unwrap()
-}
-
-/// ‖a − b‖ / ‖b‖ in f64; a reference with an extra leading batch axis is squeezed.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let b = if b.rank() == a.rank() + 1 {
-        b.squeeze(0).unwrap()
-    } else {
-        b.clone()
-    };
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
-    let n = b.sqr().unwrap().sum_all().unwrap();
-    (d.to_scalar::<f64>().unwrap() / n.to_scalar::<f64>().unwrap()).sqrt()
-}
 
 fn ints(t: &Tensor) -> Vec<i64> {
     t.to_dtype(DType::I64)
@@ -57,10 +32,6 @@ fn ints(t: &Tensor) -> Vec<i64> {
         .unwrap()
         .to_vec1()
         .unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    ints(t).into_iter().map(|x| x as u32).collect()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -176,31 +147,6 @@ fn sp2_with_padding_matches_one_rank() {
     assert!(e.contains("--sp"), "{e}");
 }
 
-fn engine(dir: &Path, parallel: ParallelConfig, vae_tiles: Option<usize>) -> Engine {
-    Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: dir.to_path_buf(),
-            flow_shift: None,
-            use_karras_sigmas: None,
-            load_sound: true,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
-        config: EngineConfig {
-            device: DeviceConfig {
-                target: Target::Cpu,
-                dtype: DType::F32,
-            },
-            parallel,
-            runtime: RuntimeConfig {
-                vae_tiles,
-                ..RuntimeConfig::default()
-            },
-        },
-    })
-    .unwrap()
-}
-
 /// Latents, sound latents and (against the same tiles decoded on one rank) video agree.
 fn compare(what: &str, many: &GenerationOutput, one: &GenerationOutput, tiled: &GenerationOutput) {
     let lat = rel_err(&many.latents, &one.latents);
@@ -237,7 +183,7 @@ fn tiny_sp2_and_cfg2_sp2_match_one_rank() {
         }),
     };
     let dir = fixtures().join("tiny");
-    let run = |p: ParallelConfig, tiles| engine(&dir, p, tiles).step(&req).unwrap();
+    let run = |p: ParallelConfig, tiles| engine_on(&dir, true, p, tiles).step(&req).unwrap();
     let one = run(ParallelConfig::default(), None);
     // The single-rank run itself still follows diffusers.
     assert!(rel_err(&one.latents, &r["latents"]) <= 1e-4);
@@ -271,7 +217,7 @@ fn demo_sp4_and_sp2_tp2_match_one_rank() {
         conditioning: None,
         init_noise: None,
     };
-    let run = |p: ParallelConfig, tiles| engine(&dir, p, tiles).step(&req).unwrap();
+    let run = |p: ParallelConfig, tiles| engine_on(&dir, true, p, tiles).step(&req).unwrap();
     let one = run(ParallelConfig::default(), None);
     for (cfg, tp, sp) in [(1, 1, 4), (1, 2, 2)] {
         let many = run(ParallelConfig::new(cfg, tp, sp), None);

@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests: fixture paths, reference loading, the relative
+//! error every parity check uses, and an engine on a checkpoint folder.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use phyai::engine::{
+    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, ParallelConfig, PluginArgs,
+    RuntimeConfig, Target,
+};
+use phyai::models::cosmos3::sampler::SigmaStyle;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A reference file of `tests/fixtures/refs`.
+pub fn load_ref(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("refs").join(name), &Device::Cpu).unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖ in f64. The reference records scheduler samples with the pipeline's extra
+/// batch axis; such a `b` is squeezed first.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let b = if b.rank() == a.rank() + 1 {
+        b.squeeze(0).unwrap()
+    } else {
+        b.clone()
+    };
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap();
+    (d.to_scalar::<f64>().unwrap() / n.to_scalar::<f64>().unwrap()).sqrt()
+}
+
+/// Integer tensor (token ids) as `u32`s.
+pub fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+/// An f32 CPU engine on `checkpoint` with the checkpoint's own schedule.
+pub fn engine_on(
+    checkpoint: &Path,
+    sound: bool,
+    parallel: ParallelConfig,
+    vae_tiles: Option<usize>,
+) -> Engine {
+    Engine::new(EngineArgs {
+        plugin: "cosmos3_wn".into(),
+        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+            checkpoint_dir: checkpoint.to_path_buf(),
+            flow_shift: None,
+            use_karras_sigmas: None,
+            load_sound: sound,
+            sigma_schedule: SigmaStyle::Checkpoint,
+        }),
+        config: EngineConfig {
+            device: DeviceConfig {
+                target: Target::Cpu,
+                dtype: DType::F32,
+            },
+            parallel,
+            runtime: RuntimeConfig {
+                vae_tiles,
+                ..RuntimeConfig::default()
+            },
+        },
+    })
+    .unwrap()
+}
