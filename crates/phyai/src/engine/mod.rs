@@ -37,26 +37,30 @@ impl Engine {
         let factory = registry::factory(&args.plugin)?;
         let shape = crate::parallel::MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
         let (meshes, aborter) = if shape.world() == 1 {
-            (vec![crate::parallel::RankMesh::single()], None)
+            (
+                ranks::ready(vec![crate::parallel::RankMesh::single()]),
+                None,
+            )
         } else {
             match args.config.device.target {
                 Target::Cpu => {
                     let local = crate::parallel::local::LocalMeshes::new(shape, COLLECTIVE_TIMEOUT);
                     let aborter = local.aborter();
-                    (local.meshes, Some(aborter))
+                    (ranks::ready(local.meshes), Some(aborter))
                 }
-                Target::Cuda(_) => {
-                    return Err(crate::Error::invalid(
-                        "--tp/--cfg/--sp",
-                        "multi-GPU runs are not available in this build yet; use one GPU or --device cpu",
-                    ))
-                }
+                Target::Cuda(first) => (cuda_meshes(shape, first)?, None),
             }
         };
         let plugin_args = args.plugin_args.clone();
         let config = args.config.clone();
-        let make: std::sync::Arc<ranks::PluginFactory> =
-            std::sync::Arc::new(move |mesh| factory(&plugin_args, &config, mesh));
+        // Rank r of a multi-GPU run drives GPU `first + r` (one thread per GPU).
+        let make: std::sync::Arc<ranks::PluginFactory> = std::sync::Arc::new(move |mesh| {
+            let mut cfg = config.clone();
+            if let Target::Cuda(first) = cfg.device.target {
+                cfg.device.target = Target::Cuda(first + mesh.rank);
+            }
+            factory(&plugin_args, &cfg, mesh)
+        });
         let pool = ranks::RankPool::start(meshes, aborter, make)?;
         Ok(Self {
             pool,
@@ -93,4 +97,24 @@ impl Engine {
         request.validate()?;
         self.pool.step(request, progress)
     }
+}
+
+/// One NCCL mesh per GPU `first..first + world`, each built on its rank's thread.
+#[cfg(feature = "cuda")]
+fn cuda_meshes(shape: crate::parallel::MeshShape, first: usize) -> Result<Vec<ranks::MeshSource>> {
+    let plan = std::sync::Arc::new(crate::parallel::nccl::NcclMeshPlan::new(shape)?);
+    Ok((0..shape.world())
+        .map(|rank| {
+            let plan = plan.clone();
+            Box::new(move || plan.build(rank, first + rank)) as ranks::MeshSource
+        })
+        .collect())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_meshes(_: crate::parallel::MeshShape, _: usize) -> Result<Vec<ranks::MeshSource>> {
+    Err(crate::Error::invalid(
+        "--device",
+        "cuda: this build has no CUDA support (rebuild with `--features cuda`)",
+    ))
 }

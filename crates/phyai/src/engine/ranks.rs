@@ -42,11 +42,23 @@ pub struct RankPool {
 /// Builds one rank's plugin from its mesh.
 pub type PluginFactory = dyn Fn(RankMesh) -> Result<Box<dyn Plugin>> + Send + Sync;
 
+/// Makes one rank's mesh on that rank's own thread (NCCL communicators are created by all
+/// ranks of a group at once, so they cannot be made ahead on one thread).
+pub type MeshSource = Box<dyn FnOnce() -> Result<RankMesh> + Send>;
+
+/// Mesh sources for meshes that already exist (in-process communicators).
+pub fn ready(meshes: Vec<RankMesh>) -> Vec<MeshSource> {
+    meshes
+        .into_iter()
+        .map(|m| Box::new(move || Ok(m)) as MeshSource)
+        .collect()
+}
+
 impl RankPool {
     /// Loads every rank's plugin (in parallel) and starts the workers. `meshes[0]` is this
     /// thread's rank.
     pub fn start(
-        meshes: Vec<RankMesh>,
+        meshes: Vec<MeshSource>,
         aborter: Option<Aborter>,
         factory: std::sync::Arc<PluginFactory>,
     ) -> Result<Self> {
@@ -56,8 +68,8 @@ impl RankPool {
             .ok_or_else(|| Error::msg("a rank pool needs at least one rank"))?;
         let mut workers = Vec::new();
         let mut loaded = Vec::new();
-        for mesh in meshes {
-            let rank = mesh.rank;
+        for (i, mesh) in meshes.enumerate() {
+            let rank = i + 1;
             let (job_tx, job_rx) = channel::<Job>();
             let (reply_tx, reply_rx) = channel::<Reply>();
             let (ready_tx, ready_rx) = channel::<Result<()>>();
@@ -77,7 +89,7 @@ impl RankPool {
             });
             loaded.push((rank, ready_rx));
         }
-        let lead = factory(lead_mesh);
+        let lead = lead_mesh().and_then(|m| factory(m));
         let mut first_err = lead
             .as_ref()
             .err()
@@ -179,14 +191,14 @@ impl RankPool {
 
 fn worker_loop(
     rank: usize,
-    mesh: RankMesh,
+    mesh: MeshSource,
     factory: std::sync::Arc<PluginFactory>,
     aborter: Option<Aborter>,
     ready: Sender<Result<()>>,
     jobs: Receiver<Job>,
     replies: Sender<Reply>,
 ) {
-    let mut plugin = match factory(mesh) {
+    let mut plugin = match mesh().and_then(|m| factory(m)) {
         Ok(p) => {
             let _ = ready.send(Ok(()));
             p
@@ -301,7 +313,7 @@ mod tests {
         let aborter = local.aborter();
         let factory: Arc<PluginFactory> =
             Arc::new(move |mesh| Ok(Box::new(Lockstep { mesh, fail }) as Box<dyn Plugin>));
-        RankPool::start(local.meshes, Some(aborter), factory).unwrap()
+        RankPool::start(ready(local.meshes), Some(aborter), factory).unwrap()
     }
 
     #[test]

@@ -9,19 +9,30 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use half::{bf16, f16};
 
-use super::comm::Communicator;
+use super::comm::{Communicator, SingleRank};
+use super::mesh::{Axis, MeshShape, RankMesh};
 use crate::{Error, Result};
+
+/// A cudarc communicator that may move between threads.
+struct SharedComm(Comm);
+
+// SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
+// concurrent; the engine issues one rank's collectives from that rank's thread only.
+unsafe impl Send for SharedComm {}
+unsafe impl Sync for SharedComm {}
+
+impl std::ops::Deref for SharedComm {
+    type Target = Comm;
+    fn deref(&self) -> &Comm {
+        &self.0
+    }
+}
 
 /// One rank's NCCL communicator over a group.
 pub struct NcclComm {
-    comm: Arc<Comm>,
+    comm: Arc<SharedComm>,
     device: candle_core::Device,
 }
-
-// SAFETY: NCCL communicators may be used from any thread as long as calls on one
-// communicator are not concurrent; the engine issues collectives from one thread per rank.
-unsafe impl Send for NcclComm {}
-unsafe impl Sync for NcclComm {}
 
 /// The 128-byte NCCL unique id, exchanged by the rendezvous.
 pub fn new_unique_id() -> Result<[u8; 128]> {
@@ -46,7 +57,7 @@ impl NcclComm {
             Error::msg(format!("nccl: rank {rank} of {size} failed to join: {e:?}"))
         })?;
         Ok(Self {
-            comm: Arc::new(comm),
+            comm: Arc::new(SharedComm(comm)),
             device: device.clone(),
         })
     }
@@ -60,7 +71,7 @@ enum Op {
 }
 
 struct Collective {
-    comm: Arc<Comm>,
+    comm: Arc<SharedComm>,
     op: Op,
 }
 
@@ -179,5 +190,64 @@ impl Communicator for NcclComm {
         let one = Tensor::ones(1, DType::F32, &self.device)?;
         self.all_reduce_sum(&one)?.to_vec1::<f32>()?;
         Ok(())
+    }
+}
+
+/// The NCCL unique ids of every group of a mesh, made once by the launching process; each
+/// rank then joins its world, cfg, sp and tp groups in that order (the same order on every
+/// rank, so the blocking joins cannot deadlock).
+pub struct NcclMeshPlan {
+    shape: MeshShape,
+    world_id: [u8; 128],
+    /// (axis, first rank of the group) → id.
+    group_ids: Vec<(Axis, usize, [u8; 128])>,
+}
+
+impl NcclMeshPlan {
+    pub fn new(shape: MeshShape) -> Result<Self> {
+        let mut group_ids = Vec::new();
+        for axis in [Axis::Cfg, Axis::Sp, Axis::Tp] {
+            for g in shape.groups(axis) {
+                if g.len() > 1 {
+                    group_ids.push((axis, g[0], new_unique_id()?));
+                }
+            }
+        }
+        Ok(Self {
+            shape,
+            world_id: new_unique_id()?,
+            group_ids,
+        })
+    }
+
+    /// Joins rank `rank`'s groups on GPU `ordinal`. Call on that rank's own thread, with
+    /// every other rank doing the same concurrently.
+    pub fn build(&self, rank: usize, ordinal: usize) -> Result<RankMesh> {
+        let device = candle_core::Device::new_cuda(ordinal)?;
+        let world = self.shape.world();
+        let world_comm: Arc<dyn Communicator> =
+            Arc::new(NcclComm::new(&device, rank, world, self.world_id)?);
+        let group = |axis: Axis| -> Result<Arc<dyn Communicator>> {
+            let g = self.shape.group(rank, axis);
+            if g.len() == 1 {
+                return Ok(Arc::new(SingleRank));
+            }
+            let id = self
+                .group_ids
+                .iter()
+                .find(|(a, first, _)| *a == axis && *first == g[0])
+                .map(|(_, _, id)| *id)
+                .ok_or_else(|| Error::msg("nccl: no id for a mesh group"))?;
+            let idx = g.iter().position(|&r| r == rank).unwrap_or(0);
+            Ok(Arc::new(NcclComm::new(&device, idx, g.len(), id)?))
+        };
+        Ok(RankMesh {
+            shape: self.shape,
+            rank,
+            world: world_comm,
+            cfg: group(Axis::Cfg)?,
+            sp: group(Axis::Sp)?,
+            tp: group(Axis::Tp)?,
+        })
     }
 }
