@@ -380,3 +380,63 @@ fn gen_step_benchmark() {
         times[4]
     );
 }
+
+/// Baseline GPU timing of one generation-tower step at Cosmos3-Nano width (2 of its 36
+/// layers, random bf16 weights) and the W480 token count (24×15×26 = 9,360 video tokens,
+/// 300 text tokens). Needs a CUDA build and a GPU: PHYAI_GPU_TESTS=1, `--ignored`.
+#[test]
+#[ignore]
+fn gen_step_cuda_baseline() {
+    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
+        return;
+    }
+    let dev = Device::new_cuda(0).unwrap();
+    let cfg: TransformerConfig = serde_json::from_str(r#"{"num_hidden_layers": 2}"#).unwrap();
+    cfg.validate(Path::new("config.json")).unwrap();
+    let store = Arc::new(WeightStore::synthetic(Path::new("bench"), 3));
+    let t0 = std::time::Instant::now();
+    let m = Cosmos3Transformer::new(&cfg, Weights::new(store, DType::BF16, &dev)).unwrap();
+    println!("built in {:.1} s", t0.elapsed().as_secs_f64());
+    let ids: Vec<u32> = (0..300).map(|i| (i * 7919) % 151_000).collect();
+    let und = m.und(&ids).unwrap();
+    let video = Tensor::randn(0f32, 1.0, (1, 48, 24, 30, 52), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let noisy = vec![true; 24];
+    let inputs = GenInputs {
+        video: &video,
+        sound: None,
+        timestep: 999.0,
+        noisy_frames: &noisy,
+        fps: 24.0,
+    };
+    let sync = || dev.synchronize().unwrap();
+    let _ = m.velocity(&und, &inputs).unwrap();
+    sync();
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let _ = m.velocity(&und, &inputs).unwrap();
+            sync();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // Per layer: QKV/out/MLP GEMMs 2·N·(4096·(4096+2·1024) + 4096·4096 + 3·4096·12288)
+    // and attention 4·N·(N+300)·4096 (32 heads × 128).
+    let n = 9360f64;
+    let flops_layer = 2.0 * n * (4096.0 * 6144.0 + 4096.0 * 4096.0 + 3.0 * 4096.0 * 12288.0)
+        + 4.0 * n * (n + 300.0) * 4096.0;
+    let step = times[1];
+    println!(
+        "GPU gen step, 2 Nano layers, 9,360 tokens: median {:.1} ms (min {:.1}, max {:.1}); \
+         {:.0} TFLOP/s; ×18 for 36 layers ≈ {:.2} s",
+        step * 1e3,
+        times[0] * 1e3,
+        times[2] * 1e3,
+        2.0 * flops_layer / step / 1e12,
+        step * 18.0
+    );
+}

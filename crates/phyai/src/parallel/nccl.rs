@@ -251,3 +251,51 @@ impl NcclMeshPlan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// One-rank NCCL groups on GPU 0: every collective must give back its input, through
+    /// the real NCCL calls and custom ops. Needs a GPU: runs with PHYAI_GPU_TESTS=1.
+    #[test]
+    fn one_rank_collectives_on_the_gpu() {
+        if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+            eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
+            return;
+        }
+        let dev = Device::new_cuda(0).unwrap();
+        let comm = NcclComm::new(&dev, 0, 1, new_unique_id().unwrap()).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let x = Tensor::arange(0f32, 24.0, &dev)
+                .unwrap()
+                .reshape((2, 3, 4))
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let same = |y: Tensor| {
+                assert_eq!(y.dims(), x.dims());
+                let d = (y.to_dtype(DType::F32).unwrap() - x.to_dtype(DType::F32).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(d, 0.0, "{dtype:?}");
+            };
+            same(comm.all_reduce_sum(&x).unwrap());
+            same(comm.all_gather(&x, 0).unwrap());
+            same(comm.all_gather(&x, 2).unwrap());
+            same(comm.broadcast(&x, 0).unwrap());
+            same(comm.all_to_all(&x, 1, 0).unwrap());
+            // A strided view is made contiguous first.
+            let t = x.transpose(1, 2).unwrap();
+            let y = comm.all_reduce_sum(&t).unwrap();
+            assert_eq!(y.dims(), t.dims());
+        }
+        comm.barrier().unwrap();
+    }
+}
