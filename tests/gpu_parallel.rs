@@ -1,0 +1,161 @@
+//! Opt-in GPU test (CUDA build, 2+ GPUs, PHYAI_GPU_TESTS=1): the guided step of a medium
+//! random config (hidden 2048, 8 layers, 16/8 heads of 128, 9,360 video tokens, bf16) with
+//! one GPU, tensor parallelism over two, and CFG parallelism over two (NCCL, one thread per
+//! GPU). Prints the median step times and checks the sharded velocities against one GPU.
+
+#[cfg(feature = "cuda")]
+#[test]
+fn guided_step_times_with_tp_and_cfg() {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use candle_core::{DType, Device, Tensor};
+    use phyai::io::weights::{WeightStore, Weights};
+    use phyai::layers::linear::TpGroup;
+    use phyai::models::cosmos3::sampler::noise;
+    use phyai::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
+    use phyai::parallel::nccl::NcclMeshPlan;
+    use phyai::parallel::{MeshShape, RankMesh};
+
+    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with 2+ GPUs");
+        return;
+    }
+    let cfg: TransformerConfig = serde_json::from_str(
+        r#"{"hidden_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 6144,
+            "vocab_size": 32000}"#,
+    )
+    .unwrap();
+    cfg.validate(Path::new("config.json")).unwrap();
+    let pos: Vec<u32> = (0..300).map(|i| (i * 7919) % 32000).collect();
+    let neg: Vec<u32> = (0..120).map(|i| (i * 104_729) % 32000).collect();
+
+    /// Median of 3 timed guided steps after a warm-up, and this rank's conditional-branch
+    /// velocity.
+    fn run(
+        mesh: RankMesh,
+        ordinal: usize,
+        cfg: &TransformerConfig,
+        pos: &[u32],
+        neg: &[u32],
+    ) -> (f64, Tensor) {
+        let dev = Device::new_cuda(ordinal).unwrap();
+        let store = Arc::new(WeightStore::synthetic(Path::new("bench"), 11));
+        let m = Cosmos3Transformer::new_sharded(
+            cfg,
+            Weights::new(store, DType::BF16, &dev),
+            &TpGroup::new(mesh.tp.clone()),
+        )
+        .unwrap();
+        let cfg_parallel = mesh.cfg.size() == 2;
+        let mine = if cfg_parallel && mesh.cfg.rank() == 1 {
+            neg
+        } else {
+            pos
+        };
+        let und_own = m.und(mine).unwrap();
+        let und_neg = if cfg_parallel {
+            None
+        } else {
+            Some(m.und(neg).unwrap())
+        };
+        // The same input on every rank and run (seeded, not the thread-local RNG).
+        let shape = [1usize, 48, 24, 30, 52];
+        let video = Tensor::from_vec(noise::standard_normal(5, &shape).unwrap(), &shape[..], &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let noisy = vec![true; 24];
+        let inputs = GenInputs {
+            video: &video,
+            sound: None,
+            timestep: 999.0,
+            noisy_frames: &noisy,
+            fps: 24.0,
+        };
+        // Returns this rank's own (conditional on rank 0) velocity: the guided one amplifies
+        // bf16 rounding of the small cond − uncond difference by the guidance scale.
+        let step = || -> Tensor {
+            let c = m.velocity(&und_own, &inputs).unwrap().video;
+            let own = c.clone();
+            let _guided = match &und_neg {
+                Some(u) => {
+                    let u = m.velocity(u, &inputs).unwrap().video;
+                    (&u + ((&c - &u).unwrap() * 6.0).unwrap()).unwrap()
+                }
+                None => {
+                    let both = mesh.cfg.all_gather(&c, 0).unwrap();
+                    let (c, u) = (both.narrow(0, 0, 1).unwrap(), both.narrow(0, 1, 1).unwrap());
+                    (&u + ((&c - &u).unwrap() * 6.0).unwrap()).unwrap()
+                }
+            };
+            dev.synchronize().unwrap();
+            own
+        };
+        let v = step();
+        let mut times: Vec<f64> = (0..3)
+            .map(|_| {
+                mesh.world.barrier().unwrap();
+                let t = Instant::now();
+                step();
+                mesh.world.barrier().unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (times[1], v)
+    }
+
+    let (t1, v1) = run(RankMesh::single(), 0, &cfg, &pos, &neg);
+    println!("1 GPU: guided step {:.1} ms", t1 * 1e3);
+    let v1 = v1
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    for (name, shape) in [
+        ("tp=2", MeshShape::new(1, 1, 2)),
+        ("cfg=2", MeshShape::new(2, 1, 1)),
+    ] {
+        let plan = Arc::new(NcclMeshPlan::new(shape).unwrap());
+        let outs: Vec<(f64, Tensor)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..shape.world())
+                .map(|r| {
+                    let plan = plan.clone();
+                    let (cfg, pos, neg) = (&cfg, &pos, &neg);
+                    s.spawn(move || run(plan.build(r, r).unwrap(), r, cfg, pos, neg))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (t, v) = &outs[0];
+        let v = v
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let err = ((&v - &v1)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            / v1.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap())
+        .sqrt();
+        println!(
+            "{name}: guided step {:.1} ms ({:.2}× one GPU), conditional velocity rel err vs one GPU {err:.2e}",
+            t * 1e3,
+            t1 / t
+        );
+        assert!(err < 2e-2, "{name}: {err}");
+    }
+}
