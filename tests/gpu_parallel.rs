@@ -1,7 +1,7 @@
 //! Opt-in GPU test (CUDA build, 2+ GPUs, PHYAI_GPU_TESTS=1): the guided step of a medium
 //! random config (hidden 2048, 8 layers, 16/8 heads of 128, 9,360 video tokens, bf16) with
-//! one GPU, tensor parallelism over two, and CFG parallelism over two (NCCL, one thread per
-//! GPU). Prints the median step times and checks the sharded velocities against one GPU.
+//! one GPU, and tensor, CFG and sequence parallelism over two (NCCL, one thread per GPU).
+//! Prints the median step times and checks the sharded velocities against one GPU.
 
 #[cfg(feature = "cuda")]
 #[test]
@@ -13,6 +13,7 @@ fn guided_step_times_with_tp_and_cfg() {
     use candle_core::{DType, Device, Tensor};
     use phyai::io::weights::{WeightStore, Weights};
     use phyai::layers::linear::TpGroup;
+    use phyai::layers::sp::SpGroup;
     use phyai::models::cosmos3::sampler::noise;
     use phyai::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
     use phyai::parallel::nccl::NcclMeshPlan;
@@ -32,6 +33,15 @@ fn guided_step_times_with_tp_and_cfg() {
     let pos: Vec<u32> = (0..300).map(|i| (i * 7919) % 32000).collect();
     let neg: Vec<u32> = (0..120).map(|i| (i * 104_729) % 32000).collect();
 
+    /// The latent grid: W480 (24×30×52 → 9,360 tokens) or, with PHYAI_GPU_GRID=w720,
+    /// W720 (48×45×80 → 44,160 tokens).
+    fn grid() -> [usize; 5] {
+        match std::env::var("PHYAI_GPU_GRID").as_deref() {
+            Ok("w720") => [1, 48, 48, 45, 80],
+            _ => [1, 48, 24, 30, 52],
+        }
+    }
+
     /// Median of 3 timed guided steps after a warm-up, and this rank's conditional-branch
     /// velocity.
     fn run(
@@ -43,10 +53,11 @@ fn guided_step_times_with_tp_and_cfg() {
     ) -> (f64, Tensor) {
         let dev = Device::new_cuda(ordinal).unwrap();
         let store = Arc::new(WeightStore::synthetic(Path::new("bench"), 11));
-        let m = Cosmos3Transformer::new_sharded(
+        let m = Cosmos3Transformer::new_parallel(
             cfg,
             Weights::new(store, DType::BF16, &dev),
             &TpGroup::new(mesh.tp.clone()),
+            SpGroup::new(mesh.sp.clone()),
         )
         .unwrap();
         let cfg_parallel = mesh.cfg.size() == 2;
@@ -62,12 +73,12 @@ fn guided_step_times_with_tp_and_cfg() {
             Some(m.und(neg).unwrap())
         };
         // The same input on every rank and run (seeded, not the thread-local RNG).
-        let shape = [1usize, 48, 24, 30, 52];
+        let shape = grid();
         let video = Tensor::from_vec(noise::standard_normal(5, &shape).unwrap(), &shape[..], &dev)
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        let noisy = vec![true; 24];
+        let noisy = vec![true; shape[2]];
         let inputs = GenInputs {
             video: &video,
             sound: None,
@@ -115,10 +126,19 @@ fn guided_step_times_with_tp_and_cfg() {
         .unwrap()
         .to_device(&Device::Cpu)
         .unwrap();
+    // PHYAI_GPU_TOPO (e.g. "sp=2") limits the run to the named topologies.
+    let only = std::env::var("PHYAI_GPU_TOPO").ok();
     for (name, shape) in [
         ("tp=2", MeshShape::new(1, 1, 2)),
         ("cfg=2", MeshShape::new(2, 1, 1)),
+        ("sp=2", MeshShape::new(1, 2, 1)),
     ] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|t| t == name))
+        {
+            continue;
+        }
         let plan = Arc::new(NcclMeshPlan::new(shape).unwrap());
         let outs: Vec<(f64, Tensor)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..shape.world())
