@@ -156,10 +156,11 @@ impl Cosmos3Plugin {
     }
 }
 
-/// The transformer seen by the loop: text K/V computed once per branch.
+/// The transformer seen by the loop: text K/V computed once for each branch this rank
+/// evaluates (under CFG parallelism, only its own).
 struct Denoiser<'a> {
     model: &'a Cosmos3Transformer,
-    cond: UndKv,
+    cond: Option<UndKv>,
     uncond: Option<UndKv>,
     fps: f64,
     dtype: DType,
@@ -175,12 +176,10 @@ impl VelocityModel for Denoiser<'_> {
         noisy: &[bool],
     ) -> Result<Velocity> {
         let und = match branch {
-            Branch::Cond => &self.cond,
-            Branch::Uncond => self
-                .uncond
-                .as_ref()
-                .ok_or_else(|| Error::msg("unconditional branch requested without its text"))?,
-        };
+            Branch::Cond => self.cond.as_ref(),
+            Branch::Uncond => self.uncond.as_ref(),
+        }
+        .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
         let video_in = video.to_dtype(self.dtype)?;
         let sound_in = match sound {
             Some(s) => Some(s.to_dtype(self.dtype)?),
@@ -251,33 +250,25 @@ impl Plugin for Cosmos3Plugin {
         let schedule = self.schedule(request.steps)?;
 
         let t = Instant::now();
+        // The branches this rank evaluates: both, or under CFG parallelism its group's own
+        // (cond on group 0, uncond on group 1; none on group 1 without guidance).
         let cfg_parallel = self.mesh.cfg.size() == 2;
-        let uses_cfg = request.uses_cfg();
-        let my_branch_is_uncond = cfg_parallel && self.mesh.cfg.rank() == 1;
-        progress.stage("text", if uses_cfg && !cfg_parallel { 2 } else { 1 });
-        // Under CFG parallelism each group encodes only its own prompt.
-        let cond_ids = if my_branch_is_uncond && uses_cfg {
-            &request.neg_ids
-        } else {
-            &request.pos_ids
-        };
-        let cond = self.transformer.und(cond_ids)?;
-        progress.step();
-        let uncond = if uses_cfg && !cfg_parallel {
-            let u = self.transformer.und(&request.neg_ids)?;
+        let group = self.mesh.cfg.rank();
+        let needs_cond = !cfg_parallel || group == 0;
+        let needs_uncond = request.uses_cfg() && (!cfg_parallel || group == 1);
+        progress.stage("text", needs_cond as usize + needs_uncond as usize);
+        let encode = |needed: bool, ids: &[u32]| -> Result<Option<UndKv>> {
+            if !needed {
+                return Ok(None);
+            }
+            let kv = self.transformer.und(ids)?;
             progress.step();
-            Some(u)
-        } else {
-            None
+            Ok(Some(kv))
         };
+        let cond = encode(needs_cond, &request.pos_ids)?;
+        let uncond = encode(needs_uncond, &request.neg_ids)?;
         progress.done("text", t.elapsed());
         timings.push(("text".to_string(), t.elapsed()));
-        // With CFG parallelism, rank group 1 evaluates "Uncond" with the K/V it just built.
-        let (cond, uncond) = if my_branch_is_uncond && uses_cfg {
-            (cond.clone(), Some(cond))
-        } else {
-            (cond, uncond)
-        };
 
         let t = Instant::now();
         let start = denoise::initial_latents(
