@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{fixtures, load_ref, rel_err};
 
 fn tiny() -> PathBuf {
     fixtures().join("tiny")
@@ -217,42 +217,6 @@ fn bad_inputs_give_one_clear_line() {
         missing_dir_out.to_str().unwrap(),
     ]);
     assert_one_line_error(&o, "--out", &missing_dir_out, "output folder missing");
-}
-
-fn load_ref(name: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(
-        fixtures().join("refs").join(name),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
-}
-
-fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
-    use candle_core::DType;
-    let b = if b.rank() == a.rank() + 1 {
-        b.squeeze(0).unwrap()
-    } else {
-        b.clone()
-    };
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let n = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (d / n).sqrt()
 }
 
 /// Runs the CLI like the reference pipeline call of `case` (diffusers prompt style, the
