@@ -8,7 +8,7 @@
 //! recomputing it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -22,6 +22,9 @@ use phyai::parallel::local::run_ranks;
 use phyai::parallel::MeshShape;
 use std::time::Duration;
 
+mod support;
+use support::{fixtures, rel_err};
+
 const CASES: [&str; 8] = [
     "t2v_cond",
     "t2v_uncond",
@@ -33,10 +36,6 @@ const CASES: [&str; 8] = [
     "i2v_uncond",
 ];
 const TOL: f64 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 struct Case {
     tensors: HashMap<String, Tensor>,
@@ -66,15 +65,6 @@ fn model(dtype: DType) -> (Cosmos3Transformer, TransformerConfig) {
     let store = Arc::new(WeightStore::open_dir(&dir).unwrap());
     let m = Cosmos3Transformer::new(&cfg, Weights::new(store, dtype, &Device::Cpu)).unwrap();
     (m, cfg)
-}
-
-fn rel_err(out: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(out.dims(), want.dims());
-    let out = out.to_dtype(DType::F64).unwrap();
-    let want = want.to_dtype(DType::F64).unwrap();
-    let diff = (&out - &want).unwrap().sqr().unwrap().sum_all().unwrap();
-    let norm = want.sqr().unwrap().sum_all().unwrap();
-    (diff.to_scalar::<f64>().unwrap() / norm.to_scalar::<f64>().unwrap()).sqrt()
 }
 
 fn ints(t: &Tensor) -> Vec<i64> {

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use phyai::models::cosmos3::vae::{decode_tiled, AudioDecoder, WanVae};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod support;
+use support::{fixtures, rel_err};
 
 fn tiny(component: &str) -> PathBuf {
     fixtures().join("tiny").join(component)
@@ -19,23 +18,6 @@ fn refs(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures().join("refs").join(name);
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// ‖out − ref‖ / ‖ref‖ over all elements.
-fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(out.dims(), reference.dims(), "shape mismatch");
-    let out = out.to_dtype(DType::F64).unwrap();
-    let reference = reference.to_dtype(DType::F64).unwrap();
-    let d = (&out - &reference)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    let r = reference.sqr().unwrap().sum_all().unwrap();
-    let d: f64 = d.to_scalar().unwrap();
-    let r: f64 = r.to_scalar().unwrap();
-    d.sqrt() / r.sqrt()
 }
 
 /// PSNR in dB of pixels in [0, 1].
