@@ -25,6 +25,8 @@ pub enum Command {
         /// Output folder (created; must not exist or be empty).
         dir: PathBuf,
     },
+    /// Measure attention and the generation forward on the GPU (Nano config, random weights).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

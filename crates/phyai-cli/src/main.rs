@@ -1,6 +1,7 @@
 //! `phyai`: generate Cosmos3 videos from the command line.
 
 mod args;
+mod bench;
 mod generate;
 mod progress;
 
@@ -17,6 +18,7 @@ fn main() {
         .init();
     let result = match cli.command {
         args::Command::Generate(a) => generate::run(&a),
+        args::Command::Bench(a) => bench::run(&a),
         args::Command::DemoCheckpoint { dir } => {
             phyai::models::cosmos3::demo::write_demo_checkpoint(&dir).map(|()| {
                 eprintln!(

@@ -5,6 +5,7 @@
 //! `models::cosmos3::transformer` (denoiser) → `models::cosmos3::sampler` (UniPC, noise) →
 //! `models::cosmos3::vae` (video/audio decoders) → `models::cosmos3::postprocess` and `io` (mp4/wav).
 
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod io;

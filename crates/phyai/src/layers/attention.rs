@@ -7,7 +7,7 @@
 //! The portable backend tiles queries and keys and keeps an online softmax (running max,
 //! running sum, rescaled accumulator) in f32 whatever the input dtype, so memory is
 //! `O(Hq·tile_q·tile_k)`, never `O(Sq·Sk)`. It is written with tensor ops and so runs on any
-//! device; a fused CUDA kernel plugs in at [`Backend::FusedCuda`].
+//! device; on CUDA, bf16/f16 go to cuDNN's fused kernel ([`Backend::FusedCuda`]).
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -23,8 +23,8 @@ const TILE_K: usize = 1024;
 pub enum Backend {
     /// Tiled online-softmax attention from tensor ops (CPU, and any device as a fallback).
     Tiled,
-    /// Slot for a fused flash-attention kernel on CUDA; until it exists it runs the tiled
-    /// path on the GPU.
+    /// cuDNN's fused flash attention for bf16/f16 on CUDA ([`super::cudnn_sdpa`]); f32 and
+    /// shapes without a cuDNN engine run the tiled path on the GPU.
     #[cfg(feature = "cuda")]
     FusedCuda,
 }
@@ -64,7 +64,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     match Backend::for_device(q.device()) {
         Backend::Tiled => tiled(q, k, v, causal, TILE_Q, TILE_K),
         #[cfg(feature = "cuda")]
-        Backend::FusedCuda => tiled(q, k, v, causal, TILE_Q, TILE_K),
+        Backend::FusedCuda => match super::cudnn_sdpa::attention(q, k, v, causal) {
+            Ok(out) => Ok(out),
+            // f32, or a shape cuDNN has no engine for (already logged once per shape).
+            Err(_) => tiled(q, k, v, causal, TILE_Q, TILE_K),
+        },
     }
 }
 

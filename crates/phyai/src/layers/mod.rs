@@ -2,6 +2,8 @@
 //! layers (plain and tensor-parallel) and the sequence-parallel exchange.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cudnn_sdpa;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

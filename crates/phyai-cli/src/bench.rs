@@ -1,0 +1,183 @@
+//! `phyai bench`: the attention kernel at the generation shape and the generation-tower
+//! forward of the Nano config (random weights) at the W480 and W720 token counts.
+
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use phyai::bench::{self, AttentionSpec, GenSpec};
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchPart {
+    /// Attention alone at the generation shape (and the causal text pass).
+    Attention,
+    /// Text tower and one generation-tower forward of the Nano config.
+    Gen,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    W480,
+    W720,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure (repeatable; default: all).
+    #[arg(long = "part", value_enum)]
+    pub parts: Vec<BenchPart>,
+    /// Workloads (repeatable; default: W480 and W720).
+    #[arg(long = "preset", value_enum)]
+    pub presets: Vec<Preset>,
+    /// Build only this many of the 36 layers and scale the forward time (memory-limited runs).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Timed runs per measurement (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Run on the CPU instead of CUDA device 0 (slow; for checking the command).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Print one JSON object per measurement instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn spec(p: Preset) -> GenSpec {
+    match p {
+        Preset::W480 => bench::W480,
+        Preset::W720 => bench::W720,
+    }
+}
+
+pub fn run(a: &BenchArgs) -> phyai::Result<()> {
+    let device = if a.cpu {
+        Device::Cpu
+    } else {
+        Device::new_cuda(0).map_err(|e| {
+            phyai::Error::msg(format!(
+                "--cpu not given and no CUDA device: {e} (this binary needs the `cuda` feature)"
+            ))
+        })?
+    };
+    let parts = if a.parts.is_empty() {
+        vec![BenchPart::Attention, BenchPart::Gen]
+    } else {
+        a.parts.clone()
+    };
+    let presets = if a.presets.is_empty() {
+        vec![Preset::W480, Preset::W720]
+    } else {
+        a.presets.clone()
+    };
+    for part in parts {
+        for &p in &presets {
+            let g = spec(p);
+            match part {
+                BenchPart::Attention => attention(&device, g, a)?,
+                BenchPart::Gen => gen(&device, g, a)?,
+            }
+        }
+        if part == BenchPart::Attention {
+            // The text tower's causal pass, once per request and branch.
+            let s = AttentionSpec {
+                heads: 32,
+                kv_heads: 8,
+                head_dim: 128,
+                queries: 4096,
+                keys: 4096,
+                causal: true,
+                dtype: DType::BF16,
+            };
+            report_attention("text-causal-4096", s, &device, a)?;
+        }
+    }
+    Ok(())
+}
+
+fn attention(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let [t, h, w] = g.latent;
+    let n = t * h.div_ceil(2) * w.div_ceil(2);
+    let s = AttentionSpec {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        queries: n,
+        keys: n + g.text_tokens,
+        causal: false,
+        dtype: DType::BF16,
+    };
+    report_attention(g.name, s, device, a)
+}
+
+fn report_attention(
+    name: &str,
+    s: AttentionSpec,
+    device: &Device,
+    a: &BenchArgs,
+) -> phyai::Result<()> {
+    let r = bench::attention_bench(device, s, a.runs)?;
+    if a.json {
+        println!(
+            "{{\"part\":\"attention\",\"preset\":\"{name}\",\"queries\":{},\"keys\":{},\
+             \"causal\":{},\"median_ms\":{:.3},\"min_ms\":{:.3},\"max_ms\":{:.3},\
+             \"tflops\":{:.1},\"check_rel_err\":{:.3e}}}",
+            s.queries,
+            s.keys,
+            s.causal,
+            r.timing.median_ms,
+            r.timing.min_ms,
+            r.timing.max_ms,
+            r.tflops,
+            r.check_rel_err
+        );
+    } else {
+        println!(
+            "attention {name}: {} queries × {} keys, 32/8 heads of 128, bf16{}: median {:.2} ms \
+             (min {:.2}, max {:.2}, {} runs) = {:.0} TFLOP/s; vs f32 reference {:.1e}",
+            s.queries,
+            s.keys,
+            if s.causal { ", causal" } else { "" },
+            r.timing.median_ms,
+            r.timing.min_ms,
+            r.timing.max_ms,
+            r.timing.runs,
+            r.tflops,
+            r.check_rel_err
+        );
+    }
+    Ok(())
+}
+
+fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::gen_bench(device, g, a.layers, DType::BF16, a.runs)?;
+    if a.json {
+        println!(
+            "{{\"part\":\"gen\",\"preset\":\"{}\",\"tokens\":{},\"layers\":{},\
+             \"und_ms\":{:.2},\"gen_median_ms\":{:.2},\"gen_min_ms\":{:.2},\
+             \"gen_max_ms\":{:.2},\"gen_36_layers_ms\":{:.1},\"tflops\":{:.1}}}",
+            g.name,
+            r.tokens,
+            r.layers,
+            r.und.median_ms,
+            r.gen.median_ms,
+            r.gen.min_ms,
+            r.gen.max_ms,
+            r.gen_full_ms,
+            r.tflops
+        );
+    } else {
+        println!(
+            "gen {}: {} tokens, {} layers, bf16: text tower {:.1} ms; generation forward median \
+             {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; 36 layers ≈ {:.0} ms",
+            g.name,
+            r.tokens,
+            r.layers,
+            r.und.median_ms,
+            r.gen.median_ms,
+            r.gen.min_ms,
+            r.gen.max_ms,
+            r.tflops,
+            r.gen_full_ms
+        );
+    }
+    Ok(())
+}

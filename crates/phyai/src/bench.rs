@@ -1,0 +1,247 @@
+//! Measurements behind `phyai bench`: timing with CUDA events (wall clock plus a device
+//! synchronisation on CPU), the attention kernel at the generation shape, and one
+//! generation-tower forward of the Nano config with random weights at the W480/W720 token
+//! counts. Every figure is a median after warm-up runs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::io::weights::{WeightStore, Weights};
+use crate::layers::attention;
+use crate::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
+use crate::Result;
+
+/// Median, min and max of timed runs, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub runs: usize,
+}
+
+/// Runs `f` `warmup` times untimed, then `runs` times timed (CUDA events on a GPU).
+pub fn time_runs(
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    device.synchronize()?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        ms.push(time_once(device, &mut f)?);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median_ms: ms[ms.len() / 2],
+        min_ms: ms[0],
+        max_ms: ms[ms.len() - 1],
+        runs: ms.len(),
+    })
+}
+
+fn time_once(device: &Device, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use cudarc::driver::sys::CUevent_flags;
+        let stream = dev.cuda_stream();
+        let ev = |s: &Arc<cudarc::driver::CudaStream>| {
+            s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| crate::Error::msg(format!("CUDA event: {e}")))
+        };
+        let start = ev(&stream)?;
+        f()?;
+        let end = ev(&stream)?;
+        end.synchronize()
+            .map_err(|e| crate::Error::msg(format!("CUDA event: {e}")))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| crate::Error::msg(format!("CUDA event: {e}")))?;
+        return Ok(ms as f64);
+    }
+    let t = Instant::now();
+    f()?;
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// One attention call: `heads` query heads over `kv_heads` key/value heads of `head_dim`,
+/// `queries` queries attending to `keys` keys.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub causal: bool,
+    pub dtype: DType,
+}
+
+impl AttentionSpec {
+    /// Multiply-adds ×2 of both products; a causal square pass does about half.
+    pub fn flops(&self) -> f64 {
+        let full = 4.0 * (self.heads * self.queries * self.keys * self.head_dim) as f64;
+        if self.causal {
+            full / 2.0
+        } else {
+            full
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AttentionReport {
+    pub timing: Timing,
+    pub tflops: f64,
+    /// Relative L2 error of the engine's attention against the f32 tiled reference on a
+    /// cut-down shape (same heads, fewer tokens).
+    pub check_rel_err: f32,
+}
+
+/// Times the engine's attention entry point (fused on CUDA for bf16/f16) at `spec`.
+pub fn attention_bench(
+    device: &Device,
+    spec: AttentionSpec,
+    runs: usize,
+) -> Result<AttentionReport> {
+    let make = |h: usize, s: usize| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, (h, s, spec.head_dim), device)?.to_dtype(spec.dtype)?)
+    };
+    // Agreement first, on a shape whose lengths are not multiples of the kernel's tiles.
+    let (cq, ck) = if spec.causal {
+        (1000, 1000)
+    } else {
+        (1000, 1237)
+    };
+    let (q, k, v) = (
+        make(spec.heads, cq)?,
+        make(spec.kv_heads, ck)?,
+        make(spec.kv_heads, ck)?,
+    );
+    let got = attention::attention(&q, &k, &v, spec.causal)?.to_dtype(DType::F32)?;
+    let f = |t: &Tensor| t.to_dtype(DType::F32);
+    let want = attention::tiled(&f(&q)?, &f(&k)?, &f(&v)?, spec.causal, 256, 1024)?;
+    let check_rel_err = rel_err(&got, &want)?;
+
+    let (q, k, v) = (
+        make(spec.heads, spec.queries)?,
+        make(spec.kv_heads, spec.keys)?,
+        make(spec.kv_heads, spec.keys)?,
+    );
+    let timing = time_runs(device, 2, runs, || {
+        attention::attention(&q, &k, &v, spec.causal).map(drop)
+    })?;
+    Ok(AttentionReport {
+        tflops: spec.flops() / (timing.median_ms * 1e-3) / 1e12,
+        timing,
+        check_rel_err,
+    })
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let d = (a - b)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    let n = b.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    Ok((d / n.max(f32::MIN_POSITIVE)).sqrt())
+}
+
+/// A generation-tower workload: the latent grid `[frames, height, width]` (before the 2×2
+/// patch) and the text length.
+#[derive(Debug, Clone, Copy)]
+pub struct GenSpec {
+    pub name: &'static str,
+    pub latent: [usize; 3],
+    pub text_tokens: usize,
+}
+
+/// 832×480, 93 frames: 24×30×52 latents, 9,360 tokens.
+pub const W480: GenSpec = GenSpec {
+    name: "W480",
+    latent: [24, 30, 52],
+    text_tokens: 512,
+};
+/// 1280×720, 189 frames: 48×45×80 latents, 44,160 tokens.
+pub const W720: GenSpec = GenSpec {
+    name: "W720",
+    latent: [48, 45, 80],
+    text_tokens: 512,
+};
+
+#[derive(Debug, Clone)]
+pub struct GenReport {
+    pub layers: usize,
+    pub tokens: usize,
+    pub und: Timing,
+    pub gen: Timing,
+    /// The forward time scaled from `layers` to the full depth of the config.
+    pub gen_full_ms: f64,
+    pub tflops: f64,
+    pub peak_bytes: Option<usize>,
+}
+
+/// Builds the Nano transformer config (optionally fewer layers) with random bf16 weights
+/// on `device` and times the text tower and one generation-tower forward at `spec`.
+pub fn gen_bench(
+    device: &Device,
+    spec: GenSpec,
+    layers: Option<usize>,
+    dtype: DType,
+    runs: usize,
+) -> Result<GenReport> {
+    let nano = TransformerConfig::default();
+    let full_layers = nano.num_hidden_layers;
+    let layers = layers.unwrap_or(full_layers).clamp(1, full_layers);
+    let mut cfg = nano.clone();
+    cfg.num_hidden_layers = layers;
+    let store = Arc::new(WeightStore::synthetic(std::path::Path::new("bench"), 7));
+    let model = Cosmos3Transformer::new(&cfg, Weights::new(store, dtype, device))?;
+    let ids: Vec<u32> = (0..spec.text_tokens as u32)
+        .map(|i| (i * 7919) % 150_000)
+        .collect();
+    let und_timing = time_runs(device, 1, runs, || model.und(&ids).map(drop))?;
+    let und = model.und(&ids)?;
+    let [t, h, w] = spec.latent;
+    let c = cfg.latent_channel;
+    let video = Tensor::randn(0f32, 1.0, (1, c, t, h, w), device)?.to_dtype(dtype)?;
+    let noisy = vec![true; t];
+    let inputs = GenInputs {
+        video: &video,
+        sound: None,
+        timestep: 999.0,
+        noisy_frames: &noisy,
+        fps: 24.0,
+    };
+    let gen = time_runs(device, 1, runs, || model.velocity(&und, &inputs).map(drop))?;
+    let p = cfg.latent_patch_size;
+    let tokens = t * h.div_ceil(p) * w.div_ceil(p);
+    let full = gen.median_ms * full_layers as f64 / layers as f64;
+    Ok(GenReport {
+        layers,
+        tokens,
+        und: und_timing,
+        gen_full_ms: full,
+        tflops: gen_flops(&cfg, tokens, spec.text_tokens) / (gen.median_ms * 1e-3) / 1e12,
+        gen,
+        peak_bytes: None,
+    })
+}
+
+/// FLOPs of one generation-tower forward: per layer the Q/K/V, output and MLP products
+/// (2 per multiply-add) and attention over text + video keys (4·N·(N+text)·hidden).
+pub fn gen_flops(cfg: &TransformerConfig, tokens: usize, text: usize) -> f64 {
+    let n = tokens as f64;
+    let hid = cfg.hidden_size as f64;
+    let hd = cfg.head_dim as f64;
+    let q = cfg.num_attention_heads as f64 * hd;
+    let kv = cfg.num_key_value_heads as f64 * hd;
+    let mlp = cfg.intermediate_size as f64;
+    let per_layer = 2.0 * n * (hid * (q + 2.0 * kv) + q * hid + 3.0 * hid * mlp)
+        + 4.0 * n * (n + text as f64) * q;
+    per_layer * cfg.num_hidden_layers as f64
+}
