@@ -362,10 +362,11 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         io,
         false,
     )?;
+    // O is written token-major (`[Sq, Hq, D]`), the layout the output projection reads.
     let o = g.tensor(
         Some(UID_O),
         [1, hq, sq, d],
-        [hq * sq * d, sq * d, d, 1],
+        [hq * sq * d, d, hq * d, 1],
         io,
         false,
     )?;
@@ -541,7 +542,7 @@ fn plan_for(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Rc<Plan>> {
     })
 }
 
-/// The candle op: three strided `[H, S, D]` inputs, one contiguous `[Hq, Sq, D]` output.
+/// The candle op: three strided `[H, S, D]` inputs, one contiguous `[Sq, Hq, D]` output.
 struct Sdpa {
     causal: bool,
 }
@@ -654,7 +655,7 @@ impl Sdpa {
         drop(ws);
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from((hq, sq, d)),
+            Shape::from((sq, hq, d)),
         ))
     }
 }
@@ -702,5 +703,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     if !matches!(q.dtype(), DType::BF16 | DType::F16) {
         return Err(Error::msg("fused attention needs bf16 or f16"));
     }
-    Ok(q.apply_op3_no_bwd(k, v, &Sdpa { causal })?)
+    // The kernel writes `[Sq, Hq, D]`; callers get the `[Hq, Sq, D]` view.
+    Ok(q.apply_op3_no_bwd(k, v, &Sdpa { causal })?
+        .transpose(0, 1)?)
 }

@@ -96,6 +96,23 @@ impl TpGroup {
         ColumnParallelLinear::load(w, in_dim, units * unit, bias, r.start * unit..r.end * unit)
     }
 
+    /// Several column-parallel projections of one input as one GEMM: each part is
+    /// `(weights, units, unit, what)` and is split over the group like [`Self::column`], so
+    /// the output is this rank's slice of every part, concatenated in order.
+    pub fn fused_column(
+        &self,
+        parts: &[(&Weights, usize, usize, &str)],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<ColumnParallelLinear> {
+        let mut specs = Vec::with_capacity(parts.len());
+        for &(w, units, unit, what) in parts {
+            let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+            specs.push((w, units * unit, r.start * unit..r.end * unit));
+        }
+        ColumnParallelLinear::fused(&specs, in_dim, bias)
+    }
+
     /// Input features split: this rank consumes its `units` and the partial outputs are
     /// summed over the group.
     pub fn row(

@@ -30,8 +30,9 @@ impl Activation {
 
 #[derive(Clone)]
 pub struct GatedMlp {
-    gate: Option<ColumnParallelLinear>,
-    up: ColumnParallelLinear,
+    /// SiLU: `[gate | up]` as one GEMM; squared ReLU: `up` alone.
+    gate_up: ColumnParallelLinear,
+    gated: bool,
     down: RowParallelLinear,
 }
 
@@ -45,24 +46,31 @@ impl GatedMlp {
         tp: &TpGroup,
     ) -> Result<Self> {
         let what = "intermediate_size";
-        let gate = match act {
-            Activation::Silu => {
-                Some(tp.column(&w.pp("gate_proj"), hidden, intermediate, 1, false, what)?)
-            }
-            Activation::Relu2 => None,
+        let (gate, up) = (w.pp("gate_proj"), w.pp("up_proj"));
+        let gate_up = match act {
+            Activation::Silu => tp.fused_column(
+                &[(&gate, intermediate, 1, what), (&up, intermediate, 1, what)],
+                hidden,
+                false,
+            )?,
+            Activation::Relu2 => tp.column(&up, hidden, intermediate, 1, false, what)?,
         };
         Ok(Self {
-            gate,
-            up: tp.column(&w.pp("up_proj"), hidden, intermediate, 1, false, what)?,
+            gate_up,
+            gated: act == Activation::Silu,
             down: tp.row(&w.pp("down_proj"), intermediate, 1, hidden, false, what)?,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let up = self.up.forward(x)?;
-        let h = match &self.gate {
-            Some(g) => (candle_nn::ops::silu(&g.forward(x)?)? * up)?,
-            None => up.relu()?.sqr()?,
+        let y = self.gate_up.forward(x)?;
+        let h = if self.gated {
+            let half = y.dim(candle_core::D::Minus1)? / 2;
+            let gate = y.narrow(candle_core::D::Minus1, 0, half)?;
+            let up = y.narrow(candle_core::D::Minus1, half, half)?;
+            (candle_nn::ops::silu(&gate)? * up)?
+        } else {
+            y.relu()?.sqr()?
         };
         self.down.forward(&h)
     }

@@ -87,6 +87,12 @@ impl MultiAxisRope {
 /// Rotates `x` `[heads, N, head_dim]` by the tables of [`MultiAxisRope::tables`] (`[N, head_dim/2]`,
 /// same dtype as `x`).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // Head-major views of token-major data rotate in place order (no transpose copy).
+    let tokens_major = x.transpose(0, 1)?;
+    if tokens_major.is_contiguous() {
+        let y = candle_nn::rotary_emb::rope_thd(&tokens_major.unsqueeze(0)?, cos, sin)?;
+        return Ok(y.squeeze(0)?.transpose(0, 1)?);
+    }
     let x = x.contiguous()?.unsqueeze(0)?;
     Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?.squeeze(0)?)
 }

@@ -62,9 +62,8 @@ pub fn norm_scale(cfg: &TransformerConfig) -> RmsScale {
 pub struct ExpertBlock {
     input_norm: RmsNorm,
     post_norm: RmsNorm,
-    q: ColumnParallelLinear,
-    k: ColumnParallelLinear,
-    v: ColumnParallelLinear,
+    /// Q, K and V as one GEMM: this rank's query heads, then its key and value heads.
+    qkv: ColumnParallelLinear,
     out: RowParallelLinear,
     norm_q: Option<RmsNorm>,
     norm_k: Option<RmsNorm>,
@@ -102,9 +101,15 @@ impl ExpertBlock {
         Ok(Self {
             input_norm: norm(&w.pp(keys.input_norm), h)?,
             post_norm: norm(&w.pp(keys.post_norm), h)?,
-            q: tp.column(&a.pp(keys.q), h, nq, d, bias, "num_attention_heads")?,
-            k: tp.column(&a.pp(keys.k), h, nkv, d, bias, "num_key_value_heads")?,
-            v: tp.column(&a.pp(keys.v), h, nkv, d, bias, "num_key_value_heads")?,
+            qkv: tp.fused_column(
+                &[
+                    (&a.pp(keys.q), nq, d, "num_attention_heads"),
+                    (&a.pp(keys.k), nkv, d, "num_key_value_heads"),
+                    (&a.pp(keys.v), nkv, d, "num_key_value_heads"),
+                ],
+                h,
+                bias,
+            )?,
             out: tp.row(&a.pp(keys.out), nq, d, h, bias, "num_attention_heads")?,
             norm_q,
             norm_k,
@@ -122,22 +127,30 @@ impl ExpertBlock {
     }
 
     /// Hidden states `[N, hidden]` → pre-norm → Q `[Hq, N, D]`, K and V `[Hkv, N, D]`,
-    /// Q and K normalised per head, before rotary embedding.
+    /// Q and K normalised per head, before rotary embedding. The three are views of
+    /// token-major `[N, H, D]` data (heads are not copied out); every consumer accepts
+    /// strided inputs.
     pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let n = x.dim(0)?;
         let xn = self.input_norm.forward(x)?;
-        let heads = |t: Tensor, nh: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let t = t.reshape((n, nh, self.head_dim))?;
+        let (hq, hkv) = (self.heads, self.kv_heads);
+        let y = self
+            .qkv
+            .forward(&xn)?
+            .reshape((n, hq + 2 * hkv, self.head_dim))?;
+        let part = |start: usize, len: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let t = y.narrow(1, start, len)?;
             let t = match norm {
                 Some(nm) => nm.forward(&t)?,
                 None => t,
             };
-            Ok(t.transpose(0, 1)?.contiguous()?)
+            Ok(t.transpose(0, 1)?)
         };
-        let q = heads(self.q.forward(&xn)?, self.heads, &self.norm_q)?;
-        let k = heads(self.k.forward(&xn)?, self.kv_heads, &self.norm_k)?;
-        let v = heads(self.v.forward(&xn)?, self.kv_heads, &None)?;
-        Ok((q, k, v))
+        Ok((
+            part(0, hq, &self.norm_q)?,
+            part(hq, hkv, &self.norm_k)?,
+            part(hq + hkv, hkv, &None)?,
+        ))
     }
 
     /// Residual stream `x` `[N, hidden]` and attention output `[Hq, N, D]` → next hidden

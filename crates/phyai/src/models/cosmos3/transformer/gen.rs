@@ -77,8 +77,14 @@ impl GenTower {
             } else {
                 (q, k, v)
             };
-            let k_all = Tensor::cat(&[&uk, &k], 1)?;
-            let v_all = Tensor::cat(&[&uv, &v], 1)?;
+            // Text keys first, then this step's; joined token-major so the copy is two
+            // contiguous runs, and handed to attention as head-major views.
+            let join = |text: &Tensor, gen: &Tensor| -> Result<Tensor> {
+                let t = Tensor::cat(&[&text.transpose(0, 1)?, &gen.transpose(0, 1)?], 0)?;
+                Ok(t.transpose(0, 1)?)
+            };
+            let k_all = join(&uk, &k)?;
+            let v_all = join(&uv, &v)?;
             let a = attention(&q, &k_all, &v_all, false)?;
             let a = sp.heads_to_seq(&a, shard)?;
             x = layer.finish(&x, &a)?;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Opt-in GPU correctness checks with carried binaries: the bf16-GPU vs f32-CPU velocity test
+# (.carry/tp.gz, the transformer_parity test binary built with --features cuda) and a bf16
+# demo generation end to end. Logs under $OUT.
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
+export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 PHYAI_LOG=${PHYAI_LOG:-warn}
+gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+if [ -f .carry/tp.gz ]; then
+  gunzip -c .carry/tp.gz > /tmp/tp && chmod +x /tmp/tp
+  (cd crates/phyai && PHYAI_GPU_TESTS=1 /tmp/tp --ignored --nocapture bf16_gpu_velocity_matches_f32_cpu 2>&1 | tail -5) | tee "$OUT/velocity.txt"
+fi
+/tmp/phyai demo-checkpoint /tmp/demo 2>&1 | tail -1
+/tmp/phyai generate --checkpoint /tmp/demo --device cuda --dtype bf16 --sound \
+  --prompt "A robot arm stacks three red cubes on a wooden table" \
+  --num-frames 33 --height 256 --width 448 --steps 8 --out "$OUT/demo_bf16" --json 2>&1 | tail -12 | tee "$OUT/demo.txt"
