@@ -11,6 +11,8 @@ pub enum BenchPart {
     Attention,
     /// Text tower and one generation-tower forward of the Nano config.
     Gen,
+    /// The pieces of one generation layer, timed alone.
+    Ops,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,7 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
             match part {
                 BenchPart::Attention => attention(&device, g, a)?,
                 BenchPart::Gen => gen(&device, g, a)?,
+                BenchPart::Ops => ops(&device, g, a)?,
             }
         }
         if part == BenchPart::Attention {
@@ -142,6 +145,18 @@ fn report_attention(
             r.timing.runs,
             r.tflops,
             r.check_rel_err
+        );
+    }
+    Ok(())
+}
+
+fn ops(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let [t, h, w] = g.latent;
+    let n = t * h.div_ceil(2) * w.div_ceil(2);
+    for (name, tm) in bench::layer_ops_bench(device, n, a.runs)? {
+        println!(
+            "ops {} ({n} tokens): {name}: median {:.3} ms (min {:.3}, max {:.3})",
+            g.name, tm.median_ms, tm.min_ms, tm.max_ms
         );
     }
     Ok(())
