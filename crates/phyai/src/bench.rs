@@ -248,7 +248,11 @@ pub fn gen_flops(cfg: &TransformerConfig, tokens: usize, text: usize) -> f64 {
 
 /// The pieces of one Nano generation layer at `tokens` tokens, timed alone (bf16): which
 /// part of the layer time is matrix products, attention, and memory-bound glue.
-pub fn layer_ops_bench(device: &Device, tokens: usize, runs: usize) -> Result<Vec<(String, Timing)>> {
+pub fn layer_ops_bench(
+    device: &Device,
+    tokens: usize,
+    runs: usize,
+) -> Result<Vec<(String, Timing)>> {
     let (n, h, inter) = (tokens, 4096usize, 12288usize);
     let dt = DType::BF16;
     let r = |shape: &[usize]| -> Result<Tensor> {
@@ -270,35 +274,48 @@ pub fn layer_ops_bench(device: &Device, tokens: usize, runs: usize) -> Result<Ve
         Ok(())
     };
     time("gemm qkv [N,4096]x[4096,6144]", &mut || {
-        x.broadcast_matmul(&w_qkv.t()?).map(drop).map_err(Into::into)
+        x.broadcast_matmul(&w_qkv.t()?)
+            .map(drop)
+            .map_err(Into::into)
     })?;
     time("gemm out [N,4096]x[4096,4096]", &mut || {
-        x.broadcast_matmul(&w_out.t()?).map(drop).map_err(Into::into)
+        x.broadcast_matmul(&w_out.t()?)
+            .map(drop)
+            .map_err(Into::into)
     })?;
     time("gemm gate|up [N,4096]x[4096,24576]", &mut || {
         x.broadcast_matmul(&w_gu.t()?).map(drop).map_err(Into::into)
     })?;
     time("gemm down [N,12288]x[12288,4096]", &mut || {
-        act.broadcast_matmul(&w_down.t()?).map(drop).map_err(Into::into)
+        act.broadcast_matmul(&w_down.t()?)
+            .map(drop)
+            .map_err(Into::into)
     })?;
     time("silu(gate)*up, halves of [N,24576]", &mut || {
         let g = gu.narrow(1, 0, inter)?;
         let u = gu.narrow(1, inter, inter)?;
-        (candle_nn::ops::silu(&g)? * u).map(drop).map_err(Into::into)
+        (candle_nn::ops::silu(&g)? * u)
+            .map(drop)
+            .map_err(Into::into)
     })?;
     time("rmsnorm [N,4096]", &mut || {
         candle_nn::ops::rms_norm(&x, &norm_w, 1e-6)
             .map(drop)
             .map_err(Into::into)
     })?;
-    time("residual add [N,4096]", &mut || (&x + &x).map(drop).map_err(Into::into))?;
+    time("residual add [N,4096]", &mut || {
+        (&x + &x).map(drop).map_err(Into::into)
+    })?;
     time("rope q [N,32,128] token-major", &mut || {
         candle_nn::rotary_emb::rope_thd(&q.unsqueeze(0)?, &cos, &sin)
             .map(drop)
             .map_err(Into::into)
     })?;
     time("copy q out of [N,48,128]", &mut || {
-        q.narrow(1, 0, 24)?.contiguous().map(drop).map_err(Into::into)
+        q.narrow(1, 0, 24)?
+            .contiguous()
+            .map(drop)
+            .map_err(Into::into)
     })?;
     Ok(out)
 }
