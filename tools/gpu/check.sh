@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Opt-in GPU correctness checks with carried binaries: the bf16-GPU vs f32-CPU velocity test
-# (.carry/tp.gz, the transformer_parity test binary built with --features cuda) and a bf16
-# demo generation end to end. Logs under $OUT.
+# Opt-in GPU correctness checks with carried binaries: the fused glue kernels against f32
+# CPU (.carry/glue.gz, the `glue` test binary built with --features cuda), the bf16-GPU vs
+# f32-CPU velocity test (.carry/tp.gz, the transformer_parity test binary) and a bf16 demo
+# generation end to end. Logs under $OUT.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -9,6 +10,10 @@ SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
 export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0 PHYAI_LOG=${PHYAI_LOG:-warn}
 gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+if [ -f .carry/glue.gz ]; then
+  gunzip -c .carry/glue.gz > /tmp/glue && chmod +x /tmp/glue
+  (cd crates/phyai && PHYAI_GPU_TESTS=1 /tmp/glue --ignored --nocapture 2>&1 | tail -12) | tee "$OUT/glue.txt"
+fi
 if [ -f .carry/tp.gz ]; then
   gunzip -c .carry/tp.gz > /tmp/tp && chmod +x /tmp/tp
   (cd crates/phyai && PHYAI_GPU_TESTS=1 /tmp/tp --ignored --nocapture bf16_gpu_velocity_matches_f32_cpu 2>&1 | tail -5) | tee "$OUT/velocity.txt"

@@ -13,6 +13,8 @@ pub enum BenchPart {
     Gen,
     /// The pieces of one generation layer, timed alone.
     Ops,
+    /// Wan2.2 VAE decode of the preset's latent (random weights).
+    Vae,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub struct BenchArgs {
     /// Run on the CPU instead of CUDA device 0 (slow; for checking the command).
     #[arg(long)]
     pub cpu: bool,
+    /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
+    #[arg(long, default_value_t = 1)]
+    pub tiles: usize,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +82,7 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Attention => attention(&device, g, a)?,
                 BenchPart::Gen => gen(&device, g, a)?,
                 BenchPart::Ops => ops(&device, g, a)?,
+                BenchPart::Vae => vae(&device, g, a)?,
             }
         }
         if part == BenchPart::Attention {
@@ -162,6 +168,45 @@ fn ops(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     Ok(())
 }
 
+fn gib(b: Option<usize>) -> String {
+    b.map_or("n/a".into(), |b| {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
+fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::vae_bench(device, g, DType::BF16, a.tiles, a.runs)?;
+    let [t, h, w] = r.latent;
+    if a.json {
+        println!(
+            "{{\"part\":\"vae\",\"preset\":\"{}\",\"tiles\":{},\"median_ms\":{:.1},\
+             \"min_ms\":{:.1},\"max_ms\":{:.1},\"peak_bytes\":{}}}",
+            g.name,
+            a.tiles,
+            r.decode.median_ms,
+            r.decode.min_ms,
+            r.decode.max_ms,
+            r.peak_bytes.map_or("null".into(), |b| b.to_string())
+        );
+    } else {
+        println!(
+            "vae {}: latent {t}x{h}x{w} → {}x{}x{} frames, {} tile(s), bf16: decode median {:.0} ms \
+             (min {:.0}, max {:.0}, {} runs); peak {}",
+            g.name,
+            r.frames,
+            r.height,
+            r.width,
+            a.tiles,
+            r.decode.median_ms,
+            r.decode.min_ms,
+            r.decode.max_ms,
+            r.decode.runs,
+            gib(r.peak_bytes)
+        );
+    }
+    Ok(())
+}
+
 fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     let r = bench::gen_bench(device, g, a.layers, DType::BF16, a.runs)?;
     if a.json {
@@ -182,7 +227,7 @@ fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     } else {
         println!(
             "gen {}: {} tokens, {} layers, bf16: text tower {:.1} ms; generation forward median \
-             {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; 36 layers ≈ {:.0} ms",
+             {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; 36 layers ≈ {:.0} ms; peak {}",
             g.name,
             r.tokens,
             r.layers,
@@ -191,7 +236,8 @@ fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.gen.min_ms,
             r.gen.max_ms,
             r.tflops,
-            r.gen_full_ms
+            r.gen_full_ms,
+            gib(r.peak_bytes)
         );
     }
     Ok(())

@@ -217,7 +217,9 @@ pub fn gen_bench(
         noisy_frames: &noisy,
         fps: 24.0,
     };
+    reset_peak_memory(device);
     let gen = time_runs(device, 1, runs, || model.velocity(&und, &inputs).map(drop))?;
+    let peak_bytes = peak_memory(device);
     let p = cfg.latent_patch_size;
     let tokens = t * h.div_ceil(p) * w.div_ceil(p);
     let full = gen.median_ms * full_layers as f64 / layers as f64;
@@ -228,7 +230,7 @@ pub fn gen_bench(
         gen_full_ms: full,
         tflops: gen_flops(&cfg, tokens, spec.text_tokens) / (gen.median_ms * 1e-3) / 1e12,
         gen,
-        peak_bytes: None,
+        peak_bytes,
     })
 }
 
@@ -317,5 +319,142 @@ pub fn layer_ops_bench(
             .map(drop)
             .map_err(Into::into)
     })?;
+    // The fused replacements (`layers::glue`).
+    let norm = crate::layers::norm::RmsNorm::new(
+        norm_w.clone(),
+        1e-6,
+        crate::layers::norm::RmsScale::AfterCast,
+    );
+    let head_norm = crate::layers::norm::RmsNorm::new(
+        r(&[128])?,
+        1e-6,
+        crate::layers::norm::RmsScale::AfterCast,
+    );
+    let qkv = r(&[n, 48, 128])?;
+    time("fused silu·mul of [N,24576]", &mut || {
+        crate::layers::glue::silu_mul(&gu).map(drop)
+    })?;
+    time("fused residual add + rmsnorm [N,4096]", &mut || {
+        crate::layers::glue::add_rms_norm(&x, &x, &norm).map(drop)
+    })?;
+    time("fused rmsnorm [N,4096]", &mut || {
+        crate::layers::glue::rms_norm(&x, &norm).map(drop)
+    })?;
+    time("fused qk norm + rope of [N,48,128]", &mut || {
+        crate::layers::glue::qk_norm_rope(&qkv, (32, 8), Some((&head_norm, &head_norm)), &cos, &sin)
+            .map(drop)
+    })?;
     Ok(out)
+}
+
+/// The Wan2.2 video VAE of the Cosmos3 checkpoints (48-channel latent, decoder width 256).
+pub fn wan22_vae_config() -> crate::models::cosmos3::vae::VaeConfig {
+    serde_json::from_value(serde_json::json!({
+        "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
+        "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [false, true, true],
+        "dropout": 0.0, "is_residual": true, "in_channels": 12, "out_channels": 12,
+        "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+        "latents_mean": vec![0.0; 48], "latents_std": vec![1.0; 48],
+    }))
+    .expect("the built-in VAE config parses")
+}
+
+#[derive(Debug, Clone)]
+pub struct VaeReport {
+    /// Latent `[t, h, w]` decoded.
+    pub latent: [usize; 3],
+    pub decode: Timing,
+    /// Output video `[3, T, H, W]`.
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Peak device memory during the decode (weights included).
+    pub peak_bytes: Option<usize>,
+}
+
+/// Decodes a random latent of `spec`'s grid with the Wan2.2 VAE (random weights) in
+/// `tiles` spatial tiles decoded in sequence (1 = whole frame).
+pub fn vae_bench(
+    device: &Device,
+    spec: GenSpec,
+    dtype: DType,
+    tiles: usize,
+    runs: usize,
+) -> Result<VaeReport> {
+    use crate::models::cosmos3::vae::{decode_tiled, WanDecoder};
+    let cfg = wan22_vae_config();
+    let store = Arc::new(WeightStore::synthetic(
+        std::path::Path::new("bench-vae"),
+        11,
+    ));
+    let decoder = WanDecoder::new(&cfg, &Weights::new(store, dtype, device))?;
+    let [t, h, w] = spec.latent;
+    let lat = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, t, h, w), device)?.to_dtype(dtype)?;
+    let mut dims = Vec::new();
+    reset_peak_memory(device);
+    let decode = time_runs(device, 0, runs, || {
+        let v = if tiles > 1 {
+            decode_tiled(&decoder, &lat, tiles)?
+        } else {
+            decoder.decode(&lat)?
+        };
+        dims = v.dims().to_vec();
+        Ok(())
+    })?;
+    Ok(VaeReport {
+        latent: spec.latent,
+        decode,
+        frames: dims.get(2).copied().unwrap_or(0),
+        height: dims.get(3).copied().unwrap_or(0),
+        width: dims.get(4).copied().unwrap_or(0),
+        peak_bytes: peak_memory(device),
+    })
+}
+
+/// Peak bytes allocated on `device` since the last [`reset_peak_memory`], read from the
+/// stream-ordered pool every tensor comes from (what torch reports as max allocated).
+/// `None` on CPU.
+pub fn peak_memory(device: &Device) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use cudarc::driver::sys;
+        let cu = dev.cuda_stream().context().cu_device();
+        let mut pool = std::ptr::null_mut();
+        let mut high = 0u64;
+        // SAFETY: plain queries of the device's default pool; both out-pointers are live.
+        let ok = unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuMemPoolGetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    (&mut high as *mut u64).cast(),
+                ) == sys::CUresult::CUDA_SUCCESS
+        };
+        return ok.then_some(high as usize);
+    }
+    let _ = device;
+    None
+}
+
+/// Restarts the peak of [`peak_memory`] from the bytes in use now.
+pub fn reset_peak_memory(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use cudarc::driver::sys;
+        let _ = device.synchronize();
+        let cu = dev.cuda_stream().context().cu_device();
+        let mut pool = std::ptr::null_mut();
+        let mut zero = 0u64;
+        // SAFETY: as above; zero is the only value this attribute accepts.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS {
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    (&mut zero as *mut u64).cast(),
+                );
+            }
+        }
+    }
+    let _ = device;
 }

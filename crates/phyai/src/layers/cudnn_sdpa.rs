@@ -478,10 +478,7 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
     )?;
     let mut last_err = String::from("no engine config");
     for cfg in cfgs.iter().take(got.max(0) as usize) {
-        let plan = match Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR) {
-            Ok(p) => p,
-            Err(e) => return Err(e),
-        };
+        let plan = Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
         plan.set(
             A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
             T::CUDNN_TYPE_HANDLE,
@@ -553,9 +550,9 @@ fn head_seq_strides(l: &Layout, elem: usize) -> candle_core::Result<[usize; 2]> 
     let st = l.stride();
     let ok = st.len() == 3
         && st[2] == 1
-        && (st[0] * elem) % 16 == 0
-        && (st[1] * elem) % 16 == 0
-        && (l.start_offset() * elem) % 16 == 0;
+        && (st[0] * elem).is_multiple_of(16)
+        && (st[1] * elem).is_multiple_of(16)
+        && (l.start_offset() * elem).is_multiple_of(16);
     if !ok {
         candle_core::bail!("fused attention needs 16-byte aligned [H, S, D] rows, got {st:?}");
     }

@@ -65,10 +65,7 @@ impl GatedMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.gate_up.forward(x)?;
         let h = if self.gated {
-            let half = y.dim(candle_core::D::Minus1)? / 2;
-            let gate = y.narrow(candle_core::D::Minus1, 0, half)?;
-            let up = y.narrow(candle_core::D::Minus1, half, half)?;
-            (candle_nn::ops::silu(&gate)? * up)?
+            super::glue::silu_mul(&y)?
         } else {
             y.relu()?.sqr()?
         };

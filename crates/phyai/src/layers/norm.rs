@@ -37,6 +37,18 @@ impl RmsNorm {
         Self { weight, eps, scale }
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub fn scale(&self) -> RmsScale {
+        self.scale
+    }
+
     /// `x` `[.., dim]` in any float dtype → same shape and dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();

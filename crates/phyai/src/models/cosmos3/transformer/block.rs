@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use super::config::TransformerConfig;
 use crate::io::weights::Weights;
+use crate::layers::glue;
 use crate::layers::linear::TpGroup;
 use crate::layers::mlp::{Activation, GatedMlp};
 use crate::layers::norm::{RmsNorm, RmsScale};
@@ -126,18 +127,19 @@ impl ExpertBlock {
         })
     }
 
+    /// The pre-attention norm (applied by [`Self::project`]; callers of
+    /// [`Self::attn_inputs`] apply it themselves, fused with the previous residual add).
+    pub fn input_norm(&self) -> &RmsNorm {
+        &self.input_norm
+    }
+
     /// Hidden states `[N, hidden]` → pre-norm → Q `[Hq, N, D]`, K and V `[Hkv, N, D]`,
     /// Q and K normalised per head, before rotary embedding. The three are views of
     /// token-major `[N, H, D]` data (heads are not copied out); every consumer accepts
     /// strided inputs.
     pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let n = x.dim(0)?;
-        let xn = self.input_norm.forward(x)?;
+        let y = self.qkv_tokens(&glue::rms_norm(x, &self.input_norm)?)?;
         let (hq, hkv) = (self.heads, self.kv_heads);
-        let y = self
-            .qkv
-            .forward(&xn)?
-            .reshape((n, hq + 2 * hkv, self.head_dim))?;
         let part = |start: usize, len: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
             let t = y.narrow(1, start, len)?;
             let t = match norm {
@@ -153,16 +155,58 @@ impl ExpertBlock {
         ))
     }
 
+    /// Already-normed hidden states `h` `[N, hidden]` → Q, K (normalised and rotated by
+    /// `cos`/`sin`) and V, as head-major views like [`Self::project`].
+    pub fn attn_inputs(
+        &self,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let y = self.qkv_tokens(h)?;
+        let norms = match (&self.norm_q, &self.norm_k) {
+            (Some(q), Some(k)) => Some((q, k)),
+            _ => None,
+        };
+        glue::qk_norm_rope(&y, (self.heads, self.kv_heads), norms, cos, sin)
+    }
+
+    /// The fused QKV GEMM, token-major `[N, Hq + 2·Hkv, D]`.
+    fn qkv_tokens(&self, h: &Tensor) -> Result<Tensor> {
+        let n = h.dim(0)?;
+        Ok(self
+            .qkv
+            .forward(h)?
+            .reshape((n, self.heads + 2 * self.kv_heads, self.head_dim))?)
+    }
+
+    /// Attention output `[Hq, N, D]` → token-major `[N, Hq·D]` for the output projection.
+    fn attn_tokens(&self, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        Ok(attn
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((n, self.heads * self.head_dim))?)
+    }
+
     /// Residual stream `x` `[N, hidden]` and attention output `[Hq, N, D]` → next hidden
     /// states: `x + out(attn)`, then `+ mlp(post_norm(·))`.
     pub fn finish(&self, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let a = attn
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((n, self.heads * self.head_dim))?;
-        let x = (x + self.out.forward(&a)?)?;
-        let m = self.mlp.forward(&self.post_norm.forward(&x)?)?;
-        Ok((x + m)?)
+        let a = self.attn_tokens(x, attn)?;
+        let (x, h) = glue::add_rms_norm(x, &self.out.forward(&a)?, &self.post_norm)?;
+        Ok((x + self.mlp.forward(&h)?)?)
+    }
+
+    /// Like [`Self::finish`], and also returns `next(x')` of the new residual stream `x'`
+    /// (the next layer's input norm, or the tower's final norm), fused with the last add.
+    pub fn finish_normed(
+        &self,
+        x: &Tensor,
+        attn: &Tensor,
+        next: &RmsNorm,
+    ) -> Result<(Tensor, Tensor)> {
+        let a = self.attn_tokens(x, attn)?;
+        let (x, h) = glue::add_rms_norm(x, &self.out.forward(&a)?, &self.post_norm)?;
+        glue::add_rms_norm(&x, &self.mlp.forward(&h)?, next)
     }
 }

@@ -9,9 +9,9 @@ use super::config::TransformerConfig;
 use super::und::UndKv;
 use crate::io::weights::Weights;
 use crate::layers::attention::attention;
+use crate::layers::glue;
 use crate::layers::linear::TpGroup;
 use crate::layers::norm::RmsNorm;
-use crate::layers::rope::apply_rope;
 use crate::layers::sp::{SeqShard, SpGroup};
 use crate::{Error, Result};
 
@@ -58,11 +58,15 @@ impl GenTower {
                 ),
             ));
         }
+        let Some(first) = self.layers.first() else {
+            return self.norm.forward(x);
+        };
+        // `h` is always the normed input of the next layer; the norm is fused with the
+        // residual add that precedes it, and after the last layer it is the final norm.
         let mut x = x.clone();
+        let mut h = glue::rms_norm(&x, first.input_norm())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (q, k, v) = layer.project(&x)?;
-            let q = apply_rope(&q, cos, sin)?;
-            let k = apply_rope(&k, cos, sin)?;
+            let (q, k, v) = layer.attn_inputs(&h, cos, sin)?;
             let dtype = k.dtype();
             let (mut uk, mut uv) = (und.k[i].to_dtype(dtype)?, und.v[i].to_dtype(dtype)?);
             let (q, k, v) = if sp.size() > 1 {
@@ -87,9 +91,13 @@ impl GenTower {
             let v_all = join(&uv, &v)?;
             let a = attention(&q, &k_all, &v_all, false)?;
             let a = sp.heads_to_seq(&a, shard)?;
-            x = layer.finish(&x, &a)?;
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |l| l.input_norm());
+            (x, h) = layer.finish_normed(&x, &a, next)?;
         }
-        self.norm.forward(&x)
+        Ok(h)
     }
 }
 

@@ -78,7 +78,13 @@ pub struct Cosmos3Transformer {
     sp: SpGroup,
     dtype: DType,
     device: Device,
+    /// Rotary tables of the last generation call and the positions they were built for:
+    /// every step of a request has the same token layout, so the host-side trigonometry
+    /// (millions of angles at 720p) runs once per request, not once per step.
+    rope_cache: RopeCache,
 }
+
+type RopeCache = std::sync::Arc<std::sync::Mutex<Option<(Vec<[f32; 3]>, Tensor, Tensor)>>>;
 
 impl Cosmos3Transformer {
     /// Builds the model from checkpoint weights (dtype and device of `w`), unsharded.
@@ -133,6 +139,7 @@ impl Cosmos3Transformer {
             sp,
             dtype: w.dtype(),
             device: w.device().clone(),
+            rope_cache: RopeCache::default(),
         })
     }
 
@@ -207,6 +214,22 @@ impl Cosmos3Transformer {
             }
         }
         Ok(())
+    }
+
+    /// `cos`/`sin` for `positions`, from the cache when the layout is the last call's.
+    fn gen_rope_tables(&self, positions: Vec<[f32; 3]>) -> Result<(Tensor, Tensor)> {
+        let mut cache = self
+            .rope_cache
+            .lock()
+            .map_err(|_| crate::Error::msg("rotary table cache poisoned by a failed rank"))?;
+        if let Some((p, cos, sin)) = cache.as_ref() {
+            if *p == positions {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        *cache = Some((positions, cos.clone(), sin.clone()));
+        Ok((cos, sin))
     }
 
     /// The velocity of one step for one CFG branch.
@@ -285,7 +308,7 @@ impl Cosmos3Transformer {
         } else {
             Tensor::cat(&pieces, 0)?
         };
-        let (cos, sin) = self.rope.tables(&positions, dtype, &self.device)?;
+        let (cos, sin) = self.gen_rope_tables(positions)?;
         let hidden = self
             .gen
             .forward(&tokens, und, &cos, &sin, &self.sp, &shard)?;
