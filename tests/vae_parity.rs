@@ -330,3 +330,44 @@ fn parallel_decode_gives_every_rank_the_same_video() {
         );
     }
 }
+
+/// The video VAE on a GPU (cuDNN 3-D convolutions): f32 against diffusers as on the CPU,
+/// bf16 within bf16 tolerance; decode and encode. Opt-in: PHYAI_GPU_TESTS=1, `--ignored`.
+#[test]
+#[ignore = "needs a CUDA device: PHYAI_GPU_TESTS=1"]
+fn gpu_vae_matches_diffusers() {
+    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    let r = refs("vae_decode.safetensors");
+    let e = refs("vae_encode.safetensors");
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        let v = WanVae::load(&tiny("vae"), dtype, &gpu, true).unwrap();
+        let lat = r["latent"]
+            .to_device(&gpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let out = v
+            .decoder
+            .decode(&lat)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let err = rel_err(&out.to_device(&Device::Cpu).unwrap(), &r["pixels"]);
+        eprintln!("gpu decode {dtype:?} rel err {err:.3e}");
+        assert!(err <= tol, "gpu decode {dtype:?} rel err {err}");
+        let video = e["video"].to_device(&gpu).unwrap().to_dtype(dtype).unwrap();
+        let enc = v.encoder.as_ref().unwrap().encode(&video).unwrap();
+        let enc = enc
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let err = rel_err(&enc, &e["video_latent"]);
+        eprintln!("gpu encode {dtype:?} rel err {err:.3e}");
+        assert!(err <= tol, "gpu encode {dtype:?} rel err {err}");
+    }
+}

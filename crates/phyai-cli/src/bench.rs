@@ -15,6 +15,8 @@ pub enum BenchPart {
     Ops,
     /// Wan2.2 VAE decode of the preset's latent (random weights).
     Vae,
+    /// The pieces of one 720p VAE decoder stage, timed alone.
+    VaeOps,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,15 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Gen => gen(&device, g, a)?,
                 BenchPart::Ops => ops(&device, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
+                BenchPart::VaeOps => {
+                    for (name, tm) in bench::vae_ops_bench(&device, a.runs)? {
+                        println!(
+                            "vae-ops: {name}: median {:.3} ms (min {:.3}, max {:.3})",
+                            tm.median_ms, tm.min_ms, tm.max_ms
+                        );
+                    }
+                    break;
+                }
             }
         }
         if part == BenchPart::Attention {

@@ -458,3 +458,75 @@ pub fn reset_peak_memory(device: &Device) {
     }
     let _ = device;
 }
+
+/// The pieces of one decoder stage of the Wan2.2 VAE at 720p (the last stage: 256 channels
+/// at 360×640, four frames a chunk), timed alone in bf16: where decode time goes.
+pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing)>> {
+    use crate::models::cosmos3::vae::blocks::{dup_up, ResidualBlock};
+    use crate::models::cosmos3::vae::causal_conv::{silu, ChannelRmsNorm, FrameCache, SlotCounter};
+    let dt = DType::BF16;
+    let store = Arc::new(WeightStore::synthetic(
+        std::path::Path::new("bench-vae-ops"),
+        5,
+    ));
+    let w = Weights::new(store, dt, device);
+    let (c, h, wd) = (256usize, 360usize, 640usize);
+    let x = Tensor::randn(0f32, 1.0, (4, c, h, wd), device)?.to_dtype(dt)?;
+    let x6 = Tensor::randn(0f32, 1.0, (6, c, h, wd), device)?.to_dtype(dt)?;
+    let low = Tensor::randn(0f32, 1.0, (4, 2 * c, h / 2, wd / 2), device)?.to_dtype(dt)?;
+    let k3 = Tensor::randn(0f32, 0.02, (c, c, 3, 3, 3), device)?.to_dtype(dt)?;
+    let k2 = Tensor::randn(0f32, 0.02, (c, c, 3, 3), device)?.to_dtype(dt)?;
+    #[cfg(feature = "cuda")]
+    let k3cl = crate::layers::cudnn_conv::weight_channels_last(&k3)?;
+    let bias = Tensor::zeros((1, c, 1, 1), dt, device)?;
+    let norm = ChannelRmsNorm::new(&w.pp("norm"), c, false)?;
+    let mut slots = SlotCounter::default();
+    let block = ResidualBlock::new(&w.pp("block"), c, c, &mut slots)?;
+    let mut cache = FrameCache::new(slots.count());
+    block.forward(&x, &mut cache)?;
+    let mut out = Vec::new();
+    let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        out.push((name.to_string(), time_runs(device, 1, runs, f)?));
+        Ok(())
+    };
+    time("residual block 256ch, 4 frames at 360x640", &mut || {
+        block.forward(&x, &mut cache).map(drop)
+    })?;
+    #[cfg(feature = "cuda")]
+    time("conv3d 3x3x3 256->256 (cuDNN, one call)", &mut || {
+        crate::layers::cudnn_conv::conv_frames(&x6, &k3cl, None, 1, [1, 1]).map(drop)
+    })?;
+    time("transpose to channels last", &mut || {
+        x.permute((0, 2, 3, 1))?
+            .contiguous()
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    time("conv2d 3x3 256->256 per frame (candle)", &mut || {
+        x.conv2d(&k2, 1, 1, 1, 1).map(drop).map_err(Into::into)
+    })?;
+    time("channel rms norm", &mut || norm.forward(&x).map(drop))?;
+    time("channel rms norm + silu", &mut || {
+        norm.forward_silu(&x).map(drop)
+    })?;
+    time("silu", &mut || silu(&x).map(drop))?;
+    time("residual add", &mut || {
+        (&x + &x).map(drop).map_err(Into::into)
+    })?;
+    time("bias add", &mut || {
+        x.broadcast_add(&bias).map(drop).map_err(Into::into)
+    })?;
+    time("cat 2+4 frames", &mut || {
+        Tensor::cat(&[&x6.narrow(0, 0, 2)?, &x], 0)
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    time("upsample nearest 2x of 512ch 180x320", &mut || {
+        low.upsample_nearest2d(h, wd).map(drop).map_err(Into::into)
+    })?;
+    time("dup_up 512ch 180x320 -> 256ch 360x640", &mut || {
+        dup_up(&low, c, 1, 2, false).map(drop)
+    })?;
+    let _ = (&x6, &k3);
+    Ok(out)
+}

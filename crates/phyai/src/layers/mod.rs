@@ -3,10 +3,12 @@
 
 pub mod attention;
 #[cfg(feature = "cuda")]
+pub mod cudnn_conv;
+#[cfg(feature = "cuda")]
 pub mod cudnn_sdpa;
 pub mod glue;
 #[cfg(feature = "cuda")]
-mod glue_cuda;
+pub(crate) mod glue_cuda;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

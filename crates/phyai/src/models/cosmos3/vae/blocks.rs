@@ -10,7 +10,7 @@
 use candle_core::Tensor;
 
 use super::causal_conv::{
-    last_frames, silu, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, SlotCounter,
+    last_frames, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, SlotCounter,
 };
 use crate::io::weights::Weights;
 use crate::Result;
@@ -54,9 +54,9 @@ impl ResidualBlock {
             Some(s) => s.forward(x, cache)?,
             None => x.clone(),
         };
-        let y = silu(&self.norm1.forward(x)?)?;
+        let y = self.norm1.forward_silu(x)?;
         let y = self.conv1.forward(&y, cache)?;
-        let y = silu(&self.norm2.forward(&y)?)?;
+        let y = self.norm2.forward_silu(&y)?;
         let y = self.conv2.forward(&y, cache)?;
         Ok((y + h)?)
     }

@@ -61,8 +61,12 @@ impl SlotCounter {
 /// (`kh == kw`, `pad_h == pad_w` in every Wan conv), spatial stride 1 and temporal stride `st`.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// One spatial kernel per temporal tap, oldest frame first.
+    /// One spatial kernel per temporal tap, oldest frame first (CPU; on CUDA built only if
+    /// the one-call path fails).
     taps: Vec<FrameKernel>,
+    /// The whole kernel, channels last `[O, kt, k, k, I]`, for one cuDNN call per chunk (CUDA).
+    full: Option<Tensor>,
+    pad_s: usize,
     bias: Tensor,
     t_stride: usize,
     pad_t: usize,
@@ -84,12 +88,20 @@ impl CausalConv3d {
         let (kt, ks) = kernel;
         let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
         let bias = w.get(out_ch, "bias")?;
-        let taps = (0..kt)
-            .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad.1, 1))
-            .collect::<Result<Vec<_>>>()?;
+        #[cfg(feature = "cuda")]
+        let (taps, full) = if weight.device().is_cuda() {
+            let cl = crate::layers::cudnn_conv::weight_channels_last(&weight)?;
+            (Vec::new(), Some(cl))
+        } else {
+            (split_taps(&weight, pad.1)?, None)
+        };
+        #[cfg(not(feature = "cuda"))]
+        let (taps, full) = (split_taps(&weight, pad.1)?, None);
         let slot = (kt > 1 && pad.0 > 0).then(|| slots.take());
         Ok(Self {
             taps,
+            full,
+            pad_s: pad.1,
             bias,
             t_stride,
             pad_t: pad.0,
@@ -129,7 +141,32 @@ impl CausalConv3d {
 
     /// Temporal "valid" conv (no time padding) of `[T, I, H, W]` → `[(T−kt)/st + 1, O, H, W]`.
     pub fn conv_frames(&self, x: &Tensor) -> Result<Tensor> {
-        let kt = self.taps.len();
+        let bias = self.bias.reshape((1, (), 1, 1))?;
+        let built;
+        let taps = match &self.full {
+            Some(w) => {
+                #[cfg(feature = "cuda")]
+                {
+                    let x = x.contiguous()?;
+                    match crate::layers::cudnn_conv::conv_frames(
+                        &x,
+                        w,
+                        Some(&self.bias),
+                        self.pad_s,
+                        [self.t_stride, 1],
+                    ) {
+                        Ok(y) => return Ok(y),
+                        Err(e) => super::frame_conv::warn_fallback(&e),
+                    }
+                }
+                #[cfg(feature = "cuda")]
+                let w = &crate::layers::cudnn_conv::weight_channels_first(w)?;
+                built = split_taps(w, self.pad_s)?;
+                &built
+            }
+            None => &self.taps,
+        };
+        let kt = taps.len();
         let t_in = x.dim(0)?;
         if t_in < kt {
             return Err(crate::Error::msg(format!(
@@ -138,7 +175,7 @@ impl CausalConv3d {
         }
         let t_out = (t_in - kt) / self.t_stride + 1;
         let mut acc: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
+        for (k, tap) in taps.iter().enumerate() {
             let frames = if self.t_stride == 1 {
                 x.narrow(0, k, t_out)?
             } else {
@@ -153,9 +190,15 @@ impl CausalConv3d {
             });
         }
         let out = acc.expect("temporal kernel has at least one tap");
-        let bias = self.bias.reshape((1, (), 1, 1))?;
         Ok(out.broadcast_add(&bias)?)
     }
+}
+
+/// `[O, I, kt, k, k]` → one spatial kernel per temporal tap.
+fn split_taps(weight: &Tensor, pad: usize) -> Result<Vec<FrameKernel>> {
+    (0..weight.dim(2)?)
+        .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad, 1))
+        .collect()
 }
 
 /// Conv2d with bias applied per frame (`[T, I, H, W]`), square kernel, symmetric padding.
@@ -181,8 +224,7 @@ impl FrameConv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.kernel.forward(x)?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
+        self.kernel.forward_bias(x, &self.bias)
     }
 }
 
@@ -206,7 +248,44 @@ impl ChannelRmsNorm {
         Ok(Self { scale })
     }
 
+    /// `silu(self.forward(x))`, in one pass over `x` on a GPU in half precision.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(y) = self.fused(x, true)? {
+            return Ok(y);
+        }
+        silu(&self.forward(x)?)
+    }
+
+    /// The fused kernel, where it applies (CUDA, bf16/f16).
+    #[cfg(feature = "cuda")]
+    fn fused(&self, x: &Tensor, with_silu: bool) -> Result<Option<Tensor>> {
+        if !x.device().is_cuda()
+            || !matches!(
+                x.dtype(),
+                candle_core::DType::BF16 | candle_core::DType::F16
+            )
+        {
+            return Ok(None);
+        }
+        let (t, c, h, w) = x.dims4()?;
+        let scale = self.scale.to_dtype(x.dtype())?.flatten_all()?;
+        let y = crate::layers::glue_cuda::channel_norm(
+            &x.contiguous()?,
+            &scale,
+            t,
+            c,
+            h * w,
+            with_silu,
+        )?;
+        Ok(Some(y.reshape((t, c, h, w))?))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(y) = self.fused(x, false)? {
+            return Ok(y);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(candle_core::DType::F32)?;
         let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;

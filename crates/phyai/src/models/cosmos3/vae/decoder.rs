@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 
 use super::blocks::{dup_up, MidBlock, ResidualBlock, Upsample};
-use super::causal_conv::{silu, CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
+use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
 use super::config::VaeConfig;
 use crate::io::weights::Weights;
 use crate::{Error, Result};
@@ -200,7 +200,7 @@ impl WanDecoder {
         for up in &self.ups {
             x = up.forward(&x, cache, first)?;
         }
-        let x = silu(&self.norm_out.forward(&x)?)?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x, cache)
     }
 }

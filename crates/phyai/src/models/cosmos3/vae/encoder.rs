@@ -8,7 +8,7 @@
 use candle_core::Tensor;
 
 use super::blocks::{avg_down, Downsample, MidBlock, ResidualBlock};
-use super::causal_conv::{silu, CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
+use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
 use super::config::VaeConfig;
 use super::decoder::{latent_stats, patchify};
 use crate::io::weights::Weights;
@@ -192,7 +192,7 @@ impl WanEncoder {
             x = d.forward(&x, cache, first)?;
         }
         x = self.mid.forward(&x, cache)?;
-        let x = silu(&self.norm_out.forward(&x)?)?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x, cache)
     }
 }

@@ -14,6 +14,9 @@ use crate::Result;
 
 #[derive(Debug, Clone)]
 enum Kernel {
+    /// `[O, 1, k, k, C]`: one cuDNN call over all frames (CUDA).
+    #[cfg(feature = "cuda")]
+    Cudnn(Tensor),
     Conv2d(Tensor),
     /// `k·k` matrices `[O, C]`, row-major over (dy, dx).
     Shifted(Vec<Tensor>),
@@ -35,6 +38,17 @@ impl FrameKernel {
             return Err(crate::Error::msg(format!(
                 "frame conv: non-square kernel {k}×{k2}"
             )));
+        }
+        #[cfg(feature = "cuda")]
+        if weight.device().is_cuda() {
+            return Ok(Self {
+                kernel: Kernel::Cudnn(crate::layers::cudnn_conv::weight_channels_last(
+                    &weight.unsqueeze(2)?,
+                )?),
+                k,
+                pad,
+                stride,
+            });
         }
         let kernel = if matches!(weight.device(), Device::Cpu) && stride == 1 {
             let mut mats = Vec::with_capacity(k * k);
@@ -58,7 +72,46 @@ impl FrameKernel {
 
     /// `[T, C, H, W]` → `[T, O, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+
+    /// [`Self::forward`] plus a per-channel `bias` `[O]` (added in the conv's own output
+    /// pass on CUDA).
+    pub fn forward_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if matches!(self.kernel, Kernel::Cudnn(_)) {
+            return self.forward_with(x, Some(bias));
+        }
+        Ok(self
+            .forward_with(x, None)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?)
+    }
+
+    fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _ = bias;
         let mats = match &self.kernel {
+            #[cfg(feature = "cuda")]
+            Kernel::Cudnn(w) => {
+                let x = x.contiguous()?;
+                return match crate::layers::cudnn_conv::conv_frames(
+                    &x,
+                    w,
+                    bias,
+                    self.pad,
+                    [1, self.stride],
+                ) {
+                    Ok(y) => Ok(y),
+                    Err(e) => {
+                        warn_fallback(&e);
+                        let w = crate::layers::cudnn_conv::weight_channels_first(w)?.squeeze(2)?;
+                        let y = x.conv2d(&w, self.pad, self.stride, 1, 1)?;
+                        Ok(match bias {
+                            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+                            None => y,
+                        })
+                    }
+                };
+            }
             Kernel::Conv2d(w) => return Ok(x.conv2d(w, self.pad, self.stride, 1, 1)?),
             Kernel::Shifted(m) => m,
         };
@@ -93,4 +146,13 @@ impl FrameKernel {
         }
         Ok(Tensor::stack(&frames, 0)?)
     }
+}
+
+/// Says once per process that a cuDNN convolution failed and the slower path is used.
+#[cfg(feature = "cuda")]
+pub(crate) fn warn_fallback(e: &crate::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!("cuDNN video convolution unavailable ({e}); using per-frame conv2d")
+    });
 }

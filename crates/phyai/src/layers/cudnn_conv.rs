@@ -1,0 +1,403 @@
+//! Video convolution of frame-major `[T, C, H, W]` data as ONE cuDNN 3-D convolution, all
+//! temporal taps accumulated in f32 inside the kernel, on tensor cores in bf16/f16. A 2-D
+//! conv of every frame is the same call with one temporal tap.
+//!
+//! cuDNN's fast half-precision kernels want channels last: the input is transposed to
+//! `[T, H, W, C]` (seen by cuDNN as NDHWC `[1, C, T, H, W]`), the weight is kept as
+//! `[O, kt, k, k, C]` from load time, and the result is transposed back. Measured at the
+//! 720p decoder shape this is many times faster than handing cuDNN the frame-major layout.
+//!
+//! Descriptors and the algorithm (timed by cuDNN on first use of a shape) are built once
+//! per shape and kept per thread; the workspace comes from the stream-ordered pool.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::rc::Rc;
+
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Device, Storage, Tensor};
+use cudarc::cudnn::sys as dnn;
+
+use crate::{Error, Result};
+
+fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<()> {
+    if status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("cuDNN convolution, {what}: {status:?}")))
+    }
+}
+
+/// What makes two calls share descriptors and an algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    stream: usize,
+    dtype: DType,
+    /// Input `[T, C, H, W]` (logical), weight `[O, C, kt, k, k]` (logical).
+    x: [usize; 4],
+    w: [usize; 5],
+    pad: usize,
+    stride: [usize; 2],
+}
+
+struct Plan {
+    handle: dnn::cudnnHandle_t,
+    x: dnn::cudnnTensorDescriptor_t,
+    w: dnn::cudnnFilterDescriptor_t,
+    y: dnn::cudnnTensorDescriptor_t,
+    conv: dnn::cudnnConvolutionDescriptor_t,
+    algo: dnn::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
+    /// Output `[T', O, H', W']`.
+    out: [usize; 4],
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each descriptor was created once by this plan and is destroyed once.
+        unsafe {
+            dnn::cudnnDestroyTensorDescriptor(self.x);
+            dnn::cudnnDestroyTensorDescriptor(self.y);
+            dnn::cudnnDestroyFilterDescriptor(self.w);
+            dnn::cudnnDestroyConvolutionDescriptor(self.conv);
+        }
+    }
+}
+
+struct Handle(dnn::cudnnHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate and destroyed once.
+        unsafe { dnn::cudnnDestroy(self.0) };
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<usize, Rc<Handle>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<Key, Rc<Plan>>> = RefCell::new(HashMap::new());
+}
+
+fn handle_for(stream: dnn::cudaStream_t) -> Result<Rc<Handle>> {
+    HANDLES.with(|h| {
+        if let Some(x) = h.borrow().get(&(stream as usize)) {
+            return Ok(x.clone());
+        }
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: out-pointer is live; the handle is bound to this thread's stream.
+        unsafe {
+            check(dnn::cudnnCreate(&mut raw), "create handle")?;
+            check(dnn::cudnnSetStream(raw, stream), "set stream")?;
+        }
+        let handle = Rc::new(Handle(raw));
+        h.borrow_mut().insert(stream as usize, handle.clone());
+        Ok(handle)
+    })
+}
+
+fn data_type(dtype: DType) -> Result<(dnn::cudnnDataType_t, dnn::cudnnMathType_t)> {
+    use dnn::cudnnDataType_t as D;
+    use dnn::cudnnMathType_t as M;
+    match dtype {
+        DType::BF16 => Ok((D::CUDNN_DATA_BFLOAT16, M::CUDNN_TENSOR_OP_MATH)),
+        DType::F16 => Ok((D::CUDNN_DATA_HALF, M::CUDNN_TENSOR_OP_MATH)),
+        // Plain FMA keeps f32 runs exact (no TF32 rounding).
+        DType::F32 => Ok((D::CUDNN_DATA_FLOAT, M::CUDNN_FMA_MATH)),
+        d => Err(Error::msg(format!(
+            "cuDNN convolution: unsupported dtype {d:?}"
+        ))),
+    }
+}
+
+/// A channels-last `[T, H, W, C]` tensor seen by cuDNN as NDHWC `[1, C, T, H, W]`.
+fn channels_last_desc(
+    dt: dnn::cudnnDataType_t,
+    [t, c, h, w]: [usize; 4],
+) -> Result<dnn::cudnnTensorDescriptor_t> {
+    let dims = [1, c, t, h, w].map(|v| v as i32);
+    let strides = [t * c * h * w, 1, h * w * c, w * c, c].map(|v| v as i32);
+    let mut d = std::ptr::null_mut();
+    // SAFETY: out-pointer and arrays outlive the calls.
+    unsafe {
+        check(
+            dnn::cudnnCreateTensorDescriptor(&mut d),
+            "tensor descriptor",
+        )?;
+        check(
+            dnn::cudnnSetTensorNdDescriptor(d, dt, 5, dims.as_ptr(), strides.as_ptr()),
+            "tensor layout",
+        )?;
+    }
+    Ok(d)
+}
+
+fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
+    let (dt, math) = data_type(key.dtype)?;
+    let [t, _, h, w] = key.x;
+    let [o, c, kt, k, _] = key.w;
+    let [st, ss] = key.stride;
+    let p = key.pad;
+    if t < kt || h + 2 * p < k || w + 2 * p < k {
+        return Err(Error::msg(
+            "cuDNN convolution: input smaller than the kernel",
+        ));
+    }
+    let out = [
+        (t - kt) / st + 1,
+        o,
+        (h + 2 * p - k) / ss + 1,
+        (w + 2 * p - k) / ss + 1,
+    ];
+    // The thread's handle map keeps the handle alive for as long as this plan is cached.
+    let handle = handle_for(stream)?;
+    let x = channels_last_desc(dt, key.x)?;
+    let y = channels_last_desc(dt, out)?;
+    let mut wd = std::ptr::null_mut();
+    let mut conv = std::ptr::null_mut();
+    let fdims = [o, c, kt, k, k].map(|v| v as i32);
+    let pads = [0, p as i32, p as i32];
+    let strides = [st as i32, ss as i32, ss as i32];
+    let dil = [1i32; 3];
+    // SAFETY: out-pointers and arrays outlive the calls.
+    unsafe {
+        check(
+            dnn::cudnnCreateFilterDescriptor(&mut wd),
+            "filter descriptor",
+        )?;
+        check(
+            dnn::cudnnSetFilterNdDescriptor(
+                wd,
+                dt,
+                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                5,
+                fdims.as_ptr(),
+            ),
+            "filter layout",
+        )?;
+        check(
+            dnn::cudnnCreateConvolutionDescriptor(&mut conv),
+            "conv descriptor",
+        )?;
+        check(
+            dnn::cudnnSetConvolutionNdDescriptor(
+                conv,
+                3,
+                pads.as_ptr(),
+                strides.as_ptr(),
+                dil.as_ptr(),
+                dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ),
+            "conv parameters",
+        )?;
+        check(dnn::cudnnSetConvolutionMathType(conv, math), "math type")?;
+    }
+    let mut plan = Plan {
+        handle: handle.0,
+        x,
+        w: wd,
+        y,
+        conv,
+        algo: dnn::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        workspace: 0,
+        out,
+    };
+    const N: usize = 8;
+    let mut found = 0i32;
+    // SAFETY: plain struct of enums and numbers, fully written by cuDNN for `found` entries.
+    let mut perf: [dnn::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+    // SAFETY: descriptors are live, the result array holds N entries.
+    unsafe {
+        check(
+            dnn::cudnnFindConvolutionForwardAlgorithm(
+                plan.handle,
+                plan.x,
+                plan.w,
+                plan.conv,
+                plan.y,
+                N as i32,
+                &mut found,
+                perf.as_mut_ptr(),
+            ),
+            "algorithm search",
+        )?;
+    }
+    // The fastest measured algorithm that needs at most 2 GiB of scratch.
+    let pick = perf[..found.max(0) as usize]
+        .iter()
+        .find(|r| r.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= 2 << 30)
+        .ok_or_else(|| Error::msg("cuDNN convolution: no supported algorithm"))?;
+    plan.algo = pick.algo;
+    let mut ws = 0usize;
+    // SAFETY: descriptors are live.
+    unsafe {
+        check(
+            dnn::cudnnGetConvolutionForwardWorkspaceSize(
+                plan.handle,
+                plan.x,
+                plan.w,
+                plan.conv,
+                plan.y,
+                plan.algo,
+                &mut ws,
+            ),
+            "workspace size",
+        )?;
+    }
+    plan.workspace = ws;
+    Ok(plan)
+}
+
+fn ptr(
+    t: &Tensor,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> Result<u64> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cuda(c) = &*s else {
+        return Err(Error::msg(
+            "cuDNN convolution: tensor is not on a CUDA device",
+        ));
+    };
+    let base = match t.dtype() {
+        DType::BF16 => c.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
+        DType::F16 => c.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
+        DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        d => {
+            return Err(Error::msg(format!(
+                "cuDNN convolution: unsupported dtype {d:?}"
+            )))
+        }
+    };
+    Ok(base + (l.start_offset() * t.dtype().size_in_bytes()) as u64)
+}
+
+/// A conv weight `[O, C, kt, k, k]` in the layout [`conv_frames`] takes: `[O, kt, k, k, C]`.
+pub fn weight_channels_last(w: &Tensor) -> Result<Tensor> {
+    Ok(w.permute((0, 2, 3, 4, 1))?.contiguous()?)
+}
+
+/// The inverse of [`weight_channels_last`].
+pub fn weight_channels_first(w: &Tensor) -> Result<Tensor> {
+    Ok(w.permute((0, 4, 1, 2, 3))?.contiguous()?)
+}
+
+/// `x` `[T, C, H, W]` (frame-major) convolved with `w` (`[O, kt, k, k, C]`, from
+/// [`weight_channels_last`]): temporal taps without padding (stride `stride[0]`), spatial
+/// padding `pad` and stride `stride[1]` → `[T', O, H', W']`, plus `bias` `[O]` if given.
+pub fn conv_frames(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    pad: usize,
+    stride: [usize; 2],
+) -> Result<Tensor> {
+    let Device::Cuda(dev) = x.device() else {
+        return Err(Error::msg(
+            "cuDNN convolution: input is not on a CUDA device",
+        ));
+    };
+    if !w.is_contiguous() || w.dtype() != x.dtype() {
+        return Err(Error::msg(
+            "cuDNN convolution: needs a contiguous weight of the input's dtype",
+        ));
+    }
+    let (t, c, h, wd) = x.dims4()?;
+    let wdims = w.dims();
+    let [o, kt, k, k2, wc] = <[usize; 5]>::try_from(wdims)
+        .map_err(|_| Error::msg(format!("cuDNN convolution: weight shape {wdims:?}")))?;
+    let x = x.permute((0, 2, 3, 1))?.contiguous()?;
+    if wc != c || k != k2 {
+        return Err(Error::msg(format!(
+            "cuDNN convolution: input {:?} and weight {wdims:?} disagree",
+            x.dims()
+        )));
+    }
+    let stream = dev.cuda_stream();
+    let raw = stream.cu_stream() as dnn::cudaStream_t;
+    let key = Key {
+        stream: raw as usize,
+        dtype: x.dtype(),
+        x: [t, c, h, wd],
+        w: [o, c, kt, k, k],
+        pad,
+        stride,
+    };
+    let plan = PLANS.with(|p| -> Result<Rc<Plan>> {
+        if let Some(plan) = p.borrow().get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Rc::new(build(&key, raw)?);
+        p.borrow_mut().insert(key, plan.clone());
+        Ok(plan)
+    })?;
+    let n: usize = plan.out.iter().product();
+    let (xp, wp) = (ptr(&x, &stream)?, ptr(w, &stream)?);
+    // SAFETY: scratch for cuDNN, written before read.
+    let mut ws = unsafe { dev.alloc::<u8>(plan.workspace.max(16))? };
+    let wsp = ws.device_ptr_mut(&stream).0;
+    let (one, zero) = (1f32, 0f32);
+    macro_rules! run {
+        ($ty:ty) => {{
+            // SAFETY: every output element is written by the convolution (beta = 0).
+            let mut out = unsafe { dev.alloc::<$ty>(n)? };
+            let yp = out.device_ptr_mut(&stream).0;
+            // SAFETY: descriptors match the buffers' shapes and dtypes; all pointers are
+            // live until the call is enqueued on the handle's stream.
+            unsafe {
+                check(
+                    dnn::cudnnConvolutionForward(
+                        plan.handle,
+                        (&one as *const f32).cast(),
+                        plan.x,
+                        xp as *const c_void,
+                        plan.w,
+                        wp as *const c_void,
+                        plan.conv,
+                        plan.algo,
+                        wsp as *mut c_void,
+                        plan.workspace,
+                        (&zero as *const f32).cast(),
+                        plan.y,
+                        yp as *mut c_void,
+                    ),
+                    "forward",
+                )?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let storage = match x.dtype() {
+        DType::BF16 => run!(half::bf16),
+        DType::F16 => run!(half::f16),
+        DType::F32 => run!(f32),
+        d => {
+            return Err(Error::msg(format!(
+                "cuDNN convolution: unsupported dtype {d:?}"
+            )))
+        }
+    };
+    drop(ws);
+    let [to, oc, ho, wo] = plan.out;
+    let y = Tensor::from_storage(
+        Storage::Cuda(storage),
+        (to, ho * wo, oc),
+        BackpropOp::none(),
+        false,
+    );
+    // Back to frame-major, with the bias added in the same pass for half precision.
+    if matches!(y.dtype(), DType::BF16 | DType::F16) {
+        let b = bias.map(|b| b.to_dtype(y.dtype())).transpose()?;
+        let y = super::glue_cuda::to_frames_bias(&y, b.as_ref(), to, ho * wo, oc)?;
+        return Ok(y.reshape((to, oc, ho, wo))?);
+    }
+    let y = y
+        .reshape((to, ho, wo, oc))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, oc, 1, 1))?)?,
+        None => y,
+    })
+}
