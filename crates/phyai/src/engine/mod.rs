@@ -2,6 +2,7 @@
 //! `engine.step(request)` per generation.
 
 pub mod config;
+mod job;
 pub mod progress;
 pub mod ranks;
 pub mod registry;
@@ -11,6 +12,7 @@ pub use config::{
     Cosmos3Args, DeviceConfig, EngineArgs, EngineConfig, ParallelConfig, PluginArgs, RuntimeConfig,
     Target,
 };
+pub use job::join_launch;
 pub use progress::{Progress, Silent};
 pub use request::{
     pixel_to_latent_shape, sound_latent_frames, Conditioning, GenerationOutput, GenerationRequest,
@@ -26,16 +28,34 @@ const COLLECTIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6
 pub struct Engine {
     pool: ranks::RankPool,
     config: EngineConfig,
+    /// The multi-process job this process is one rank of, if any.
+    job: Option<&'static crate::parallel::job::Job>,
 }
 
 impl Engine {
-    /// Builds the plugin on `world_size` ranks. On CPU the ranks are threads linked by the
-    /// in-process communicator; a single rank needs no communicator at all.
+    /// Builds the plugin on `world_size` ranks. By default every rank lives in this
+    /// process: threads linked by the in-process communicator on CPU, one thread per GPU
+    /// with NCCL on CUDA (rank r on GPU `base + r`); a single rank needs no communicator.
+    ///
+    /// When WORLD_SIZE is set (a torchrun-style launch), this process is rank RANK of a
+    /// WORLD_SIZE-process job instead, which must equal cfg·sp·tp: it holds that one rank,
+    /// on GPU `base + LOCAL_RANK` under CUDA. Then an error in any rank, here or in another
+    /// process, ends every process of the job with one line naming the failing rank (the
+    /// others may be blocked in collectives that cannot be cancelled): `new`, `step` and
+    /// `encode_image` do not return errors after the job is joined. Call [`Self::finish`]
+    /// after the last request.
     pub fn new(args: EngineArgs) -> Result<Self> {
         let p = &args.config.parallel;
         p.validate_shape()?;
-        let factory = registry::factory(&args.plugin)?;
         let shape = crate::parallel::MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
+        if let Some(job) = join_launch(&args.config)? {
+            return Ok(Self {
+                pool: job::start(&args, job)?,
+                config: args.config,
+                job: Some(job),
+            });
+        }
+        let factory = registry::factory(&args.plugin)?;
         let (meshes, aborter) = if shape.world() == 1 {
             (
                 ranks::ready(vec![crate::parallel::RankMesh::single()]),
@@ -65,7 +85,31 @@ impl Engine {
         Ok(Self {
             pool,
             config: args.config,
+            job: None,
         })
+    }
+
+    /// Whether this process writes the outputs: always, except on ranks > 0 of a
+    /// multi-process job.
+    pub fn writes_outputs(&self) -> bool {
+        self.job.is_none_or(|j| j.rank() == 0)
+    }
+
+    /// Ends this process's part of a multi-process job: ranks > 0 report success, rank 0
+    /// waits until every rank has (so it writes outputs only for a job that succeeded
+    /// everywhere). Nothing to do in a single process.
+    pub fn finish(&self) {
+        if let Some(j) = self.job {
+            j.finish(COLLECTIVE_TIMEOUT);
+        }
+    }
+
+    /// In a multi-process job an error fails the whole job (see [`Self::new`]).
+    fn checked<T>(&self, r: Result<T>) -> Result<T> {
+        match (r, self.job) {
+            (Err(e), Some(j)) => j.fail(&e.to_string()),
+            (r, _) => r,
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -80,7 +124,8 @@ impl Engine {
     /// Encodes a conditioning image (`[1, 3, H, W]` in [−1, 1], already resized to the
     /// request's size) into the clean latent frames of an I2V request.
     pub fn encode_image(&mut self, pixels: &candle_core::Tensor) -> Result<Conditioning> {
-        self.pool.encode_image(pixels)
+        let r = self.pool.encode_image(pixels);
+        self.checked(r)
     }
 
     /// Runs one request silently.
@@ -94,8 +139,10 @@ impl Engine {
         request: &GenerationRequest,
         progress: &dyn Progress,
     ) -> Result<GenerationOutput> {
-        request.validate()?;
-        self.pool.step(request, progress)
+        let r = request
+            .validate()
+            .and_then(|()| self.pool.step(request, progress));
+        self.checked(r)
     }
 }
 

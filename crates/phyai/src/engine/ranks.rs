@@ -124,6 +124,11 @@ impl RankPool {
     /// Collects the workers' replies; the first failure (by rank) wins over rank 0's own
     /// echo of it.
     fn gather<T>(&self, lead: Result<T>, unwrap: impl Fn(Reply) -> Result<()>) -> Result<T> {
+        if self.workers.is_empty() {
+            // The only rank here: a single-rank run, or one process of a multi-process job
+            // (whose own report names the rank).
+            return lead;
+        }
         // A rank's own failure is preferred over the "rank r failed" echoes it caused.
         let mut worker_err: Option<Error> = None;
         for w in &self.workers {

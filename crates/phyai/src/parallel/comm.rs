@@ -1,5 +1,6 @@
 //! The communicator interface every parallel layer talks to. Backends: [`super::local`]
-//! (ranks as threads of one process, for CPU runs and tests) and NCCL (CUDA builds).
+//! (ranks as threads of one process, for CPU runs and tests), [`super::tcp`] (CPU ranks
+//! in separate processes) and NCCL (CUDA builds).
 //!
 //! Every collective is called by all ranks of the group in the same order; results are
 //! identical on every rank (reductions sum in rank order, so they are deterministic).

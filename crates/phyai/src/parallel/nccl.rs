@@ -193,7 +193,8 @@ impl Communicator for NcclComm {
     }
 }
 
-/// The NCCL unique ids of every group of a mesh, made once by the launching process; each
+/// The NCCL unique ids of every group of a mesh, made once by the launching process (or by
+/// rank 0 of a multi-process job, which sends them to the others: [`Self::to_bytes`]); each
 /// rank then joins its world, cfg, sp and tp groups in that order (the same order on every
 /// rank, so the blocking joins cannot deadlock).
 pub struct NcclMeshPlan {
@@ -216,6 +217,58 @@ impl NcclMeshPlan {
         Ok(Self {
             shape,
             world_id: new_unique_id()?,
+            group_ids,
+        })
+    }
+
+    /// The ids as bytes, for rank 0 to send to the other processes of a job.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.world_id.to_vec();
+        for (axis, first, id) in &self.group_ids {
+            b.push(axis_code(*axis));
+            b.extend_from_slice(&(*first as u32).to_le_bytes());
+            b.extend_from_slice(id);
+        }
+        b
+    }
+
+    /// The plan rank 0 made (see [`Self::to_bytes`]), for a process holding one rank of
+    /// `shape`; checks that its groups are those of `shape`.
+    pub fn from_bytes(shape: MeshShape, bytes: &[u8]) -> Result<Self> {
+        let bad = || Error::msg("nccl: rank 0's unique ids do not match this mesh");
+        let id = |b: &[u8]| -> [u8; 128] { b.try_into().expect("128 bytes") };
+        if bytes.len() < 128 || !(bytes.len() - 128).is_multiple_of(133) {
+            return Err(bad());
+        }
+        let world_id = id(&bytes[..128]);
+        let mut group_ids = Vec::new();
+        for rec in bytes[128..].chunks_exact(133) {
+            let axis = match rec[0] {
+                0 => Axis::Cfg,
+                1 => Axis::Sp,
+                2 => Axis::Tp,
+                _ => return Err(bad()),
+            };
+            let first = u32::from_le_bytes(rec[1..5].try_into().unwrap()) as usize;
+            group_ids.push((axis, first, id(&rec[5..])));
+        }
+        let expected: Vec<(Axis, usize)> = [Axis::Cfg, Axis::Sp, Axis::Tp]
+            .into_iter()
+            .flat_map(|a| {
+                shape
+                    .groups(a)
+                    .into_iter()
+                    .filter(|g| g.len() > 1)
+                    .map(move |g| (a, g[0]))
+            })
+            .collect();
+        let got: Vec<(Axis, usize)> = group_ids.iter().map(|(a, f, _)| (*a, *f)).collect();
+        if got != expected {
+            return Err(bad());
+        }
+        Ok(Self {
+            shape,
+            world_id,
             group_ids,
         })
     }
@@ -252,10 +305,46 @@ impl NcclMeshPlan {
     }
 }
 
+fn axis_code(a: Axis) -> u8 {
+    match a {
+        Axis::Cfg => 0,
+        Axis::Sp => 1,
+        Axis::Tp => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The ids survive the trip to another process, and a plan for another mesh is refused.
+    #[test]
+    fn plan_round_trips_through_bytes() {
+        let shape = MeshShape::new(2, 1, 2);
+        let mut n = 0u8;
+        let mut id = || {
+            n += 1;
+            [n; 128]
+        };
+        let mut group_ids = Vec::new();
+        for axis in [Axis::Cfg, Axis::Sp, Axis::Tp] {
+            for g in shape.groups(axis) {
+                if g.len() > 1 {
+                    group_ids.push((axis, g[0], id()));
+                }
+            }
+        }
+        let plan = NcclMeshPlan {
+            shape,
+            world_id: id(),
+            group_ids,
+        };
+        let back = NcclMeshPlan::from_bytes(shape, &plan.to_bytes()).unwrap();
+        assert_eq!(back.world_id, plan.world_id);
+        assert_eq!(back.group_ids, plan.group_ids);
+        assert!(NcclMeshPlan::from_bytes(MeshShape::new(1, 1, 4), &plan.to_bytes()).is_err());
+    }
 
     /// One-rank NCCL groups on GPU 0: every collective must give back its input, through
     /// the real NCCL calls and custom ops. Needs a GPU: runs with PHYAI_GPU_TESTS=1.

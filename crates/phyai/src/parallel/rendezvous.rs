@@ -1,7 +1,9 @@
-//! A small TCP rendezvous: rank 0 serves a payload (the NCCL unique id) to every other
-//! rank, which connects with retries. Timeouts on connect and accept turn a missing or
-//! dead peer into an error naming it, never a hang. Also reads the torchrun-style
-//! launch environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+//! The TCP rendezvous of a multi-process launch: rank 0 listens on MASTER_PORT and every
+//! other rank connects to it (with retries, since processes start in any order), once per
+//! channel. The streams stay open: they carry the control channel and, on CPU, the
+//! collectives. Timeouts on connect and accept turn a missing or dead peer into an error
+//! naming it, never a hang. Also reads the torchrun-style launch environment (RANK,
+//! WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -20,6 +22,11 @@ pub struct LaunchEnv {
 }
 
 impl LaunchEnv {
+    /// The launch described by this process's environment; `None` without WORLD_SIZE.
+    pub fn from_env() -> Result<Option<Self>> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
     /// Reads the torchrun variables through `get` (e.g. `|k| std::env::var(k).ok()`).
     /// `None` when WORLD_SIZE is unset (a single-process launch).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
@@ -32,12 +39,15 @@ impl LaunchEnv {
                 .map_err(|_| Error::invalid(k, format!("not a non-negative integer: {v:?}")))
         };
         let world_size = num("WORLD_SIZE", &world)?;
+        if world_size == 0 {
+            return Err(Error::invalid("WORLD_SIZE", "must be at least 1"));
+        }
         let rank = num("RANK", &get("RANK").unwrap_or_else(|| "0".into()))?;
         let local_rank = num(
             "LOCAL_RANK",
             &get("LOCAL_RANK").unwrap_or_else(|| rank.to_string()),
         )?;
-        if world_size == 0 || rank >= world_size {
+        if rank >= world_size {
             return Err(Error::invalid(
                 "RANK",
                 format!("{rank} is not below WORLD_SIZE {world_size}"),
@@ -45,10 +55,15 @@ impl LaunchEnv {
         }
         let master_addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
         let port = get("MASTER_PORT").unwrap_or_else(|| "29500".into());
-        let master_port = port
-            .trim()
-            .parse()
-            .map_err(|_| Error::invalid("MASTER_PORT", format!("not a port number: {port:?}")))?;
+        let master_port = match port.trim().parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(Error::invalid(
+                    "MASTER_PORT",
+                    format!("not a port number in 1..=65535: {port:?}"),
+                ))
+            }
+        };
         Ok(Some(Self {
             rank,
             world_size,
@@ -61,49 +76,62 @@ impl LaunchEnv {
 
 const MAGIC: &[u8; 8] = b"PHYAIRDV";
 
-/// Rank 0: accepts `world_size − 1` peers on `listener` and sends each the payload.
-pub fn serve(
+/// Largest frame [`read_frame`] accepts: frames carry ids and messages, not tensors.
+const MAX_FRAME: usize = 1 << 20;
+
+/// Rank 0: accepts `channels` connections from each of ranks `1..world_size` and returns
+/// them as `streams[rank − 1][channel]` (blocking, no delay, no timeouts set).
+pub fn accept(
     listener: &TcpListener,
     world_size: usize,
-    payload: &[u8],
+    channels: usize,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<Vec<TcpStream>>> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::msg(format!("rendezvous: {e}")))?;
     let deadline = Instant::now() + timeout;
-    let mut seen = vec![false; world_size];
-    seen[0] = true;
-    let mut pending = world_size - 1;
+    let mut slots: Vec<Vec<Option<TcpStream>>> = (1..world_size)
+        .map(|_| (0..channels).map(|_| None).collect())
+        .collect();
+    let mut pending = (world_size - 1) * channels;
     while pending > 0 {
         match listener.accept() {
             Ok((mut s, _)) => {
                 s.set_nonblocking(false).ok();
-                s.set_read_timeout(Some(timeout)).ok();
-                s.set_write_timeout(Some(timeout)).ok();
+                s.set_read_timeout(Some(timeout.min(Duration::from_secs(10))))
+                    .ok();
                 let mut hello = [0u8; 16];
-                s.read_exact(&mut hello)
-                    .map_err(|e| Error::msg(format!("rendezvous: reading a peer's hello: {e}")))?;
-                if &hello[..8] != MAGIC {
+                if s.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
                     continue; // not one of ours
                 }
-                let rank = u64::from_le_bytes(hello[8..].try_into().unwrap()) as usize;
-                if rank == 0 || rank >= world_size || seen[rank] {
+                let rank = u32::from_le_bytes(hello[8..12].try_into().unwrap()) as usize;
+                let channel = u32::from_le_bytes(hello[12..].try_into().unwrap()) as usize;
+                if rank == 0 || rank >= world_size || channel >= channels {
                     return Err(Error::msg(format!(
-                        "rendezvous: unexpected rank {rank} (world size {world_size})"
+                        "rendezvous: a peer claims rank {rank} channel {channel} \
+                         (WORLD_SIZE {world_size}): is another job using this MASTER_PORT?"
                     )));
                 }
-                seen[rank] = true;
-                s.write_all(&(payload.len() as u64).to_le_bytes())
-                    .and_then(|_| s.write_all(payload))
-                    .map_err(|e| Error::msg(format!("rendezvous: sending to rank {rank}: {e}")))?;
+                let slot = &mut slots[rank - 1][channel];
+                if slot.is_some() {
+                    return Err(Error::msg(format!(
+                        "rendezvous: rank {rank} connected twice: is another job using this \
+                         MASTER_PORT?"
+                    )));
+                }
+                s.set_read_timeout(None).ok();
+                s.set_nodelay(true).ok();
+                *slot = Some(s);
                 pending -= 1;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    let missing: Vec<String> = (0..world_size)
-                        .filter(|&r| !seen[r])
-                        .map(|r| r.to_string())
+                    let missing: Vec<String> = slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.iter().any(Option::is_none))
+                        .map(|(i, _)| (i + 1).to_string())
                         .collect();
                     return Err(Error::msg(format!(
                         "rendezvous: rank(s) {} did not connect within {timeout:?}",
@@ -115,11 +143,24 @@ pub fn serve(
             Err(e) => return Err(Error::msg(format!("rendezvous: accept: {e}"))),
         }
     }
-    Ok(())
+    Ok(slots
+        .into_iter()
+        .map(|c| {
+            c.into_iter()
+                .map(|s| s.expect("every slot filled"))
+                .collect()
+        })
+        .collect())
 }
 
-/// Rank > 0: connects to rank 0 (retrying until `timeout`) and returns its payload.
-pub fn fetch(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec<u8>> {
+/// Rank > 0: connects channel `channel` to rank 0, retrying until `timeout`.
+pub fn connect(
+    addr: &str,
+    port: u16,
+    rank: usize,
+    channel: usize,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     let target = (addr, port)
         .to_socket_addrs()
@@ -131,23 +172,14 @@ pub fn fetch(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Ve
     loop {
         match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
             Ok(mut s) => {
-                s.set_read_timeout(Some(timeout)).ok();
                 let mut hello = [0u8; 16];
                 hello[..8].copy_from_slice(MAGIC);
-                hello[8..].copy_from_slice(&(rank as u64).to_le_bytes());
+                hello[8..12].copy_from_slice(&(rank as u32).to_le_bytes());
+                hello[12..].copy_from_slice(&(channel as u32).to_le_bytes());
                 s.write_all(&hello)
                     .map_err(|e| Error::msg(format!("rendezvous: rank {rank}: {e}")))?;
-                let mut len = [0u8; 8];
-                s.read_exact(&mut len)
-                    .map_err(|e| Error::msg(format!("rendezvous: rank {rank}: rank 0 hung up: {e}")))?;
-                let n = u64::from_le_bytes(len) as usize;
-                if n > 1 << 20 {
-                    return Err(Error::msg("rendezvous: payload too large"));
-                }
-                let mut buf = vec![0u8; n];
-                s.read_exact(&mut buf)
-                    .map_err(|e| Error::msg(format!("rendezvous: rank {rank}: {e}")))?;
-                return Ok(buf);
+                s.set_nodelay(true).ok();
+                return Ok(s);
             }
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
@@ -159,25 +191,64 @@ pub fn fetch(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Ve
     }
 }
 
+/// Writes a length-prefixed frame.
+pub fn write_frame(s: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+    s.write_all(&(payload.len() as u64).to_le_bytes())?;
+    s.write_all(payload)
+}
+
+/// Reads a frame written by [`write_frame`] (at most 1 MiB).
+pub fn read_frame(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes is too large"),
+        ));
+    }
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn payload_reaches_every_rank() {
+    fn every_rank_gets_a_stream_per_channel() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let payload: Vec<u8> = (0..128u8).collect();
+        let t = Duration::from_secs(10);
         std::thread::scope(|s| {
-            let p = payload.clone();
-            s.spawn(move || serve(&listener, 4, &p, Duration::from_secs(10)).unwrap());
-            let got: Vec<_> = (1..4)
+            let hub = s.spawn(move || {
+                let mut streams = accept(&listener, 4, 2, t).unwrap();
+                for (i, chans) in streams.iter_mut().enumerate() {
+                    for (c, st) in chans.iter_mut().enumerate() {
+                        write_frame(st, format!("rank {} channel {c}", i + 1).as_bytes()).unwrap();
+                    }
+                }
+            });
+            let peers: Vec<_> = (1..4)
                 .map(|r| {
-                    s.spawn(move || fetch("127.0.0.1", port, r, Duration::from_secs(10)).unwrap())
+                    s.spawn(move || {
+                        // Every channel first: rank 0 answers once all have connected.
+                        let streams: Vec<_> = (0..2)
+                            .map(|c| connect("127.0.0.1", port, r, c, t).unwrap())
+                            .collect();
+                        streams
+                            .into_iter()
+                            .map(|mut st| String::from_utf8(read_frame(&mut st).unwrap()).unwrap())
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
-            for g in got {
-                assert_eq!(g.join().unwrap(), payload);
+            hub.join().unwrap();
+            for (i, p) in peers.into_iter().enumerate() {
+                let got = p.join().unwrap();
+                assert_eq!(got[1], format!("rank {} channel 1", i + 1));
             }
         });
     }
@@ -187,8 +258,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let e = std::thread::scope(|s| {
-            let h = s.spawn(move || serve(&listener, 3, b"id", Duration::from_millis(500)));
-            fetch("127.0.0.1", port, 1, Duration::from_secs(5)).unwrap();
+            let h = s.spawn(move || accept(&listener, 3, 1, Duration::from_millis(500)));
+            let _kept = connect("127.0.0.1", port, 1, 0, Duration::from_secs(5)).unwrap();
             h.join().unwrap()
         })
         .unwrap_err()
@@ -220,13 +291,29 @@ mod tests {
             (env.rank, env.world_size, env.local_rank, env.master_port),
             (5, 8, 1, 1234)
         );
-        let e = LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "2"), ("RANK", "2")]))
+        for (bad, what) in [
+            (&[("WORLD_SIZE", "2"), ("RANK", "2")][..], "RANK"),
+            (&[("WORLD_SIZE", "x")][..], "WORLD_SIZE"),
+            (&[("WORLD_SIZE", "0")][..], "WORLD_SIZE"),
+            (
+                &[("WORLD_SIZE", "2"), ("MASTER_PORT", "70000")][..],
+                "MASTER_PORT",
+            ),
+            (
+                &[("WORLD_SIZE", "2"), ("MASTER_PORT", "0")][..],
+                "MASTER_PORT",
+            ),
+        ] {
+            let owned: Vec<(String, String)> = bad
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let e = LaunchEnv::from_vars(|k| {
+                owned.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone())
+            })
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("RANK"), "{e}");
-        let e = LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "x")]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("WORLD_SIZE"), "{e}");
+            assert!(e.starts_with(what), "{e}");
+        }
     }
 }
