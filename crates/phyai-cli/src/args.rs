@@ -29,10 +29,26 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+/// `cpu`, `cuda` or `cuda:N`, where N is the first GPU the ranks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
     Cpu,
-    Cuda,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("expected cpu, cuda or cuda:N, got {s:?}")),
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +136,10 @@ pub struct GenerateArgs {
     /// Prompt formatting of the reference to follow.
     #[arg(long, value_enum, default_value_t = PromptStyleArg::Phyai)]
     pub prompt_style: PromptStyleArg,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// Where the models run: cpu, cuda or cuda:N. N is the first GPU: rank r of a
+    /// one-process run uses GPU N + r; under a multi-process launch each process uses GPU
+    /// N + LOCAL_RANK.
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceArg))]
     pub device: DeviceArg,
     /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]

@@ -1,4 +1,7 @@
 //! `phyai generate`: prompt (+ image) → request → engine → mp4 (+ wav) and optional dumps.
+//!
+//! Under a multi-process launch (WORLD_SIZE set) every process runs this same command as
+//! one rank; only rank 0 prints progress and writes files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +15,11 @@ use phyai::engine::{
 use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
 use phyai::models::cosmos3::sampler::SigmaStyle;
 use phyai::models::cosmos3::{demo, postprocess};
+use phyai::parallel::rendezvous::LaunchEnv;
 use phyai::{Error, Result};
 
 use crate::args::{DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, SigmaScheduleArg};
-use crate::progress::{summary, Bars};
+use crate::progress::{summary, Bars, StallHook};
 
 /// Sizes used when the flags leave them out.
 struct Defaults {
@@ -45,7 +49,31 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let out_mp4 = with_suffix(&a.out, "mp4");
     let out_wav = with_suffix(&a.out, "wav");
-    check_output_dir(&a.out)?;
+    let target = match a.device {
+        DeviceArg::Cpu => Target::Cpu,
+        DeviceArg::Cuda(n) => Target::Cuda(n),
+    };
+    let dtype = match (a.dtype, a.device) {
+        (Some(DtypeArg::F32), _) | (None, DeviceArg::Cpu) => DType::F32,
+        (Some(DtypeArg::Bf16), _) | (None, DeviceArg::Cuda(_)) => DType::BF16,
+    };
+    let lead = LaunchEnv::from_env()?.is_none_or(|e| e.rank == 0);
+    let quiet = a.quiet || !lead;
+    let config = EngineConfig {
+        device: DeviceConfig { target, dtype },
+        parallel: ParallelConfig::new(a.cfg, a.tp, a.sp),
+        runtime: RuntimeConfig {
+            use_cuda_graph: false,
+            vae_tiles: None,
+            progress: !quiet,
+        },
+    };
+    // Under a multi-process launch, join the job before any work (a bad launch environment
+    // fails here): from now on an error in this process reaches every rank.
+    phyai::engine::join_launch(&config)?;
+    if lead {
+        check_output_dir(&a.out)?;
+    }
 
     let (ckpt, is_demo) = match &a.checkpoint {
         Some(dir) => {
@@ -59,7 +87,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         }
         None => (demo::ensure_demo_checkpoint()?, true),
     };
-    if is_demo && !a.quiet {
+    if is_demo && !quiet {
         eprintln!(
             "note: no --checkpoint given, using the built-in demo checkpoint ({}).\n      \
              Its weights are RANDOM: the pipeline runs end to end but the video is noise-like.\n      \
@@ -91,22 +119,13 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         }
     }
 
-    let parallel = ParallelConfig::new(a.cfg, a.tp, a.sp);
-    if a.cfg == 2 && a.guidance_scale <= 1.0 {
+    if lead && a.cfg == 2 && a.guidance_scale <= 1.0 {
         eprintln!(
             "warning: --cfg 2 with --guidance-scale {} ≤ 1: there is no unconditional branch, \
              so the second CFG group idles",
             a.guidance_scale
         );
     }
-    let target = match a.device {
-        DeviceArg::Cpu => Target::Cpu,
-        DeviceArg::Cuda => Target::Cuda(0),
-    };
-    let dtype = match (a.dtype, a.device) {
-        (Some(DtypeArg::F32), _) | (None, DeviceArg::Cpu) => DType::F32,
-        (Some(DtypeArg::Bf16), _) | (None, DeviceArg::Cuda) => DType::BF16,
-    };
     let style = match a.prompt_style {
         PromptStyleArg::Phyai => PromptStyle::Phyai,
         PromptStyleArg::Diffusers => PromptStyle::Diffusers,
@@ -116,7 +135,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         (_, true) => Some(false),
         _ => None,
     };
-    let bars = Bars::new(a.quiet);
+    let bars = StallHook::from_env(Bars::new(quiet))?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
 
     // Prompt → token ids.
@@ -147,15 +166,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
                 SigmaScheduleArg::Phyai => SigmaStyle::Phyai,
             },
         }),
-        config: EngineConfig {
-            device: DeviceConfig { target, dtype },
-            parallel,
-            runtime: RuntimeConfig {
-                use_cuda_graph: false,
-                vae_tiles: None,
-                progress: !a.quiet,
-            },
-        },
+        config,
     })?;
     timings.push(("load".into(), t.elapsed()));
 
@@ -200,6 +211,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     };
     let output = engine.step_with_progress(&request, &bars)?;
     timings.extend(output.timings.iter().cloned());
+    // In a multi-process job rank 0 writes only once every rank has finished.
+    engine.finish();
+    if !engine.writes_outputs() {
+        return Ok(());
+    }
 
     // Outputs: temp files renamed into place, so a failure leaves nothing partial.
     let t = Instant::now();
@@ -225,7 +241,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     }
     timings.push(("write".into(), t.elapsed()));
 
-    if !a.quiet {
+    if !quiet {
         eprintln!("wrote {}", out_mp4.display());
         if audio.is_some() {
             eprintln!("wrote {}", out_wav.display());

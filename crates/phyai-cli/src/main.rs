@@ -29,6 +29,10 @@ fn main() {
         }
     };
     if let Err(e) = result {
+        // In a multi-process job the others must learn of it (and name this rank).
+        if let Some(job) = phyai::parallel::job::Job::current() {
+            job.fail(&e.to_string());
+        }
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -1,5 +1,6 @@
 //! Progress bars on stderr (indicatif) and the per-stage timing summary.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -60,4 +61,55 @@ pub fn summary(timings: &[(String, Duration)]) -> String {
     }
     out.push_str(&format!("  {:<12} {:>9.3} s", "total", total.as_secs_f64()));
     out
+}
+
+/// Test hook for fault tests: with `PHYAI_TEST_STALL_AT_STEP=k` the process announces on
+/// stderr that it has finished denoising step k and then stops making progress for good,
+/// so a test can kill it mid-run at a known point.
+pub struct StallHook<P> {
+    inner: P,
+    at: Option<usize>,
+    denoising: AtomicBool,
+    steps: AtomicUsize,
+}
+
+impl<P: Progress> StallHook<P> {
+    pub fn from_env(inner: P) -> phyai::Result<Self> {
+        let at = match std::env::var("PHYAI_TEST_STALL_AT_STEP") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                phyai::Error::invalid("PHYAI_TEST_STALL_AT_STEP", format!("not a step: {v:?}"))
+            })?),
+            Err(_) => None,
+        };
+        Ok(Self {
+            inner,
+            at,
+            denoising: AtomicBool::new(false),
+            steps: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl<P: Progress> Progress for StallHook<P> {
+    fn stage(&self, name: &str, total: usize) {
+        self.denoising.store(name == "denoise", Ordering::Relaxed);
+        self.inner.stage(name, total)
+    }
+
+    fn step(&self) {
+        self.inner.step();
+        if self.denoising.load(Ordering::Relaxed) {
+            let n = self.steps.fetch_add(1, Ordering::Relaxed) + 1;
+            if Some(n) == self.at {
+                eprintln!("test hook: stalling after denoising step {n}");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+    }
+
+    fn done(&self, name: &str, elapsed: Duration) {
+        self.inner.done(name, elapsed)
+    }
 }
