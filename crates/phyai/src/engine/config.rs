@@ -12,7 +12,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Cpu,
-    /// A CUDA device by ordinal (rank-local ordinal under multi-GPU launch).
+    /// CUDA, from this GPU ordinal on: rank r of a one-process run uses GPU `n + r`, the
+    /// one rank of a multi-process job's process GPU `n + LOCAL_RANK`.
     Cuda(usize),
 }
 
