@@ -26,7 +26,7 @@ pub enum Error {
     #[error("{what}: {msg}")]
     Invalid { what: String, msg: String },
     /// A tensor operation failed (shape mismatch, device error).
-    #[error("tensor: {0}")]
+    #[error("tensor: {}", without_backtrace(.0))]
     Tensor(#[from] candle_core::Error),
     /// Anything else, already phrased as one line.
     #[error("{0}")]
@@ -34,6 +34,15 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// candle appends the backtrace it captured (when RUST_BACKTRACE is set) on further lines;
+/// the message stays one line without it.
+fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        e => e.to_string(),
+    }
+}
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -67,5 +76,21 @@ impl Error {
     }
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tensor_error_with_a_backtrace_is_one_line() {
+        let inner = candle_core::Error::Msg("invalid device ordinal".into());
+        let e: Error = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        }
+        .into();
+        assert_eq!(e.to_string(), "tensor: invalid device ordinal");
     }
 }

@@ -90,6 +90,14 @@ impl RankPool {
             loaded.push((rank, ready_rx));
         }
         let lead = lead_mesh().and_then(|m| factory(m));
+        if workers.is_empty() {
+            // The only rank here: its error needs no rank label (see `gather`).
+            return lead.map(|lead| Self {
+                lead,
+                workers,
+                aborter,
+            });
+        }
         let mut first_err = lead
             .as_ref()
             .err()
