@@ -303,6 +303,8 @@ impl Communicator for TcpComm {
 
 /// The mesh of rank `rank` > 0, whose collectives go through `stream` to rank 0.
 pub fn spoke_mesh(shape: MeshShape, rank: usize, stream: TcpStream, timeout: Duration) -> RankMesh {
+    // Collectives are small request/response exchanges: never wait to coalesce packets.
+    stream.set_nodelay(true).ok();
     let link = Arc::new(Link {
         stream: Mutex::new(stream),
         rank,
@@ -358,6 +360,7 @@ pub fn hub_mesh(shape: MeshShape, streams: Vec<TcpStream>, timeout: Duration) ->
 
 /// Serves one remote rank's collectives until its stream closes.
 fn proxy(mut s: TcpStream, mesh: RankMesh, timeout: Duration) {
+    s.set_nodelay(true).ok();
     loop {
         // Idle: no limit (see the module comment). Within a request: the timeout.
         s.set_read_timeout(None).ok();
