@@ -4,12 +4,9 @@
 # f32-CPU velocity test (.carry/tp.gz, the transformer_parity test binary) and a bf16 demo
 # generation end to end. Logs under $OUT.
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
-export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0 PHYAI_LOG=${PHYAI_LOG:-warn}
-gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
+export PHYAI_LOG=${PHYAI_LOG:-warn}
 if [ -f .carry/glue.gz ]; then
   gunzip -c .carry/glue.gz > /tmp/glue && chmod +x /tmp/glue
   (cd crates/phyai && PHYAI_GPU_TESTS=1 /tmp/glue --ignored --nocapture 2>&1 | tail -12) | tee "$OUT/glue.txt"

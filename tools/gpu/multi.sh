@@ -3,12 +3,8 @@
 # seed on 1 GPU, then tp=2, cfg=2 and sp=2 over two GPUs (ranks are threads, NCCL), f32 and
 # bf16, dumping latents for comparison. Writes under $OUT (or ./gpu-out).
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
-export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0
-gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
 B=/tmp/phyai
 nvidia-smi --query-gpu=name --format=csv,noheader
 $B demo-checkpoint /tmp/demo 2>&1 | tail -1

@@ -6,14 +6,10 @@
 # long the other process takes to exit. Writes logs and dumps under $OUT (or ./gpu-out).
 # DEVICE=cpu runs the same checks on CPU (TCP collectives) with a CPU build.
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-BIN=${BIN:-.carry/phyai.gz}
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
-SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
-export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0 PHYAI_LOG=off
-gunzip -c "$BIN" > /tmp/phyai && chmod +x /tmp/phyai
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
+export PHYAI_LOG=off
 B=/tmp/phyai
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 ARGS=(generate --checkpoint tests/fixtures/tiny --device "$DEVICE" --dtype f32 --sound

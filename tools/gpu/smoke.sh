@@ -4,12 +4,8 @@
 # checkpoint from the reference's initial noise with dumps, for comparison with the CPU.
 # Writes logs and dumps under $OUT (or ./gpu-out).
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-SP=$(python3 -c "import site;print(site.getsitepackages()[0])")
-export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib:$SP/nvidia/nccl/lib:$SP/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0
-gunzip -c .carry/phyai.gz > /tmp/phyai && chmod +x /tmp/phyai
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
 B=/tmp/phyai
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $B demo-checkpoint /tmp/demo 2>&1 | tail -1

@@ -86,12 +86,8 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Ops => ops(&device, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
                 BenchPart::VaeOps => {
-                    for (name, tm) in bench::vae_ops_bench(&device, a.runs)? {
-                        println!(
-                            "vae-ops: {name}: median {:.3} ms (min {:.3}, max {:.3})",
-                            tm.median_ms, tm.min_ms, tm.max_ms
-                        );
-                    }
+                    // One fixed shape (the 720p decoder's last stage): not per preset.
+                    print_ops("vae-ops", &bench::vae_ops_bench(&device, a.runs)?);
                     break;
                 }
             }
@@ -170,13 +166,18 @@ fn report_attention(
 fn ops(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     let [t, h, w] = g.latent;
     let n = t * h.div_ceil(2) * w.div_ceil(2);
-    for (name, tm) in bench::layer_ops_bench(device, n, a.runs)? {
+    let label = format!("ops {} ({n} tokens)", g.name);
+    print_ops(&label, &bench::layer_ops_bench(device, n, a.runs)?);
+    Ok(())
+}
+
+fn print_ops(label: &str, ops: &[(String, bench::Timing)]) {
+    for (name, tm) in ops {
         println!(
-            "ops {} ({n} tokens): {name}: median {:.3} ms (min {:.3}, max {:.3})",
-            g.name, tm.median_ms, tm.min_ms, tm.max_ms
+            "{label}: {name}: median {:.3} ms (min {:.3}, max {:.3})",
+            tm.median_ms, tm.min_ms, tm.max_ms
         );
     }
-    Ok(())
 }
 
 fn gib(b: Option<usize>) -> String {

@@ -4,18 +4,7 @@
 //
 // Rounding follows the reference's half-precision op sequence: values are widened to f32,
 // and rounded back to the storage type where the reference materialises a tensor.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
-// Round-trip through the storage type: the value a materialised tensor would hold.
-template <typename T> __device__ __forceinline__ float rnd(float v) { return to_f<T>(from_f<T>(v)); }
+#include "half.cuh"
 
 // Eight 2-byte values moved as one 16-byte access.
 template <typename T> struct __align__(16) Vec8 { T v[8]; };

@@ -1,17 +1,7 @@
 // Memory-bound steps of the video VAE on frame-major [T, C, H·W] activations: the channel
 // RMS norm (F.normalize over channels · √C·γ) with the SiLU that follows it, and the
 // channels-last → frame-major transpose of a convolution result with its bias added.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
-template <typename T> __device__ __forceinline__ float rnd(float v) { return to_f<T>(from_f<T>(v)); }
+#include "half.cuh"
 
 // x [frames, C, P] → y: y = round(round(x / max(‖x‖₂ over C, 1e-12)) · scale[c]), then
 // (silu) round(silu(y)). One thread per (frame, pixel); neighbouring threads read

@@ -15,11 +15,13 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
 
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Storage, Tensor};
 use cudarc::cudnn::sys as dnn;
 
+use super::cudnn_handle::handle_for;
+use super::glue_cuda::addr;
 use crate::{Error, Result};
 
 fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<()> {
@@ -66,35 +68,8 @@ impl Drop for Plan {
     }
 }
 
-struct Handle(dnn::cudnnHandle_t);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: created by cudnnCreate and destroyed once.
-        unsafe { dnn::cudnnDestroy(self.0) };
-    }
-}
-
 thread_local! {
-    static HANDLES: RefCell<HashMap<usize, Rc<Handle>>> = RefCell::new(HashMap::new());
     static PLANS: RefCell<HashMap<Key, Rc<Plan>>> = RefCell::new(HashMap::new());
-}
-
-fn handle_for(stream: dnn::cudaStream_t) -> Result<Rc<Handle>> {
-    HANDLES.with(|h| {
-        if let Some(x) = h.borrow().get(&(stream as usize)) {
-            return Ok(x.clone());
-        }
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: out-pointer is live; the handle is bound to this thread's stream.
-        unsafe {
-            check(dnn::cudnnCreate(&mut raw), "create handle")?;
-            check(dnn::cudnnSetStream(raw, stream), "set stream")?;
-        }
-        let handle = Rc::new(Handle(raw));
-        h.borrow_mut().insert(stream as usize, handle.clone());
-        Ok(handle)
-    })
 }
 
 fn data_type(dtype: DType) -> Result<(dnn::cudnnDataType_t, dnn::cudnnMathType_t)> {
@@ -250,29 +225,6 @@ fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
     Ok(plan)
 }
 
-fn ptr(
-    t: &Tensor,
-    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-) -> Result<u64> {
-    let (s, l) = t.storage_and_layout();
-    let Storage::Cuda(c) = &*s else {
-        return Err(Error::msg(
-            "cuDNN convolution: tensor is not on a CUDA device",
-        ));
-    };
-    let base = match t.dtype() {
-        DType::BF16 => c.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
-        DType::F16 => c.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
-        DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(stream).0,
-        d => {
-            return Err(Error::msg(format!(
-                "cuDNN convolution: unsupported dtype {d:?}"
-            )))
-        }
-    };
-    Ok(base + (l.start_offset() * t.dtype().size_in_bytes()) as u64)
-}
-
 /// A conv weight `[O, C, kt, k, k]` in the layout [`conv_frames`] takes: `[O, kt, k, k, C]`.
 pub fn weight_channels_last(w: &Tensor) -> Result<Tensor> {
     Ok(w.permute((0, 2, 3, 4, 1))?.contiguous()?)
@@ -333,7 +285,7 @@ pub fn conv_frames(
         Ok(plan)
     })?;
     let n: usize = plan.out.iter().product();
-    let (xp, wp) = (ptr(&x, &stream)?, ptr(w, &stream)?);
+    let (xp, wp) = (addr(&x, &stream)?, addr(w, &stream)?);
     // SAFETY: scratch for cuDNN, written before read.
     let mut ws = unsafe { dev.alloc::<u8>(plan.workspace.max(16))? };
     let wsp = ws.device_ptr_mut(&stream).0;

@@ -26,6 +26,7 @@ use dnn::cudnnBackendAttributeType_t as T;
 use dnn::cudnnBackendDescriptorType_t as K;
 use half::{bf16, f16};
 
+use super::cudnn_handle::{handle_for, Handle};
 use crate::{Error, Result};
 
 type DnnResult<R> = std::result::Result<R, String>;
@@ -93,16 +94,6 @@ impl Desc {
     }
 }
 
-/// A cuDNN handle bound to one thread's stream.
-struct Handle(dnn::cudnnHandle_t);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: created by cudnnCreate and destroyed once.
-        unsafe { dnn::cudnnDestroy(self.0) };
-    }
-}
-
 /// Everything that makes two calls share an execution plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -120,7 +111,7 @@ struct Key {
 }
 
 struct Plan {
-    handle: Handle,
+    handle: Rc<Handle>,
     plan: Desc,
     workspace: usize,
 }
@@ -321,15 +312,7 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
     use dnn::cudnnPointwiseMode_t as P;
     let f32t = dnn::cudnnDataType_t::CUDNN_DATA_FLOAT;
     let io = io_type(key.dtype)?;
-    let mut raw = std::ptr::null_mut();
-    // SAFETY: out-pointer to a local.
-    check(unsafe { dnn::cudnnCreate(&mut raw) }, "create handle")?;
-    let handle = Handle(raw);
-    // SAFETY: a live handle and the caller's stream.
-    check(
-        unsafe { dnn::cudnnSetStream(handle.0, stream) },
-        "set stream",
-    )?;
+    let handle = handle_for(stream).map_err(|e| e.to_string())?;
 
     let Key {
         hq, hkv, sq, sk, d, ..
@@ -636,17 +619,15 @@ impl Sdpa {
                 vp.finalize("variant pack")
             })()
             .map_err(candle_core::Error::msg)?;
-            // SAFETY: handle, plan and variant pack are live; the pointers stay valid until
-            // the kernel is enqueued (by-value scalars are read at enqueue time).
+            // SAFETY: handle (bound to this stream: it is part of the plan's key), plan and
+            // variant pack are live; the pointers stay valid until the kernel is enqueued
+            // (by-value scalars are read at enqueue time).
             unsafe {
-                check(dnn::cudnnSetStream(plan.handle.0, raw_stream), "set stream")
-                    .and_then(|()| {
-                        check(
-                            dnn::cudnnBackendExecute(plan.handle.0, plan.plan.0, pack.0),
-                            "execute attention",
-                        )
-                    })
-                    .map_err(candle_core::Error::msg)?;
+                check(
+                    dnn::cudnnBackendExecute(plan.handle.0, plan.plan.0, pack.0),
+                    "execute attention",
+                )
+                .map_err(candle_core::Error::msg)?;
             }
         }
         drop(ws);

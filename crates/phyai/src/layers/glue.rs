@@ -109,44 +109,7 @@ pub fn qk_norm_rope(
     qkv.dims3()?;
     let v = qkv.narrow(1, hq + hkv, hkv)?.transpose(0, 1)?;
     #[cfg(feature = "cuda")]
-    let (n, _, d) = qkv.dims3()?;
-    #[cfg(feature = "cuda")]
-    if fusable(qkv)
-        && d.is_multiple_of(64)
-        && d <= 256
-        && cos.dtype() == qkv.dtype()
-        && cos.is_contiguous()
-        && sin.is_contiguous()
-        && cos.dims() == [n, d / 2]
-        && sin.dims() == [n, d / 2]
-        && norms.is_none_or(|(a, b)| {
-            a.weight().dims() == [d]
-                && b.weight().dims() == [d]
-                && a.eps() == b.eps()
-                && a.scale() == b.scale()
-        })
-    {
-        let weights = match norms {
-            Some((a, b)) => Some((
-                a.weight().to_device(qkv.device())?.to_dtype(qkv.dtype())?,
-                b.weight().to_device(qkv.device())?.to_dtype(qkv.dtype())?,
-                a.eps() as f32,
-                a.scale() == RmsScale::AfterCast,
-            )),
-            None => None,
-        };
-        let out = super::glue_cuda::qk_norm_rope(
-            qkv,
-            weights.as_ref().map(|(a, b, e, s)| (a, b, *e, *s)),
-            cos,
-            sin,
-            n,
-            hq,
-            hkv,
-            d,
-        )?;
-        let q = out.narrow(1, 0, hq)?.transpose(0, 1)?;
-        let k = out.narrow(1, hq, hkv)?.transpose(0, 1)?;
+    if let Some((q, k)) = qk_norm_rope_fused(qkv, heads, norms, cos, sin)? {
         return Ok((q, k, v));
     }
     let part = |start: usize, len: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
@@ -162,4 +125,53 @@ pub fn qk_norm_rope(
         part(hq, hkv, norms.map(|p| p.1))?,
         v,
     ))
+}
+
+/// [`qk_norm_rope`]'s Q and K from one CUDA kernel; `None` where the kernel does not apply.
+#[cfg(feature = "cuda")]
+fn qk_norm_rope_fused(
+    qkv: &Tensor,
+    (hq, hkv): (usize, usize),
+    norms: Option<(&RmsNorm, &RmsNorm)>,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (n, _, d) = qkv.dims3()?;
+    let applies = fusable(qkv)
+        && d.is_multiple_of(64)
+        && d <= 256
+        && cos.dtype() == qkv.dtype()
+        && cos.is_contiguous()
+        && sin.is_contiguous()
+        && cos.dims() == [n, d / 2]
+        && sin.dims() == [n, d / 2]
+        && norms.is_none_or(|(a, b)| {
+            a.weight().dims() == [d]
+                && b.weight().dims() == [d]
+                && a.eps() == b.eps()
+                && a.scale() == b.scale()
+        });
+    if !applies {
+        return Ok(None);
+    }
+    let on_device = |w: &Tensor| w.to_device(qkv.device())?.to_dtype(qkv.dtype());
+    let weights = match norms {
+        Some((a, b)) => Some((on_device(a.weight())?, on_device(b.weight())?, a)),
+        None => None,
+    };
+    let out = super::glue_cuda::qk_norm_rope(
+        qkv,
+        weights
+            .as_ref()
+            .map(|(wq, wk, a)| (wq, wk, a.eps() as f32, a.scale() == RmsScale::AfterCast)),
+        cos,
+        sin,
+        n,
+        hq,
+        hkv,
+        d,
+    )?;
+    let q = out.narrow(1, 0, hq)?.transpose(0, 1)?;
+    let k = out.narrow(1, hq, hkv)?.transpose(0, 1)?;
+    Ok(Some((q, k)))
 }

@@ -1,5 +1,6 @@
-//! Launchers for the fused glue kernels of `kernels/glue.cu` (bf16 and f16). Callers in
-//! [`super::glue`] check shapes, dtypes and contiguity first; these functions only move
+//! Launchers for the project's own kernels, `kernels/glue.cu` (transformer layer glue) and
+//! `kernels/video.cu` (VAE norm and layout), in bf16 and f16. Callers
+//! check shapes, dtypes and contiguity first; these functions only move
 //! pointers and pick launch sizes.
 
 use candle_core::cuda_backend::cudarc::driver::{
@@ -23,28 +24,26 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// Device address of a contiguous CUDA tensor's first element.
-fn addr(
+/// Device address of a CUDA tensor's first element (bf16, f16 or f32), for handing the
+/// tensor to a kernel or library call enqueued on `stream`.
+pub(crate) fn addr(
     t: &Tensor,
     stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
 ) -> Result<u64> {
     let (s, l) = t.storage_and_layout();
     let Storage::Cuda(c) = &*s else {
-        return Err(Error::msg(
-            "fused glue kernel: tensor is not on a CUDA device",
-        ));
+        return Err(Error::msg(format!(
+            "tensor {:?} is not on a CUDA device",
+            t.dims()
+        )));
     };
-    let elem = t.dtype().size_in_bytes();
     let base = match t.dtype() {
         DType::BF16 => c.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
         DType::F16 => c.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
-        d => {
-            return Err(Error::msg(format!(
-                "fused glue kernel: unsupported dtype {d:?}"
-            )))
-        }
+        DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        d => return Err(Error::msg(format!("no device address for dtype {d:?}"))),
     };
-    Ok(base + (l.start_offset() * elem) as u64)
+    Ok(base + (l.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
 
 /// A fresh uninitialised `[shape]` tensor of `dtype` and its address; the kernel that

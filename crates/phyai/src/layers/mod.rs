@@ -5,6 +5,8 @@ pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cudnn_conv;
 #[cfg(feature = "cuda")]
+mod cudnn_handle;
+#[cfg(feature = "cuda")]
 pub mod cudnn_sdpa;
 pub mod glue;
 #[cfg(feature = "cuda")]

@@ -57,16 +57,34 @@ impl SlotCounter {
     }
 }
 
+/// How the temporal taps are evaluated, chosen by device at load.
+#[derive(Debug, Clone)]
+enum Taps {
+    /// One spatial kernel per temporal tap, oldest frame first, summed (CPU).
+    PerTap(Vec<FrameKernel>),
+    /// The whole kernel, channels last `[O, kt, k, k, I]`, with its spatial padding: one
+    /// cuDNN call per chunk (CUDA).
+    #[cfg(feature = "cuda")]
+    Whole { weight: Tensor, pad: usize },
+}
+
+impl Taps {
+    /// `weight` `[O, I, kt, k, k]`, spatial padding `pad`.
+    fn new(weight: &Tensor, pad: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if weight.device().is_cuda() {
+            let weight = crate::layers::cudnn_conv::weight_channels_last(weight)?;
+            return Ok(Self::Whole { weight, pad });
+        }
+        Ok(Self::PerTap(split_taps(weight, pad)?))
+    }
+}
+
 /// Conv3d `[O, I, kt, kh, kw]` with causal time padding, symmetric spatial padding
 /// (`kh == kw`, `pad_h == pad_w` in every Wan conv), spatial stride 1 and temporal stride `st`.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// One spatial kernel per temporal tap, oldest frame first (CPU; on CUDA built only if
-    /// the one-call path fails).
-    taps: Vec<FrameKernel>,
-    /// The whole kernel, channels last `[O, kt, k, k, I]`, for one cuDNN call per chunk (CUDA).
-    full: Option<Tensor>,
-    pad_s: usize,
+    kernel: Taps,
     bias: Tensor,
     t_stride: usize,
     pad_t: usize,
@@ -88,20 +106,10 @@ impl CausalConv3d {
         let (kt, ks) = kernel;
         let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
         let bias = w.get(out_ch, "bias")?;
-        #[cfg(feature = "cuda")]
-        let (taps, full) = if weight.device().is_cuda() {
-            let cl = crate::layers::cudnn_conv::weight_channels_last(&weight)?;
-            (Vec::new(), Some(cl))
-        } else {
-            (split_taps(&weight, pad.1)?, None)
-        };
-        #[cfg(not(feature = "cuda"))]
-        let (taps, full) = (split_taps(&weight, pad.1)?, None);
+        let kernel = Taps::new(&weight, pad.1)?;
         let slot = (kt > 1 && pad.0 > 0).then(|| slots.take());
         Ok(Self {
-            taps,
-            full,
-            pad_s: pad.1,
+            kernel,
             bias,
             t_stride,
             pad_t: pad.0,
@@ -141,31 +149,25 @@ impl CausalConv3d {
 
     /// Temporal "valid" conv (no time padding) of `[T, I, H, W]` → `[(T−kt)/st + 1, O, H, W]`.
     pub fn conv_frames(&self, x: &Tensor) -> Result<Tensor> {
-        let bias = self.bias.reshape((1, (), 1, 1))?;
-        let built;
-        let taps = match &self.full {
-            Some(w) => {
-                #[cfg(feature = "cuda")]
-                {
-                    let x = x.contiguous()?;
-                    match crate::layers::cudnn_conv::conv_frames(
-                        &x,
-                        w,
-                        Some(&self.bias),
-                        self.pad_s,
-                        [self.t_stride, 1],
-                    ) {
-                        Ok(y) => return Ok(y),
-                        Err(e) => super::frame_conv::warn_fallback(&e),
+        match &self.kernel {
+            #[cfg(feature = "cuda")]
+            Taps::Whole { weight, pad } => {
+                use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
+                let stride = [self.t_stride, 1];
+                match conv_frames(&x.contiguous()?, weight, Some(&self.bias), *pad, stride) {
+                    Ok(y) => Ok(y),
+                    Err(e) => {
+                        super::frame_conv::warn_fallback(&e);
+                        self.sum_taps(x, &split_taps(&weight_channels_first(weight)?, *pad)?)
                     }
                 }
-                #[cfg(feature = "cuda")]
-                let w = &crate::layers::cudnn_conv::weight_channels_first(w)?;
-                built = split_taps(w, self.pad_s)?;
-                &built
             }
-            None => &self.taps,
-        };
+            Taps::PerTap(taps) => self.sum_taps(x, taps),
+        }
+    }
+
+    /// The temporal conv as a sum over taps of per-frame spatial convs, plus the bias.
+    fn sum_taps(&self, x: &Tensor, taps: &[FrameKernel]) -> Result<Tensor> {
         let kt = taps.len();
         let t_in = x.dim(0)?;
         if t_in < kt {
@@ -183,14 +185,14 @@ impl CausalConv3d {
                 let idx = Tensor::new(idx.as_slice(), x.device())?;
                 x.index_select(&idx, 0)?
             };
-            let y = tap.forward(&frames.contiguous()?)?;
+            let y = tap.forward(&frames.contiguous()?, None)?;
             acc = Some(match acc {
                 Some(a) => (a + y)?,
                 None => y,
             });
         }
         let out = acc.expect("temporal kernel has at least one tap");
-        Ok(out.broadcast_add(&bias)?)
+        Ok(out.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
     }
 }
 
@@ -224,7 +226,7 @@ impl FrameConv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.kernel.forward_bias(x, &self.bias)
+        self.kernel.forward(x, Some(&self.bias))
     }
 }
 

@@ -1,7 +1,8 @@
-//! Square-kernel 2-D convolution of a frame stack `[T, C, H, W]` (no bias), the one kernel
-//! every VAE conv is built from.
+//! Square-kernel 2-D convolution of a frame stack `[T, C, H, W]`, the one kernel every VAE
+//! conv is built from.
 //!
-//! Two equivalent evaluations, chosen by device at load:
+//! Equivalent evaluations, chosen by device at load:
+//! - `Cudnn` (CUDA): one channels-last cuDNN call over all frames (`layers::cudnn_conv`).
 //! - `Conv2d`: candle's conv2d (cuDNN on CUDA). On CPU it lowers to im2col, a buffer k²
 //!   times the input, which at 720p and 512–1024 channels is tens of GB.
 //! - `Shifted` (CPU, stride 1): the conv as a sum over the k² spatial taps of a 1×1 conv
@@ -70,51 +71,34 @@ impl FrameKernel {
         })
     }
 
-    /// `[T, C, H, W]` → `[T, O, H', W']`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, None)
-    }
-
-    /// [`Self::forward`] plus a per-channel `bias` `[O]` (added in the conv's own output
-    /// pass on CUDA).
-    pub fn forward_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if matches!(self.kernel, Kernel::Cudnn(_)) {
-            return self.forward_with(x, Some(bias));
-        }
-        Ok(self
-            .forward_with(x, None)?
-            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?)
-    }
-
-    fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let _ = bias;
-        let mats = match &self.kernel {
+    /// `[T, C, H, W]` → `[T, O, H', W']`, plus a per-channel `bias` `[O]` when given (on
+    /// CUDA added in the conv's own output pass).
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = match &self.kernel {
             #[cfg(feature = "cuda")]
             Kernel::Cudnn(w) => {
+                use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
                 let x = x.contiguous()?;
-                return match crate::layers::cudnn_conv::conv_frames(
-                    &x,
-                    w,
-                    bias,
-                    self.pad,
-                    [1, self.stride],
-                ) {
-                    Ok(y) => Ok(y),
+                match conv_frames(&x, w, bias, self.pad, [1, self.stride]) {
+                    Ok(y) => return Ok(y),
                     Err(e) => {
                         warn_fallback(&e);
-                        let w = crate::layers::cudnn_conv::weight_channels_first(w)?.squeeze(2)?;
-                        let y = x.conv2d(&w, self.pad, self.stride, 1, 1)?;
-                        Ok(match bias {
-                            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-                            None => y,
-                        })
+                        let w = weight_channels_first(w)?.squeeze(2)?;
+                        x.conv2d(&w, self.pad, self.stride, 1, 1)?
                     }
-                };
+                }
             }
-            Kernel::Conv2d(w) => return Ok(x.conv2d(w, self.pad, self.stride, 1, 1)?),
-            Kernel::Shifted(m) => m,
+            Kernel::Conv2d(w) => x.conv2d(w, self.pad, self.stride, 1, 1)?,
+            Kernel::Shifted(mats) => self.shifted(x, mats)?,
         };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        })
+    }
+
+    /// The CPU evaluation: per frame, a sum of `k²` shifted 1×1 convs.
+    fn shifted(&self, x: &Tensor, mats: &[Tensor]) -> Result<Tensor> {
         let (t, c, h, w) = x.dims4()?;
         let (k, p) = (self.k, self.pad);
         let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
