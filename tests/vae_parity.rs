@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use phyai::models::cosmos3::vae::{decode_tiled, AudioDecoder, WanVae};
+use phyai::models::cosmos3::vae::{decode_tiled, AudioDecoder, Layout, WanVae};
 
 mod support;
 use support::{fixtures, rel_err};
@@ -57,6 +57,34 @@ fn encode_matches_diffusers() {
         let err = rel_err(&out, &r[expected]);
         println!("encode {input} {:?} rel err {err:.3e}", out.dims());
         assert!(err <= 1e-4, "encode {input} rel err {err}");
+    }
+}
+
+/// The channels-last layout the GPU runs, evaluated on the CPU with plain tensor ops: the
+/// same diffusers references, decode and encode (every reshape of the up/down sampling
+/// and shortcuts is layout-specific).
+#[test]
+fn channels_last_layout_matches_diffusers() {
+    let v = WanVae::load_with_layout(
+        &tiny("vae"),
+        DType::F32,
+        &Device::Cpu,
+        true,
+        Layout::ChannelsLast,
+    )
+    .unwrap();
+    let r = refs("vae_decode.safetensors");
+    let out = v.decoder.decode(&r["latent"]).unwrap();
+    let err = rel_err(&out, &r["pixels"]);
+    println!("channels-last decode rel err {err:.3e}");
+    assert!(err <= 1e-4, "channels-last decode rel err {err}");
+    let e = refs("vae_encode.safetensors");
+    let enc = v.encoder.as_ref().unwrap();
+    for (input, expected) in [("video", "video_latent"), ("image", "image_latent")] {
+        let out = enc.encode(&e[input]).unwrap();
+        let err = rel_err(&out, &e[expected]);
+        println!("channels-last encode {input} rel err {err:.3e}");
+        assert!(err <= 1e-4, "channels-last encode {input} rel err {err}");
     }
 }
 

@@ -13,7 +13,11 @@ use phyai::engine::{
 use phyai::models::cosmos3::sampler::SigmaStyle;
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    // A test binary carried to another machine finds them through PHYAI_FIXTURES.
+    match std::env::var_os("PHYAI_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"),
+    }
 }
 
 /// A reference file of `tests/fixtures/refs`.

@@ -392,7 +392,7 @@ pub fn vae_bench(
     let lat = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, t, h, w), device)?.to_dtype(dtype)?;
     let mut dims = Vec::new();
     reset_peak_memory(device);
-    let decode = time_runs(device, 0, runs, || {
+    let decode = time_runs(device, 1, runs, || {
         let v = if tiles > 1 {
             decode_tiled(&decoder, &lat, tiles)?
         } else {
@@ -460,30 +460,35 @@ pub fn reset_peak_memory(device: &Device) {
 }
 
 /// The pieces of one decoder stage of the Wan2.2 VAE at 720p (the last stage: 256 channels
-/// at 360×640, four frames a chunk), timed alone in bf16: where decode time goes.
+/// at 360×640, four frames a chunk), timed alone in bf16 in the device's VAE layout: where
+/// decode time goes.
 pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing)>> {
-    use crate::models::cosmos3::vae::blocks::{dup_up, ResidualBlock};
-    use crate::models::cosmos3::vae::causal_conv::{silu, ChannelRmsNorm, FrameCache, SlotCounter};
+    use crate::models::cosmos3::vae::blocks::ResidualBlock;
+    use crate::models::cosmos3::vae::causal_conv::{ChannelRmsNorm, FrameCache, VaeBuild};
+    use crate::models::cosmos3::vae::Layout;
     let dt = DType::BF16;
     let store = Arc::new(WeightStore::synthetic(
         std::path::Path::new("bench-vae-ops"),
         5,
     ));
     let w = Weights::new(store, dt, device);
+    let layout = Layout::for_device(device);
     let (c, h, wd) = (256usize, 360usize, 640usize);
-    let x = Tensor::randn(0f32, 1.0, (4, c, h, wd), device)?.to_dtype(dt)?;
-    let x6 = Tensor::randn(0f32, 1.0, (6, c, h, wd), device)?.to_dtype(dt)?;
-    let low = Tensor::randn(0f32, 1.0, (4, 2 * c, h / 2, wd / 2), device)?.to_dtype(dt)?;
-    let k2 = Tensor::randn(0f32, 0.02, (c, c, 3, 3), device)?.to_dtype(dt)?;
+    let frames = |t: usize, c: usize, h: usize, w: usize| -> Result<Tensor> {
+        let x = Tensor::randn(0f32, 1.0, (t, c, h, w), device)?.to_dtype(dt)?;
+        layout.from_frame_major(&x)
+    };
+    let x = frames(4, c, h, wd)?;
+    let x6 = frames(6, c, h, wd)?;
+    let low = frames(4, 2 * c, h / 2, wd / 2)?;
     #[cfg(feature = "cuda")]
     let k3cl = crate::layers::cudnn_conv::weight_channels_last(
         &Tensor::randn(0f32, 0.02, (c, c, 3, 3, 3), device)?.to_dtype(dt)?,
     )?;
-    let bias = Tensor::zeros((1, c, 1, 1), dt, device)?;
-    let norm = ChannelRmsNorm::new(&w.pp("norm"), c, false)?;
-    let mut slots = SlotCounter::default();
-    let block = ResidualBlock::new(&w.pp("block"), c, c, &mut slots)?;
-    let mut cache = FrameCache::new(slots.count());
+    let norm = ChannelRmsNorm::new(&w.pp("norm"), c, false, layout)?;
+    let mut build = VaeBuild::new(layout);
+    let block = ResidualBlock::new(&w.pp("block"), c, c, &mut build)?;
+    let mut cache = FrameCache::new(build.slots());
     block.forward(&x, &mut cache)?;
     let mut out = Vec::new();
     let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
@@ -494,28 +499,20 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
         block.forward(&x, &mut cache).map(drop)
     })?;
     #[cfg(feature = "cuda")]
-    time("conv3d 3x3x3 256->256 (cuDNN, one call)", &mut || {
-        crate::layers::cudnn_conv::conv_frames(&x6, &k3cl, None, 1, [1, 1]).map(drop)
-    })?;
-    time("transpose to channels last", &mut || {
-        x.permute((0, 2, 3, 1))?
-            .contiguous()
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    time("conv2d 3x3 256->256 per frame (candle)", &mut || {
-        x.conv2d(&k2, 1, 1, 1, 1).map(drop).map_err(Into::into)
-    })?;
-    time("channel rms norm", &mut || norm.forward(&x).map(drop))?;
+    if layout == Layout::ChannelsLast {
+        time("conv3d 3x3x3 256->256 (cuDNN, one call)", &mut || {
+            crate::layers::cudnn_conv::conv_frames(&x6, &k3cl, None, None, 1, [1, 1]).map(drop)
+        })?;
+    }
     time("channel rms norm + silu", &mut || {
         norm.forward_silu(&x).map(drop)
     })?;
-    time("silu", &mut || silu(&x).map(drop))?;
+    time("norm + silu after 2 history frames", &mut || {
+        norm.forward_silu_after(&x, 0, Some(&x6.narrow(0, 0, 2)?))
+            .map(drop)
+    })?;
     time("residual add", &mut || {
         (&x + &x).map(drop).map_err(Into::into)
-    })?;
-    time("bias add", &mut || {
-        x.broadcast_add(&bias).map(drop).map_err(Into::into)
     })?;
     time("cat 2+4 frames", &mut || {
         Tensor::cat(&[&x6.narrow(0, 0, 2)?, &x], 0)
@@ -523,10 +520,10 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
             .map_err(Into::into)
     })?;
     time("upsample nearest 2x of 512ch 180x320", &mut || {
-        low.upsample_nearest2d(h, wd).map(drop).map_err(Into::into)
+        layout.upsample(&low, 1).map(drop)
     })?;
-    time("dup_up 512ch 180x320 -> 256ch 360x640", &mut || {
-        dup_up(&low, c, 1, 2, false).map(drop)
+    time("y + dup_up(512ch 180x320 -> 256ch 360x640)", &mut || {
+        layout.add_dup_up(&x, &low, c, 1, 2, false).map(drop)
     })?;
     Ok(out)
 }

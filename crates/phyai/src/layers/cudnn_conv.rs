@@ -1,11 +1,11 @@
-//! Video convolution of frame-major `[T, C, H, W]` data as ONE cuDNN 3-D convolution, all
-//! temporal taps accumulated in f32 inside the kernel, on tensor cores in bf16/f16. A 2-D
-//! conv of every frame is the same call with one temporal tap.
+//! Video convolution of channels-last `[T, H, W, C]` frames as ONE cuDNN 3-D convolution,
+//! all temporal taps accumulated in f32 inside the kernel, on tensor cores in bf16/f16. A
+//! 2-D conv of every frame is the same call with one temporal tap.
 //!
-//! cuDNN's fast half-precision kernels want channels last: the input is transposed to
-//! `[T, H, W, C]` (seen by cuDNN as NDHWC `[1, C, T, H, W]`), the weight is kept as
-//! `[O, kt, k, k, C]` from load time, and the result is transposed back. Measured at the
-//! 720p decoder shape this is many times faster than handing cuDNN the frame-major layout.
+//! cuDNN's fast half-precision kernels want channels last, which is why the VAE keeps its
+//! activations that way on the GPU: the frames are seen by cuDNN as NDHWC `[1, C, T, H, W]`
+//! and the weight is kept as `[O, kt, k, k, C]` from load time. Measured at the 720p
+//! decoder shape this is many times faster than handing cuDNN the frame-major layout.
 //!
 //! Descriptors and the algorithm (timed by cuDNN on first use of a shape) are built once
 //! per shape and kept per thread; the workspace comes from the stream-ordered pool.
@@ -37,7 +37,7 @@ fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<()> {
 struct Key {
     stream: usize,
     dtype: DType,
-    /// Input `[T, C, H, W]` (logical), weight `[O, C, kt, k, k]` (logical).
+    /// Input `[T, C, H, W]` and weight `[O, C, kt, k, k]`, logical dims.
     x: [usize; 4],
     w: [usize; 5],
     pad: usize,
@@ -235,13 +235,15 @@ pub fn weight_channels_first(w: &Tensor) -> Result<Tensor> {
     Ok(w.permute((0, 4, 1, 2, 3))?.contiguous()?)
 }
 
-/// `x` `[T, C, H, W]` (frame-major) convolved with `w` (`[O, kt, k, k, C]`, from
+/// `x` `[T, H, W, C]` (channels last) convolved with `w` (`[O, kt, k, k, C]`, from
 /// [`weight_channels_last`]): temporal taps without padding (stride `stride[0]`), spatial
-/// padding `pad` and stride `stride[1]` → `[T', O, H', W']`, plus `bias` `[O]` if given.
+/// padding `pad` and stride `stride[1]` → `[T', H', W', O]`, plus `bias` `[O]` if given,
+/// then plus `residual` (`[T', H', W', O]`) if given: both added in one pass over the result.
 pub fn conv_frames(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     pad: usize,
     stride: [usize; 2],
 ) -> Result<Tensor> {
@@ -255,11 +257,11 @@ pub fn conv_frames(
             "cuDNN convolution: needs a contiguous weight of the input's dtype",
         ));
     }
-    let (t, c, h, wd) = x.dims4()?;
+    let x = x.contiguous()?;
+    let (t, h, wd, c) = x.dims4()?;
     let wdims = w.dims();
     let [o, kt, k, k2, wc] = <[usize; 5]>::try_from(wdims)
         .map_err(|_| Error::msg(format!("cuDNN convolution: weight shape {wdims:?}")))?;
-    let x = x.permute((0, 2, 3, 1))?.contiguous()?;
     if wc != c || k != k2 {
         return Err(Error::msg(format!(
             "cuDNN convolution: input {:?} and weight {wdims:?} disagree",
@@ -317,6 +319,13 @@ pub fn conv_frames(
                     "forward",
                 )?;
             }
+            if bias.is_some() || residual.is_some() {
+                let b = match bias {
+                    Some(b) => b.to_dtype(x.dtype())?,
+                    None => Tensor::zeros(o, x.dtype(), x.device())?,
+                };
+                super::video_cuda::bias_residual_raw(dev, x.dtype(), yp, &b, residual, n, o)?;
+            }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
@@ -331,25 +340,11 @@ pub fn conv_frames(
         }
     };
     drop(ws);
-    let [to, oc, ho, wo] = plan.out;
-    let y = Tensor::from_storage(
+    let [to, _, ho, wo] = plan.out;
+    Ok(Tensor::from_storage(
         Storage::Cuda(storage),
-        (to, ho * wo, oc),
+        (to, ho, wo, o),
         BackpropOp::none(),
         false,
-    );
-    // Back to frame-major, with the bias added in the same pass for half precision.
-    if matches!(y.dtype(), DType::BF16 | DType::F16) {
-        let b = bias.map(|b| b.to_dtype(y.dtype())).transpose()?;
-        let y = super::glue_cuda::to_frames_bias(&y, b.as_ref(), to, ho * wo, oc)?;
-        return Ok(y.reshape((to, oc, ho, wo))?);
-    }
-    let y = y
-        .reshape((to, ho, wo, oc))?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?;
-    Ok(match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, oc, 1, 1))?)?,
-        None => y,
-    })
+    ))
 }

@@ -1,5 +1,5 @@
-//! Launchers for the project's own kernels, `kernels/glue.cu` (transformer layer glue) and
-//! `kernels/video.cu` (VAE norm and layout), in bf16 and f16. Callers
+//! Launchers for the project's own transformer-layer kernels, `kernels/glue.cu`, in bf16 and
+//! f16, and the allocation helpers shared with the video kernels. Callers
 //! check shapes, dtypes and contiguity first; these functions only move
 //! pointers and pick launch sizes.
 
@@ -48,7 +48,7 @@ pub(crate) fn addr(
 
 /// A fresh uninitialised `[shape]` tensor of `dtype` and its address; the kernel that
 /// receives the address writes every element.
-fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Tensor, u64)> {
+pub(crate) fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Tensor, u64)> {
     let n = shape.elem_count();
     let stream = dev.cuda_stream();
     let storage = match dtype {
@@ -64,6 +64,12 @@ fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Tensor, u64)>
             let p = s.device_ptr_mut(&stream).0;
             (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
         }
+        DType::F32 => {
+            // SAFETY: as above.
+            let mut s = unsafe { dev.alloc::<f32>(n)? };
+            let p = s.device_ptr_mut(&stream).0;
+            (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
+        }
         d => {
             return Err(Error::msg(format!(
                 "fused glue kernel: unsupported dtype {d:?}"
@@ -74,7 +80,7 @@ fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Tensor, u64)>
     Ok((t, storage.1))
 }
 
-fn device(t: &Tensor) -> Result<CudaDevice> {
+pub(crate) fn device(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
         candle_core::Device::Cuda(d) => Ok(d.clone()),
         _ => Err(Error::msg(
@@ -213,74 +219,5 @@ pub fn qk_norm_rope(
     };
     // SAFETY: argument types and order match `qk_norm_rope_*`; sizes were checked by the caller.
     unsafe { b.launch(cfg) }.map_err(|e| Error::msg(format!("qk_norm_rope launch: {e}")))?;
-    Ok(out)
-}
-
-const VIDEO_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/video.ptx"));
-const VIDEO_MODULE: &str = "phyai_video";
-
-/// `x` `[frames, c, p]` contiguous, `scale` `[c]` → channel RMS norm (and SiLU), same shape.
-pub fn channel_norm(
-    x: &Tensor,
-    scale: &Tensor,
-    frames: usize,
-    c: usize,
-    p: usize,
-    silu: bool,
-) -> Result<Tensor> {
-    let dev = device(x)?;
-    let stream = dev.cuda_stream();
-    let name = format!("channel_norm_{}", suffix(x.dtype())?);
-    let f = dev.get_or_load_custom_func(&name, VIDEO_MODULE, VIDEO_PTX)?;
-    let (xp, sp) = (addr(x, &stream)?, addr(scale, &stream)?);
-    let (out, yp) = output(&dev, x.dtype(), Shape::from((frames, c, p)))?;
-    let items = frames * p;
-    let (fr, cc, pp, si) = (frames as i64, c as i64, p as i64, silu as i32);
-    let mut b = f.builder();
-    b.arg(&xp)
-        .arg(&sp)
-        .arg(&yp)
-        .arg(&fr)
-        .arg(&cc)
-        .arg(&pp)
-        .arg(&si);
-    let cfg = LaunchConfig {
-        grid_dim: (items.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: argument types and order match `channel_norm_*`; sizes were checked by the caller.
-    unsafe { b.launch(cfg) }.map_err(|e| Error::msg(format!("channel_norm launch: {e}")))?;
-    Ok(out)
-}
-
-/// `src` `[frames, p, c]` contiguous (channels last) → `[frames, c, p]` plus `bias` `[c]`.
-pub fn to_frames_bias(
-    src: &Tensor,
-    bias: Option<&Tensor>,
-    frames: usize,
-    p: usize,
-    c: usize,
-) -> Result<Tensor> {
-    let dev = device(src)?;
-    let stream = dev.cuda_stream();
-    let name = format!("to_frames_bias_{}", suffix(src.dtype())?);
-    let f = dev.get_or_load_custom_func(&name, VIDEO_MODULE, VIDEO_PTX)?;
-    let sp = addr(src, &stream)?;
-    let bp = match bias {
-        Some(b) => addr(b, &stream)?,
-        None => 0,
-    };
-    let (out, dp) = output(&dev, src.dtype(), Shape::from((frames, c, p)))?;
-    let (pp, cc) = (p as i64, c as i64);
-    let mut b = f.builder();
-    b.arg(&sp).arg(&bp).arg(&dp).arg(&pp).arg(&cc);
-    let cfg = LaunchConfig {
-        grid_dim: (p.div_ceil(32) as u32, c.div_ceil(32) as u32, frames as u32),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: argument types and order match `to_frames_bias_*`; sizes were checked by the caller.
-    unsafe { b.launch(cfg) }.map_err(|e| Error::msg(format!("to_frames_bias launch: {e}")))?;
     Ok(out)
 }

@@ -17,3 +17,5 @@ pub mod norm;
 pub mod rope;
 pub mod sp;
 pub mod tp;
+#[cfg(feature = "cuda")]
+pub(crate) mod video_cuda;

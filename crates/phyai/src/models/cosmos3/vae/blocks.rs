@@ -1,4 +1,4 @@
-//! Building blocks of the Wan2.2 (residual) VAE, on frame-major `[T, C, H, W]` chunks:
+//! Building blocks of the Wan2.2 (residual) VAE, on chunks of frames in either [`Layout`]:
 //! residual block, mid-block attention, spatial/temporal resampling and the parameter-free
 //! shortcuts (`avg_down` / `dup_up`) that the Wan2.2 up/down blocks add around their
 //! resampling path.
@@ -10,8 +10,9 @@
 use candle_core::Tensor;
 
 use super::causal_conv::{
-    last_frames, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, SlotCounter,
+    last_frames, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, VaeBuild,
 };
+use super::layout::Layout;
 use crate::io::weights::Weights;
 use crate::Result;
 
@@ -26,7 +27,7 @@ pub struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    pub fn new(w: &Weights, in_ch: usize, out_ch: usize, slots: &mut SlotCounter) -> Result<Self> {
+    pub fn new(w: &Weights, in_ch: usize, out_ch: usize, build: &mut VaeBuild) -> Result<Self> {
         let shortcut = if in_ch != out_ch {
             Some(CausalConv3d::new(
                 &w.pp("conv_shortcut"),
@@ -35,16 +36,17 @@ impl ResidualBlock {
                 (1, 1),
                 (0, 0),
                 1,
-                slots,
+                build,
             )?)
         } else {
             None
         };
+        let layout = build.layout;
         Ok(Self {
-            norm1: ChannelRmsNorm::new(&w.pp("norm1"), in_ch, false)?,
-            conv1: CausalConv3d::new(&w.pp("conv1"), in_ch, out_ch, (3, 3), (1, 1), 1, slots)?,
-            norm2: ChannelRmsNorm::new(&w.pp("norm2"), out_ch, false)?,
-            conv2: CausalConv3d::new(&w.pp("conv2"), out_ch, out_ch, (3, 3), (1, 1), 1, slots)?,
+            norm1: ChannelRmsNorm::new(&w.pp("norm1"), in_ch, false, layout)?,
+            conv1: CausalConv3d::new(&w.pp("conv1"), in_ch, out_ch, (3, 3), (1, 1), 1, build)?,
+            norm2: ChannelRmsNorm::new(&w.pp("norm2"), out_ch, false, layout)?,
+            conv2: CausalConv3d::new(&w.pp("conv2"), out_ch, out_ch, (3, 3), (1, 1), 1, build)?,
             shortcut,
         })
     }
@@ -54,11 +56,11 @@ impl ResidualBlock {
             Some(s) => s.forward(x, cache)?,
             None => x.clone(),
         };
-        let y = self.norm1.forward_silu(x)?;
-        let y = self.conv1.forward(&y, cache)?;
-        let y = self.norm2.forward_silu(&y)?;
-        let y = self.conv2.forward(&y, cache)?;
-        Ok((y + h)?)
+        let y = self
+            .conv1
+            .forward_fused(x, Some(&self.norm1), None, cache)?;
+        self.conv2
+            .forward_fused(&y, Some(&self.norm2), Some(&h), cache)
     }
 }
 
@@ -69,23 +71,28 @@ pub struct FrameAttention {
     to_qkv: FrameConv2d,
     proj: FrameConv2d,
     dim: usize,
+    layout: Layout,
 }
 
 impl FrameAttention {
-    pub fn new(w: &Weights, dim: usize) -> Result<Self> {
+    pub fn new(w: &Weights, dim: usize, layout: Layout) -> Result<Self> {
         Ok(Self {
-            norm: ChannelRmsNorm::new(&w.pp("norm"), dim, true)?,
-            to_qkv: FrameConv2d::new(&w.pp("to_qkv"), dim, 3 * dim, 1, 0, 1)?,
-            proj: FrameConv2d::new(&w.pp("proj"), dim, dim, 1, 0, 1)?,
+            norm: ChannelRmsNorm::new(&w.pp("norm"), dim, true, layout)?,
+            to_qkv: FrameConv2d::new(&w.pp("to_qkv"), dim, 3 * dim, 1, 0, 1, layout)?,
+            proj: FrameConv2d::new(&w.pp("proj"), dim, dim, 1, 0, 1, layout)?,
             dim,
+            layout,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (t, c, h, w) = x.dims4()?;
+        let (t, c, h, w) = self.layout.dims(x)?;
         let qkv = self.to_qkv.forward(&self.norm.forward(x)?)?;
-        // [T, 3C, HW] → [T, HW, 3C]: pixels are the sequence, channels the head dim.
-        let qkv = qkv.reshape((t, 3 * c, h * w))?.transpose(1, 2)?;
+        // [T, HW, 3C]: pixels are the sequence, channels the head dim.
+        let qkv = match self.layout {
+            Layout::FrameMajor => qkv.reshape((t, 3 * c, h * w))?.transpose(1, 2)?,
+            Layout::ChannelsLast => qkv.reshape((t, h * w, 3 * c))?,
+        };
         let q = qkv.narrow(2, 0, c)?.contiguous()?;
         let k = qkv.narrow(2, c, c)?.contiguous()?;
         let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
@@ -93,7 +100,10 @@ impl FrameAttention {
         let scores = (q.matmul(&k.transpose(1, 2)?)? * scale)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?; // [T, HW, C]
-        let out = out.transpose(1, 2)?.reshape((t, c, h, w))?;
+        let out = match self.layout {
+            Layout::FrameMajor => out.transpose(1, 2)?.reshape((t, c, h, w))?,
+            Layout::ChannelsLast => out.reshape((t, h, w, c))?,
+        };
         Ok((self.proj.forward(&out)? + x)?)
     }
 }
@@ -107,10 +117,10 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn new(w: &Weights, dim: usize, slots: &mut SlotCounter) -> Result<Self> {
-        let res0 = ResidualBlock::new(&w.pp("resnets").pp(0), dim, dim, slots)?;
-        let attn = FrameAttention::new(&w.pp("attentions").pp(0), dim)?;
-        let res1 = ResidualBlock::new(&w.pp("resnets").pp(1), dim, dim, slots)?;
+    pub fn new(w: &Weights, dim: usize, build: &mut VaeBuild) -> Result<Self> {
+        let res0 = ResidualBlock::new(&w.pp("resnets").pp(0), dim, dim, build)?;
+        let attn = FrameAttention::new(&w.pp("attentions").pp(0), dim, build.layout)?;
+        let res1 = ResidualBlock::new(&w.pp("resnets").pp(1), dim, dim, build)?;
         Ok(Self { res0, attn, res1 })
     }
 
@@ -127,6 +137,7 @@ impl MidBlock {
 pub struct Upsample {
     time_conv: Option<CausalConv3d>,
     conv: FrameConv2d,
+    layout: Layout,
 }
 
 impl Upsample {
@@ -135,7 +146,7 @@ impl Upsample {
         dim: usize,
         out_dim: usize,
         temporal: bool,
-        slots: &mut SlotCounter,
+        build: &mut VaeBuild,
     ) -> Result<Self> {
         let time_conv = if temporal {
             Some(CausalConv3d::new(
@@ -145,29 +156,25 @@ impl Upsample {
                 (3, 1),
                 (1, 0),
                 1,
-                slots,
+                build,
             )?)
         } else {
             None
         };
+        let layout = build.layout;
         Ok(Self {
             time_conv,
-            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, out_dim, 3, 1, 1)?,
+            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, out_dim, 3, 1, 1, layout)?,
+            layout,
         })
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
-        let mut x = x.clone();
-        if let Some(tc) = &self.time_conv {
-            // The first chunk keeps its frame count: frame 0 of a Wan video is not doubled.
-            if !first_chunk {
-                let (t, c, h, w) = x.dims4()?;
-                let y = tc.forward(&x, cache)?; // [T, 2C, H, W]
-                x = y.reshape((t * 2, c, h, w))?;
-            }
-        }
-        let (_, _, h, w) = x.dims4()?;
-        let x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        // The first chunk keeps its frame count: frame 0 of a Wan video is not doubled.
+        let x = match &self.time_conv {
+            Some(tc) if !first_chunk => self.layout.upsample(&tc.forward(x, cache)?, 2)?,
+            _ => self.layout.upsample(x, 1)?,
+        };
         self.conv.forward(&x)
     }
 }
@@ -177,26 +184,29 @@ impl Upsample {
 #[derive(Debug, Clone)]
 pub struct Downsample {
     conv: FrameConv2d,
+    layout: Layout,
     /// Temporal conv and the cache slot holding the previous chunk's last frame.
     time: Option<(CausalConv3d, usize)>,
 }
 
 impl Downsample {
-    pub fn new(w: &Weights, dim: usize, temporal: bool, slots: &mut SlotCounter) -> Result<Self> {
+    pub fn new(w: &Weights, dim: usize, temporal: bool, build: &mut VaeBuild) -> Result<Self> {
         let time = if temporal {
-            let conv = CausalConv3d::new(&w.pp("time_conv"), dim, dim, (3, 1), (0, 0), 2, slots)?;
-            Some((conv, slots.take()))
+            let conv = CausalConv3d::new(&w.pp("time_conv"), dim, dim, (3, 1), (0, 0), 2, build)?;
+            Some((conv, build.take_slot()))
         } else {
             None
         };
+        let layout = build.layout;
         Ok(Self {
-            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, dim, 3, 0, 2)?,
+            conv: FrameConv2d::new(&w.pp("resample").pp(1), dim, dim, 3, 0, 2, layout)?,
+            layout,
             time,
         })
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
-        let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+        let x = self.layout.pad_bottom_right(x)?;
         let x = self.conv.forward(&x)?;
         let Some((tc, slot)) = &self.time else {
             return Ok(x);
@@ -208,7 +218,7 @@ impl Downsample {
             let prev = cache.get(*slot).ok_or_else(|| {
                 crate::Error::msg("temporal downsample: missing history of the previous chunk")
             })?;
-            tc.conv_frames(&Tensor::cat(&[prev, &x], 0)?)?
+            tc.conv_frames(&Tensor::cat(&[prev, &x], 0)?, None)?
         };
         cache.set(*slot, last);
         Ok(out)
@@ -217,7 +227,7 @@ impl Downsample {
 
 /// Parameter-free shortcut of a down block: space/time-to-channel fold (factors `ft`, `fs`)
 /// followed by averaging channel groups down to `out_ch`. Pads time at the front with zeros
-/// to a multiple of `ft`, as the first (single-frame) chunk needs.
+/// to a multiple of `ft`, as the first (single-frame) chunk needs. Frame-major.
 pub fn avg_down(x: &Tensor, out_ch: usize, ft: usize, fs: usize) -> Result<Tensor> {
     let (t, c, h, w) = x.dims4()?;
     let pad_t = (ft - t % ft) % ft;
@@ -235,7 +245,7 @@ pub fn avg_down(x: &Tensor, out_ch: usize, ft: usize, fs: usize) -> Result<Tenso
 
 /// Parameter-free shortcut of an up block: repeat channels, then unfold channel groups into
 /// `ft` frames and `fs×fs` pixels. On the first chunk the first `ft − 1` frames are dropped,
-/// matching the upsampler that does not double frame 0.
+/// matching the upsampler that does not double frame 0. Frame-major.
 pub fn dup_up(
     x: &Tensor,
     out_ch: usize,

@@ -1,10 +1,9 @@
 //! Causal 3-D convolution of the Wan VAE, streamed frame-chunk by frame-chunk.
 //!
-//! Layout: video tensors inside the VAE are frame-major `[T, C, H, W]` (one video, frames as
-//! the conv batch), so every spatial op is a 2-D conv over frames ([`FrameKernel`]). A 3-D
-//! conv with temporal kernel `kt` is the sum over its taps of a 2-D conv of the frame
-//! sequence shifted by the tap, so no 5-D kernel is needed; a cuDNN conv3d can replace
-//! [`CausalConv3d::conv_frames`] alone later.
+//! Frames are dim 0 of every activation (frame-major `[T, C, H, W]` on the CPU, channels-last
+//! `[T, H, W, C]` on a GPU, see [`Layout`]). On the GPU a causal conv is one cuDNN 3-D
+//! convolution; on the CPU a 3-D conv with temporal kernel `kt` is the sum over its taps of
+//! a 2-D conv of the frame sequence shifted by the tap ([`FrameKernel`]).
 //!
 //! Causality: the time axis is left-padded with `2·pad_t` frames. When a video is processed
 //! in chunks, those frames come from [`FrameCache`] — the last `2·pad_t` input frames seen by
@@ -14,6 +13,7 @@
 use candle_core::Tensor;
 
 use super::frame_conv::FrameKernel;
+use super::layout::Layout;
 use crate::io::weights::Weights;
 use crate::Result;
 
@@ -43,21 +43,32 @@ impl FrameCache {
     }
 }
 
-/// Hands out cache slot numbers in construction order.
-#[derive(Debug, Default)]
-pub struct SlotCounter(usize);
+/// What the parts of one encoder or decoder are built with: the activation layout, and the
+/// cache slot numbers, handed out in construction order.
+#[derive(Debug)]
+pub struct VaeBuild {
+    pub layout: Layout,
+    slots: usize,
+}
 
-impl SlotCounter {
-    pub fn take(&mut self) -> usize {
-        self.0 += 1;
-        self.0 - 1
+impl VaeBuild {
+    pub fn new(layout: Layout) -> Self {
+        Self { layout, slots: 0 }
     }
-    pub fn count(&self) -> usize {
-        self.0
+
+    /// A fresh cache slot.
+    pub fn take_slot(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    /// Slots handed out so far.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 }
 
-/// How the temporal taps are evaluated, chosen by device at load.
+/// How the temporal taps are evaluated, chosen by device and layout at load.
 #[derive(Debug, Clone)]
 enum Taps {
     /// One spatial kernel per temporal tap, oldest frame first, summed (CPU).
@@ -70,13 +81,13 @@ enum Taps {
 
 impl Taps {
     /// `weight` `[O, I, kt, k, k]`, spatial padding `pad`.
-    fn new(weight: &Tensor, pad: usize) -> Result<Self> {
+    fn new(weight: &Tensor, pad: usize, layout: Layout) -> Result<Self> {
         #[cfg(feature = "cuda")]
-        if weight.device().is_cuda() {
+        if weight.device().is_cuda() && layout == Layout::ChannelsLast {
             let weight = crate::layers::cudnn_conv::weight_channels_last(weight)?;
             return Ok(Self::Whole { weight, pad });
         }
-        Ok(Self::PerTap(split_taps(weight, pad)?))
+        Ok(Self::PerTap(split_taps(weight, pad, layout)?))
     }
 }
 
@@ -86,6 +97,7 @@ impl Taps {
 pub struct CausalConv3d {
     kernel: Taps,
     bias: Tensor,
+    layout: Layout,
     t_stride: usize,
     pad_t: usize,
     /// Cache slot for convs with a temporal extent; `None` for `kt == 1`.
@@ -101,16 +113,18 @@ impl CausalConv3d {
         kernel: (usize, usize),
         pad: (usize, usize),
         t_stride: usize,
-        slots: &mut SlotCounter,
+        build: &mut VaeBuild,
     ) -> Result<Self> {
         let (kt, ks) = kernel;
         let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
         let bias = w.get(out_ch, "bias")?;
-        let kernel = Taps::new(&weight, pad.1)?;
-        let slot = (kt > 1 && pad.0 > 0).then(|| slots.take());
+        let layout = build.layout;
+        let kernel = Taps::new(&weight, pad.1, layout)?;
+        let slot = (kt > 1 && pad.0 > 0).then(|| build.take_slot());
         Ok(Self {
             kernel,
             bias,
+            layout,
             t_stride,
             pad_t: pad.0,
             slot,
@@ -122,48 +136,84 @@ impl CausalConv3d {
         2 * self.pad_t
     }
 
-    /// Causal forward of one chunk `[T, I, H, W]` → `[T', O, H, W]`, reading and updating
-    /// this conv's history in `cache`.
+    /// Causal forward of one chunk of `T` frames with `I` channels → `T'` frames with `O`
+    /// channels, reading and updating this conv's history in `cache`.
     pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
-        let Some(slot) = self.slot else {
-            return self.conv_frames(x);
-        };
-        let need = self.history();
-        let seen = match cache.get(slot) {
-            Some(prev) => Tensor::cat(&[prev, x], 0)?,
-            None => x.clone(),
-        };
-        let n_seen = seen.dim(0)?;
-        let n_prev = n_seen - x.dim(0)?;
-        let keep = need.min(n_seen);
-        // A copy: a view would keep the whole chunk alive in the cache.
-        let new_history = seen.narrow(0, n_seen - keep, keep)?.copy()?;
-        // Only the last `need` frames of the history matter; zeros stand in for frames
-        // before the start of the video.
-        let used_prev = n_prev.min(need);
-        let input = seen.narrow(0, n_prev - used_prev, used_prev + x.dim(0)?)?;
-        let input = input.pad_with_zeros(0, need - used_prev, 0)?;
-        cache.set(slot, new_history);
-        self.conv_frames(&input)
+        self.forward_fused(x, None, None, cache)
     }
 
-    /// Temporal "valid" conv (no time padding) of `[T, I, H, W]` → `[(T−kt)/st + 1, O, H, W]`.
-    pub fn conv_frames(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.kernel {
+    /// [`Self::forward`] of `silu(norm(x))` when `norm` is given, plus `residual` (the
+    /// output's shape) when given. On the GPU the norm writes its result straight after the
+    /// history frames, so the padded input costs no concatenation, and the residual rides
+    /// on the bias pass.
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        norm: Option<&ChannelRmsNorm>,
+        residual: Option<&Tensor>,
+        cache: &mut FrameCache,
+    ) -> Result<Tensor> {
+        let Some(slot) = self.slot else {
+            let x = match norm {
+                Some(n) => n.forward_silu(x)?,
+                None => x.clone(),
+            };
+            return self.conv_frames(&x, residual);
+        };
+        let need = self.history();
+        // Only the last `need` frames of the history matter; zeros stand in for frames
+        // before the start of the video.
+        let prev = match cache.get(slot) {
+            Some(p) => {
+                let n = p.dim(0)?;
+                let used = n.min(need);
+                Some(p.narrow(0, n - used, used)?)
+            }
+            None => None,
+        };
+        let used_prev = prev.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(0);
+        let zeros = need - used_prev;
+        let input = match norm {
+            Some(n) => n.forward_silu_after(x, zeros, prev.as_ref())?,
+            None => {
+                let seen = match &prev {
+                    Some(p) => Tensor::cat(&[p, x], 0)?,
+                    None => x.clone(),
+                };
+                seen.pad_with_zeros(0, zeros, 0)?
+            }
+        };
+        // The last `need` real (not zero) frames; a copy, since a view would keep the whole
+        // chunk alive in the cache.
+        let n_in = input.dim(0)?;
+        let keep = need.min(n_in - zeros);
+        cache.set(slot, input.narrow(0, n_in - keep, keep)?.copy()?);
+        self.conv_frames(&input, residual)
+    }
+
+    /// Temporal "valid" conv (no time padding) of `T` frames → `(T−kt)/st + 1` frames, plus
+    /// `residual` when given.
+    pub fn conv_frames(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let y = match &self.kernel {
             #[cfg(feature = "cuda")]
             Taps::Whole { weight, pad } => {
                 use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
                 let stride = [self.t_stride, 1];
-                match conv_frames(&x.contiguous()?, weight, Some(&self.bias), *pad, stride) {
-                    Ok(y) => Ok(y),
+                match conv_frames(x, weight, Some(&self.bias), residual, *pad, stride) {
+                    Ok(y) => return Ok(y),
                     Err(e) => {
                         super::frame_conv::warn_fallback(&e);
-                        self.sum_taps(x, &split_taps(&weight_channels_first(weight)?, *pad)?)
+                        let taps = split_taps(&weight_channels_first(weight)?, *pad, self.layout)?;
+                        self.sum_taps(x, &taps)?
                     }
                 }
             }
-            Taps::PerTap(taps) => self.sum_taps(x, taps),
-        }
+            Taps::PerTap(taps) => self.sum_taps(x, taps)?,
+        };
+        Ok(match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        })
     }
 
     /// The temporal conv as a sum over taps of per-frame spatial convs, plus the bias.
@@ -185,25 +235,25 @@ impl CausalConv3d {
                 let idx = Tensor::new(idx.as_slice(), x.device())?;
                 x.index_select(&idx, 0)?
             };
-            let y = tap.forward(&frames.contiguous()?, None)?;
+            let y = tap.forward(&frames.contiguous()?, None, None)?;
             acc = Some(match acc {
                 Some(a) => (a + y)?,
                 None => y,
             });
         }
         let out = acc.expect("temporal kernel has at least one tap");
-        Ok(out.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
+        Ok(out.broadcast_add(&self.layout.per_channel(&self.bias)?)?)
     }
 }
 
 /// `[O, I, kt, k, k]` → one spatial kernel per temporal tap.
-fn split_taps(weight: &Tensor, pad: usize) -> Result<Vec<FrameKernel>> {
+fn split_taps(weight: &Tensor, pad: usize, layout: Layout) -> Result<Vec<FrameKernel>> {
     (0..weight.dim(2)?)
-        .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad, 1))
+        .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad, 1, layout))
         .collect()
 }
 
-/// Conv2d with bias applied per frame (`[T, I, H, W]`), square kernel, symmetric padding.
+/// Conv2d with bias applied per frame, square kernel, symmetric padding.
 #[derive(Debug, Clone)]
 pub struct FrameConv2d {
     kernel: FrameKernel,
@@ -218,39 +268,42 @@ impl FrameConv2d {
         k: usize,
         pad: usize,
         stride: usize,
+        layout: Layout,
     ) -> Result<Self> {
+        let weight = w.get((out_ch, in_ch, k, k), "weight")?;
         Ok(Self {
-            kernel: FrameKernel::new(&w.get((out_ch, in_ch, k, k), "weight")?, pad, stride)?,
+            kernel: FrameKernel::new(&weight, pad, stride, layout)?,
             bias: w.get(out_ch, "bias")?,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.kernel.forward(x, Some(&self.bias))
+        self.kernel.forward(x, Some(&self.bias), None)
     }
 }
 
-/// RMS norm over channels (dim 1) as `F.normalize(x)·√C·γ`: `x / max(‖x‖₂, 1e-12)`,
-/// computed in f32 whatever the activation dtype.
+/// RMS norm over channels as `F.normalize(x)·√C·γ`: `x / max(‖x‖₂, 1e-12)`, computed in f32
+/// whatever the activation dtype.
 #[derive(Debug, Clone)]
 pub struct ChannelRmsNorm {
-    /// `[1, C, 1, 1]`, already scaled by √C.
+    /// `[C]`, already scaled by √C.
     scale: Tensor,
+    layout: Layout,
 }
 
 impl ChannelRmsNorm {
     /// `images = false`: checkpoint γ is `[C,1,1,1]` (video); `true`: `[C,1,1]` (per-frame).
-    pub fn new(w: &Weights, ch: usize, images: bool) -> Result<Self> {
+    pub fn new(w: &Weights, ch: usize, images: bool, layout: Layout) -> Result<Self> {
         let gamma = if images {
             w.get((ch, 1, 1), "gamma")?
         } else {
             w.get((ch, 1, 1, 1), "gamma")?
         };
-        let scale = (gamma.reshape((1, ch, 1, 1))? * (ch as f64).sqrt())?;
-        Ok(Self { scale })
+        let scale = (gamma.flatten_all()? * (ch as f64).sqrt())?;
+        Ok(Self { scale, layout })
     }
 
-    /// `silu(self.forward(x))`, in one pass over `x` on a GPU in half precision.
+    /// `silu(self.forward(x))`, in one pass over `x` on a GPU.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Some(y) = self.fused(x, true)? {
@@ -259,28 +312,44 @@ impl ChannelRmsNorm {
         silu(&self.forward(x)?)
     }
 
-    /// The fused kernel, where it applies (CUDA, bf16/f16).
+    /// `[zeros; prefix; silu(self.forward(x))]` along the frames: a causal conv's padded
+    /// input, written in place on a GPU.
+    pub fn forward_silu_after(
+        &self,
+        x: &Tensor,
+        zeros: usize,
+        prefix: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.fused_applies(x) {
+            let scale = self.scale.to_dtype(x.dtype())?;
+            let x = x.contiguous()?;
+            return crate::layers::video_cuda::channel_norm(&x, &scale, true, zeros, prefix);
+        }
+        let y = self.forward_silu(x)?;
+        let y = match prefix {
+            Some(p) => Tensor::cat(&[p, &y], 0)?,
+            None => y,
+        };
+        Ok(y.pad_with_zeros(0, zeros, 0)?)
+    }
+
+    /// Whether the kernel applies (CUDA, channels last).
+    #[cfg(feature = "cuda")]
+    fn fused_applies(&self, x: &Tensor) -> bool {
+        x.device().is_cuda() && self.layout == Layout::ChannelsLast
+    }
+
+    /// The kernel, where it applies.
     #[cfg(feature = "cuda")]
     fn fused(&self, x: &Tensor, with_silu: bool) -> Result<Option<Tensor>> {
-        if !x.device().is_cuda()
-            || !matches!(
-                x.dtype(),
-                candle_core::DType::BF16 | candle_core::DType::F16
-            )
-        {
+        if !self.fused_applies(x) {
             return Ok(None);
         }
-        let (t, c, h, w) = x.dims4()?;
-        let scale = self.scale.to_dtype(x.dtype())?.flatten_all()?;
-        let y = crate::layers::glue_cuda::channel_norm(
-            &x.contiguous()?,
-            &scale,
-            t,
-            c,
-            h * w,
-            with_silu,
-        )?;
-        Ok(Some(y.reshape((t, c, h, w))?))
+        let scale = self.scale.to_dtype(x.dtype())?;
+        let x = x.contiguous()?;
+        let y = crate::layers::video_cuda::channel_norm(&x, &scale, with_silu, 0, None)?;
+        Ok(Some(y))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -289,10 +358,11 @@ impl ChannelRmsNorm {
             return Ok(y);
         }
         let dtype = x.dtype();
+        let cd = self.layout.channel_dim();
         let xf = x.to_dtype(candle_core::DType::F32)?;
-        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        let norm = xf.sqr()?.sum_keepdim(cd)?.sqrt()?.maximum(1e-12)?;
         let y = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
-        Ok(y.broadcast_mul(&self.scale)?)
+        Ok(y.broadcast_mul(&self.layout.per_channel(&self.scale)?)?)
     }
 }
 

@@ -8,9 +8,10 @@
 
 use candle_core::{DType, Tensor};
 
-use super::blocks::{dup_up, MidBlock, ResidualBlock, Upsample};
-use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
+use super::blocks::{MidBlock, ResidualBlock, Upsample};
+use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, VaeBuild};
 use super::config::VaeConfig;
+use super::layout::Layout;
 use crate::io::weights::Weights;
 use crate::{Error, Result};
 
@@ -22,6 +23,7 @@ struct UpBlock {
     upsample: Option<Upsample>,
     /// `(out_ch, ft)` of the `dup_up` shortcut (spatial factor 2).
     shortcut: Option<(usize, usize)>,
+    layout: Layout,
 }
 
 impl UpBlock {
@@ -34,7 +36,7 @@ impl UpBlock {
             y = up.forward(&y, cache, first_chunk)?;
         }
         if let Some((out_ch, ft)) = self.shortcut {
-            y = (y + dup_up(x, out_ch, ft, 2, first_chunk)?)?;
+            y = self.layout.add_dup_up(&y, x, out_ch, ft, 2, first_chunk)?;
         }
         Ok(y)
     }
@@ -50,6 +52,7 @@ pub struct WanDecoder {
     norm_out: ChannelRmsNorm,
     conv_out: CausalConv3d,
     n_slots: usize,
+    layout: Layout,
     /// `[1, z, 1, 1]` latents_mean and 1/latents_std (frame-major broadcast).
     mean: Tensor,
     inv_std: Tensor,
@@ -59,8 +62,15 @@ pub struct WanDecoder {
 }
 
 impl WanDecoder {
-    /// `w` is rooted at the VAE component (keys `decoder.*`, `post_quant_conv.*`).
+    /// `w` is rooted at the VAE component (keys `decoder.*`, `post_quant_conv.*`); the
+    /// activations take the layout that suits the weights' device.
     pub fn new(cfg: &VaeConfig, w: &Weights) -> Result<Self> {
+        Self::with_layout(cfg, w, Layout::for_device(w.device()))
+    }
+
+    /// As [`Self::new`] with the activations in `layout` (for checking one layout against
+    /// the other; channels-last on the CPU is correct but slow).
+    pub fn with_layout(cfg: &VaeConfig, w: &Weights, layout: Layout) -> Result<Self> {
         let dim = cfg.decoder_dim();
         let n_stages = cfg.dim_mult.len();
         let mut mults = vec![*cfg.dim_mult.last().expect("validated non-empty")];
@@ -68,7 +78,7 @@ impl WanDecoder {
         let dims: Vec<usize> = mults.iter().map(|m| m * dim).collect();
         let t_up: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
 
-        let mut slots = SlotCounter::default();
+        let mut build = VaeBuild::new(layout);
         let z = cfg.z_dim;
         let post_quant = CausalConv3d::new(
             &w.pp("post_quant_conv"),
@@ -77,12 +87,12 @@ impl WanDecoder {
             (1, 1),
             (0, 0),
             1,
-            &mut slots,
+            &mut build,
         )?;
         let d = w.pp("decoder");
         let conv_in =
-            CausalConv3d::new(&d.pp("conv_in"), z, dims[0], (3, 3), (1, 1), 1, &mut slots)?;
-        let mid = MidBlock::new(&d.pp("mid_block"), dims[0], &mut slots)?;
+            CausalConv3d::new(&d.pp("conv_in"), z, dims[0], (3, 3), (1, 1), 1, &mut build)?;
+        let mid = MidBlock::new(&d.pp("mid_block"), dims[0], &mut build)?;
         let mut ups = Vec::with_capacity(n_stages);
         for i in 0..n_stages {
             let (in_dim, out_dim) = (dims[i], dims[i + 1]);
@@ -96,7 +106,7 @@ impl WanDecoder {
                     &bw.pp("resnets").pp(j),
                     cur,
                     out_dim,
-                    &mut slots,
+                    &mut build,
                 )?);
                 cur = out_dim;
             }
@@ -106,7 +116,7 @@ impl WanDecoder {
                     out_dim,
                     out_dim,
                     temporal,
-                    &mut slots,
+                    &mut build,
                 )?)
             } else {
                 None
@@ -117,10 +127,11 @@ impl WanDecoder {
                 resnets,
                 upsample,
                 shortcut,
+                layout,
             });
         }
         let last = *dims.last().expect("non-empty");
-        let norm_out = ChannelRmsNorm::new(&d.pp("norm_out"), last, false)?;
+        let norm_out = ChannelRmsNorm::new(&d.pp("norm_out"), last, false, layout)?;
         let conv_out = CausalConv3d::new(
             &d.pp("conv_out"),
             last,
@@ -128,7 +139,7 @@ impl WanDecoder {
             (3, 3),
             (1, 1),
             1,
-            &mut slots,
+            &mut build,
         )?;
         let (mean, inv_std) = latent_stats(cfg, w)?;
         Ok(Self {
@@ -138,7 +149,8 @@ impl WanDecoder {
             ups,
             norm_out,
             conv_out,
-            n_slots: slots.count(),
+            n_slots: build.slots(),
+            layout,
             mean,
             inv_std,
             patch: cfg.patch(),
@@ -181,12 +193,14 @@ impl WanDecoder {
         let raw = lat
             .broadcast_div(&self.inv_std.to_dtype(dtype)?)?
             .broadcast_add(&self.mean.to_dtype(dtype)?)?;
+        let raw = self.layout.from_frame_major(&raw)?;
         let raw = self.post_quant.forward(&raw, &mut FrameCache::default())?;
         let mut cache = FrameCache::new(self.n_slots);
         let mut frames = Vec::with_capacity(raw.dim(0)?);
         for i in 0..raw.dim(0)? {
             let chunk = raw.narrow(0, i, 1)?;
             let out = self.decode_chunk(&chunk, &mut cache, i == 0)?;
+            let out = self.layout.to_frame_major(&out)?;
             let px = unpatchify(&out, self.patch)?.clamp(-1f32, 1f32)?;
             frames.push(((px + 1.0)? * 0.5)?);
         }
@@ -200,8 +214,8 @@ impl WanDecoder {
         for up in &self.ups {
             x = up.forward(&x, cache, first)?;
         }
-        let x = self.norm_out.forward_silu(&x)?;
-        self.conv_out.forward(&x, cache)
+        self.conv_out
+            .forward_fused(&x, Some(&self.norm_out), None, cache)
     }
 }
 

@@ -8,9 +8,10 @@
 use candle_core::Tensor;
 
 use super::blocks::{avg_down, Downsample, MidBlock, ResidualBlock};
-use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, SlotCounter};
+use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, VaeBuild};
 use super::config::VaeConfig;
 use super::decoder::{latent_stats, patchify};
+use super::layout::Layout;
 use crate::io::weights::Weights;
 use crate::{Error, Result};
 
@@ -22,6 +23,7 @@ struct DownBlock {
     downsample: Option<Downsample>,
     /// `(out_ch, ft, fs)` of the `avg_down` shortcut.
     shortcut: (usize, usize, usize),
+    layout: Layout,
 }
 
 impl DownBlock {
@@ -34,7 +36,9 @@ impl DownBlock {
             y = d.forward(&y, cache, first_chunk)?;
         }
         let (out_ch, ft, fs) = self.shortcut;
-        Ok((y + avg_down(x, out_ch, ft, fs)?)?)
+        let l = self.layout;
+        let short = avg_down(&l.to_frame_major(x)?, out_ch, ft, fs)?;
+        Ok((y + l.from_frame_major(&short)?)?)
     }
 }
 
@@ -48,6 +52,7 @@ pub struct WanEncoder {
     conv_out: CausalConv3d,
     quant: CausalConv3d,
     n_slots: usize,
+    layout: Layout,
     mean: Tensor,
     inv_std: Tensor,
     patch: usize,
@@ -57,14 +62,20 @@ pub struct WanEncoder {
 }
 
 impl WanEncoder {
-    /// `w` is rooted at the VAE component (keys `encoder.*`, `quant_conv.*`).
+    /// `w` is rooted at the VAE component (keys `encoder.*`, `quant_conv.*`); the
+    /// activations take the layout that suits the weights' device.
     pub fn new(cfg: &VaeConfig, w: &Weights) -> Result<Self> {
+        Self::with_layout(cfg, w, Layout::for_device(w.device()))
+    }
+
+    /// As [`Self::new`] with the activations in `layout`.
+    pub fn with_layout(cfg: &VaeConfig, w: &Weights, layout: Layout) -> Result<Self> {
         let dim = cfg.base_dim;
         let n_stages = cfg.dim_mult.len();
         let mut mults = vec![1];
         mults.extend(cfg.dim_mult.iter());
         let dims: Vec<usize> = mults.iter().map(|m| m * dim).collect();
-        let mut slots = SlotCounter::default();
+        let mut build = VaeBuild::new(layout);
         let e = w.pp("encoder");
         let conv_in = CausalConv3d::new(
             &e.pp("conv_in"),
@@ -73,7 +84,7 @@ impl WanEncoder {
             (3, 3),
             (1, 1),
             1,
-            &mut slots,
+            &mut build,
         )?;
         let mut downs = Vec::with_capacity(n_stages);
         for i in 0..n_stages {
@@ -88,7 +99,7 @@ impl WanEncoder {
                     &bw.pp("resnets").pp(j),
                     cur,
                     out_dim,
-                    &mut slots,
+                    &mut build,
                 )?);
                 cur = out_dim;
             }
@@ -97,7 +108,7 @@ impl WanEncoder {
                     &bw.pp("downsampler"),
                     out_dim,
                     temporal,
-                    &mut slots,
+                    &mut build,
                 )?)
             } else {
                 None
@@ -108,15 +119,16 @@ impl WanEncoder {
                 resnets,
                 downsample,
                 shortcut: (out_dim, ft, fs),
+                layout,
             });
         }
         let last = *dims.last().expect("non-empty");
-        let mid = MidBlock::new(&e.pp("mid_block"), last, &mut slots)?;
-        let norm_out = ChannelRmsNorm::new(&e.pp("norm_out"), last, false)?;
+        let mid = MidBlock::new(&e.pp("mid_block"), last, &mut build)?;
+        let norm_out = ChannelRmsNorm::new(&e.pp("norm_out"), last, false, layout)?;
         let z2 = 2 * cfg.z_dim;
         let conv_out =
-            CausalConv3d::new(&e.pp("conv_out"), last, z2, (3, 3), (1, 1), 1, &mut slots)?;
-        let quant = CausalConv3d::new(&w.pp("quant_conv"), z2, z2, (1, 1), (0, 0), 1, &mut slots)?;
+            CausalConv3d::new(&e.pp("conv_out"), last, z2, (3, 3), (1, 1), 1, &mut build)?;
+        let quant = CausalConv3d::new(&w.pp("quant_conv"), z2, z2, (1, 1), (0, 0), 1, &mut build)?;
         let (mean, inv_std) = latent_stats(cfg, w)?;
         Ok(Self {
             conv_in,
@@ -125,7 +137,8 @@ impl WanEncoder {
             norm_out,
             conv_out,
             quant,
-            n_slots: slots.count(),
+            n_slots: build.slots(),
+            layout,
             mean,
             inv_std,
             patch: cfg.patch(),
@@ -167,7 +180,9 @@ impl WanEncoder {
     }
 
     fn encode_frames(&self, frames: &Tensor) -> Result<Tensor> {
-        let x = patchify(frames, self.patch)?;
+        let x = self
+            .layout
+            .from_frame_major(&patchify(frames, self.patch)?)?;
         let t = x.dim(0)?;
         let mut cache = FrameCache::new(self.n_slots);
         let mut chunks = Vec::new();
@@ -179,6 +194,7 @@ impl WanEncoder {
             start += len;
         }
         let moments = self.quant.forward(&Tensor::cat(&chunks, 0)?, &mut cache)?;
+        let moments = self.layout.to_frame_major(&moments)?;
         let dtype = moments.dtype();
         let mu = moments.narrow(1, 0, self.z_dim)?;
         Ok(mu
@@ -192,7 +208,7 @@ impl WanEncoder {
             x = d.forward(&x, cache, first)?;
         }
         x = self.mid.forward(&x, cache)?;
-        let x = self.norm_out.forward_silu(&x)?;
-        self.conv_out.forward(&x, cache)
+        self.conv_out
+            .forward_fused(&x, Some(&self.norm_out), None, cache)
     }
 }

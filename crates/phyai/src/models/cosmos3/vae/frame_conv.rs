@@ -1,16 +1,20 @@
-//! Square-kernel 2-D convolution of a frame stack `[T, C, H, W]`, the one kernel every VAE
-//! conv is built from.
+//! Square-kernel 2-D convolution of a frame stack, the one kernel every VAE conv is built
+//! from.
 //!
-//! Equivalent evaluations, chosen by device at load:
-//! - `Cudnn` (CUDA): one channels-last cuDNN call over all frames (`layers::cudnn_conv`).
+//! Equivalent evaluations, chosen by device and [`Layout`] at load:
+//! - `Cudnn` (CUDA, channels last): one cuDNN call over all frames (`layers::cudnn_conv`).
 //! - `Conv2d`: candle's conv2d (cuDNN on CUDA). On CPU it lowers to im2col, a buffer k²
 //!   times the input, which at 720p and 512–1024 channels is tens of GB.
 //! - `Shifted` (CPU, stride 1): the conv as a sum over the k² spatial taps of a 1×1 conv
 //!   (a `[O, C] × [C, H·W]` matmul) of the zero-padded frame shifted by the tap. Transient
 //!   memory is one shifted copy of one frame plus the accumulator.
+//!
+//! The last two work frame-major; a channels-last stack is transposed around them (only
+//! the tests run the CPU that way).
 
 use candle_core::{Device, Tensor};
 
+use super::layout::Layout;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -29,11 +33,12 @@ pub struct FrameKernel {
     k: usize,
     pad: usize,
     stride: usize,
+    layout: Layout,
 }
 
 impl FrameKernel {
-    /// `weight` is `[O, C, k, k]`.
-    pub fn new(weight: &Tensor, pad: usize, stride: usize) -> Result<Self> {
+    /// `weight` is `[O, C, k, k]`; frames come in `layout`.
+    pub fn new(weight: &Tensor, pad: usize, stride: usize, layout: Layout) -> Result<Self> {
         let (_, _, k, k2) = weight.dims4()?;
         if k != k2 {
             return Err(crate::Error::msg(format!(
@@ -41,7 +46,7 @@ impl FrameKernel {
             )));
         }
         #[cfg(feature = "cuda")]
-        if weight.device().is_cuda() {
+        if weight.device().is_cuda() && layout == Layout::ChannelsLast {
             return Ok(Self {
                 kernel: Kernel::Cudnn(crate::layers::cudnn_conv::weight_channels_last(
                     &weight.unsqueeze(2)?,
@@ -49,6 +54,7 @@ impl FrameKernel {
                 k,
                 pad,
                 stride,
+                layout,
             });
         }
         let kernel = if matches!(weight.device(), Device::Cpu) && stride == 1 {
@@ -68,31 +74,43 @@ impl FrameKernel {
             k,
             pad,
             stride,
+            layout,
         })
     }
 
-    /// `[T, C, H, W]` → `[T, O, H', W']`, plus a per-channel `bias` `[O]` when given (on
-    /// CUDA added in the conv's own output pass).
-    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// `T` frames of `C` channels → `T` frames of `O` channels, plus a per-channel `bias`
+    /// `[O]` and then a `residual` (the output's shape) when given (with cuDNN both added in
+    /// place right after the conv).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let frame_major = |x: &Tensor| self.layout.to_frame_major(x);
         let y = match &self.kernel {
             #[cfg(feature = "cuda")]
             Kernel::Cudnn(w) => {
                 use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
-                let x = x.contiguous()?;
-                match conv_frames(&x, w, bias, self.pad, [1, self.stride]) {
+                match conv_frames(x, w, bias, residual, self.pad, [1, self.stride]) {
                     Ok(y) => return Ok(y),
                     Err(e) => {
                         warn_fallback(&e);
                         let w = weight_channels_first(w)?.squeeze(2)?;
-                        x.conv2d(&w, self.pad, self.stride, 1, 1)?
+                        frame_major(x)?.conv2d(&w, self.pad, self.stride, 1, 1)?
                     }
                 }
             }
-            Kernel::Conv2d(w) => x.conv2d(w, self.pad, self.stride, 1, 1)?,
-            Kernel::Shifted(mats) => self.shifted(x, mats)?,
+            Kernel::Conv2d(w) => frame_major(x)?.conv2d(w, self.pad, self.stride, 1, 1)?,
+            Kernel::Shifted(mats) => self.shifted(&frame_major(x)?, mats)?,
         };
-        Ok(match bias {
+        let y = match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        let y = self.layout.from_frame_major(&y)?;
+        Ok(match residual {
+            Some(r) => (y + r)?,
             None => y,
         })
     }

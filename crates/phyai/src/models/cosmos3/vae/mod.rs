@@ -2,8 +2,9 @@
 //! encoder for image/video conditioning, the spatially tiled decode, and the audio VAE
 //! decoder (latent → 48 kHz stereo waveform).
 //!
-//! Video tensors inside the VAE are frame-major `[T, C, H, W]` (one video at a time, frames
-//! as the conv batch); the public API takes and returns diffusers' `[B, C, T, H, W]`.
+//! Video tensors inside the VAE are stacks of frames, one video at a time: frame-major
+//! `[T, C, H, W]` on the CPU, channels-last `[T, H, W, C]` on a GPU ([`Layout`]); the public
+//! API takes and returns diffusers' `[B, C, T, H, W]`.
 
 pub mod audio;
 pub mod blocks;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod encoder;
 pub mod frame_conv;
+pub mod layout;
 pub mod parallel;
 pub mod tiles;
 
@@ -24,6 +26,7 @@ pub use audio::AudioDecoder;
 pub use config::{AudioVaeConfig, VaeConfig};
 pub use decoder::WanDecoder;
 pub use encoder::WanEncoder;
+pub use layout::Layout;
 pub use parallel::decode_parallel;
 pub use tiles::{decode_tile, decode_tiled, tile_grid, TileGrid, TilePlan};
 
@@ -42,14 +45,25 @@ pub struct WanVae {
 
 impl WanVae {
     pub fn load(dir: &Path, dtype: DType, device: &Device, with_encoder: bool) -> Result<Self> {
+        Self::load_with_layout(dir, dtype, device, with_encoder, Layout::for_device(device))
+    }
+
+    /// As [`Self::load`] with the activations in `layout` rather than the device's own.
+    pub fn load_with_layout(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        with_encoder: bool,
+        layout: Layout,
+    ) -> Result<Self> {
         let file = dir.join("config.json");
         let config: VaeConfig = read_json(&file)?;
         config.validate(&file)?;
         let store = Arc::new(WeightStore::open_dir(dir)?);
         let w = Weights::new(store, dtype, device);
-        let decoder = WanDecoder::new(&config, &w)?;
+        let decoder = WanDecoder::with_layout(&config, &w, layout)?;
         let encoder = if with_encoder {
-            Some(WanEncoder::new(&config, &w)?)
+            Some(WanEncoder::with_layout(&config, &w, layout)?)
         } else {
             None
         };
