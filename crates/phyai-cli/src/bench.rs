@@ -1,5 +1,6 @@
-//! `phyai bench`: the attention kernel at the generation shape and the generation-tower
-//! forward of the Nano config (random weights) at the W480 and W720 token counts.
+//! `phyai bench`: the attention kernel at the generation shape, the generation-tower
+//! forward of the Nano config (random weights) at the W480 and W720 token counts, the VAE,
+//! and one whole request end to end.
 
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
@@ -17,6 +18,9 @@ pub enum BenchPart {
     Vae,
     /// The pieces of one 720p VAE decoder stage, timed alone.
     VaeOps,
+    /// One whole request at the preset (text, guided denoising loop, VAE decode) with the
+    /// full model resident: wall time, peak memory and a check of the video.
+    E2e,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,12 @@ pub struct BenchArgs {
     /// Run on the CPU instead of CUDA device 0 (slow; for checking the command).
     #[arg(long)]
     pub cpu: bool,
+    /// End to end: denoising steps.
+    #[arg(long, default_value_t = 35)]
+    pub steps: usize,
+    /// End to end: classifier-free guidance scale (two branches per step above 1).
+    #[arg(long, default_value_t = 6.0)]
+    pub guidance: f64,
     /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
     #[arg(long, default_value_t = 1)]
     pub tiles: usize,
@@ -85,6 +95,7 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Gen => gen(&device, g, a)?,
                 BenchPart::Ops => ops(&device, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
+                BenchPart::E2e => e2e(&device, g, a)?,
                 BenchPart::VaeOps => {
                     // One fixed shape (the 720p decoder's last stage): not per preset.
                     print_ops("vae-ops", &bench::vae_ops_bench(&device, a.runs)?);
@@ -214,6 +225,62 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.decode.max_ms,
             r.decode.runs,
             gib(r.peak_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::e2e_bench(device, g, a.steps, a.guidance, a.layers, DType::BF16)?;
+    let stage = |name: &str| {
+        r.stages
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0.0, |s| s.1)
+    };
+    if a.json {
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|(k, v)| format!("\"{k}_ms\":{v:.1}"))
+            .collect();
+        println!(
+            "{{\"part\":\"e2e\",\"preset\":\"{}\",\"layers\":{},\"steps\":{},\"guidance\":{},\
+             \"total_ms\":{:.1},{},\"peak_bytes\":{},\"video\":{:?},\"min\":{},\"max\":{},\
+             \"mean\":{},\"non_finite\":{}}}",
+            g.name,
+            r.layers,
+            r.steps,
+            r.guidance,
+            r.total_ms,
+            stages.join(","),
+            r.peak_bytes.map_or("null".into(), |b| b.to_string()),
+            r.video,
+            r.min,
+            r.max,
+            r.mean,
+            r.non_finite
+        );
+    } else {
+        println!(
+            "e2e {}: {} layers, {} steps, guidance {}, bf16: total {:.2} s (text {:.2} s, denoise \
+             {:.2} s = {:.0} ms/step, decode {:.2} s); peak {}; video {:?} in [{:.3}, {:.3}], \
+             mean {:.3}, {} non-finite",
+            g.name,
+            r.layers,
+            r.steps,
+            r.guidance,
+            r.total_ms / 1e3,
+            stage("text") / 1e3,
+            stage("denoise") / 1e3,
+            stage("denoise") / r.steps.max(1) as f64,
+            stage("decode") / 1e3,
+            gib(r.peak_bytes),
+            r.video,
+            r.min,
+            r.max,
+            r.mean,
+            r.non_finite
         );
     }
     Ok(())

@@ -85,10 +85,34 @@ pub struct WeightStore {
     synthetic: Option<Synthetic>,
 }
 
-/// Random weights made on demand, recorded so they can be saved as a checkpoint.
+/// Random weights made on demand, recorded so they can be saved as a checkpoint, or (for
+/// benchmarks at full model size) drawn on the requesting device and not kept.
 struct Synthetic {
     seed: u64,
     made: Mutex<BTreeMap<String, Tensor>>,
+    on_device: bool,
+}
+
+/// How a synthetic tensor is initialised, by its name: norm weights ones, biases zeros,
+/// everything else N(0, 1/fan_in).
+enum Init {
+    Ones,
+    Zeros,
+    Normal(f64),
+}
+
+impl Init {
+    fn of(name: &str, shape: &[usize]) -> Self {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        if name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale" {
+            Self::Ones
+        } else if leaf == "bias" || leaf == "beta" {
+            Self::Zeros
+        } else {
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            Self::Normal((1.0 / fan_in as f64).sqrt())
+        }
+    }
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -229,8 +253,29 @@ impl WeightStore {
             synthetic: Some(Synthetic {
                 seed,
                 made: Mutex::new(BTreeMap::new()),
+                on_device: false,
             }),
         }
+    }
+
+    /// Like [`Self::synthetic`], but every tensor is drawn on the device that asks for it,
+    /// with that device's generator, and not kept: random weights at full model size in
+    /// seconds, for benchmarks. Values differ from run to run and from [`Self::synthetic`].
+    pub fn random_on_device(origin: &Path) -> Self {
+        let mut s = Self::synthetic(origin, 0);
+        if let Some(syn) = &mut s.synthetic {
+            syn.on_device = true;
+        }
+        s
+    }
+
+    /// A tensor of [`Self::random_on_device`].
+    fn draw(name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        Ok(match Init::of(name, shape) {
+            Init::Ones => Tensor::ones(shape, dtype, device)?,
+            Init::Zeros => Tensor::zeros(shape, dtype, device)?,
+            Init::Normal(std) => Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(dtype)?,
+        })
     }
 
     fn synthesize(&self, syn: &Synthetic, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -247,35 +292,31 @@ impl WeightStore {
             }
             return Ok(t.clone());
         }
-        let leaf = name.rsplit('.').next().unwrap_or(name);
         let numel: usize = shape.iter().product();
-        let is_norm =
-            name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale";
-        let values: Vec<f32> = if is_norm {
-            vec![1.0; numel]
-        } else if leaf == "bias" || leaf == "beta" {
-            vec![0.0; numel]
-        } else {
-            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-            let std = (1.0 / fan_in as f64).sqrt();
-            // splitmix64 stream keyed by seed and name, Box-Muller to normals.
-            let mut state = name.bytes().fold(syn.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
-            });
-            let mut next = move || {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-            };
-            (0..numel)
-                .map(|_| {
-                    let u1 = next().max(1e-300);
-                    let u2 = next();
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-                })
-                .collect()
+        let values: Vec<f32> = match Init::of(name, shape) {
+            Init::Ones => vec![1.0; numel],
+            Init::Zeros => vec![0.0; numel],
+            Init::Normal(std) => {
+                // splitmix64 stream keyed by seed and name, Box-Muller to normals.
+                let mut state = name.bytes().fold(syn.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
+                });
+                let mut next = move || {
+                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+                };
+                (0..numel)
+                    .map(|_| {
+                        let u1 = next().max(1e-300);
+                        let u2 = next();
+                        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std)
+                            as f32
+                    })
+                    .collect()
+            }
         };
         let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
         made.insert(name.to_string(), t.clone());
@@ -482,6 +523,9 @@ impl Weights {
         let full = self.full_name(name);
         let shape: Shape = shape.into();
         if let Some(syn) = &self.store.synthetic {
+            if syn.on_device {
+                return WeightStore::draw(&full, shape.dims(), self.dtype, &self.device);
+            }
             let t = self.store.synthesize(syn, &full, shape.dims())?;
             return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
@@ -515,7 +559,11 @@ impl Weights {
         let full = self.full_name(name);
         let shape: Shape = shape.into();
         if let Some(syn) = &self.store.synthetic {
-            let t = self.store.synthesize(syn, &full, shape.dims())?;
+            let t = if syn.on_device {
+                WeightStore::draw(&full, shape.dims(), self.dtype, &self.device)?
+            } else {
+                self.store.synthesize(syn, &full, shape.dims())?
+            };
             if dim >= t.rank() || range.end > t.dims()[dim] || range.start > range.end {
                 return Err(Error::weights(
                     self.store.origin(),

@@ -199,6 +199,18 @@ fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
             "algorithm search",
         )?;
     }
+    for r in &perf[..found.max(0) as usize] {
+        tracing::debug!(
+            "conv {:?} w {:?} stride {:?}: {:?} {:?} {:.3} ms, workspace {} MiB",
+            key.x,
+            key.w,
+            key.stride,
+            r.algo,
+            r.status,
+            r.time,
+            r.memory >> 20
+        );
+    }
     // The fastest measured algorithm that needs at most 2 GiB of scratch.
     let pick = perf[..found.max(0) as usize]
         .iter()

@@ -126,6 +126,35 @@ impl Cosmos3Plugin {
         })
     }
 
+    /// A single-rank plugin from components already built, with the checkpoints' default
+    /// scheduler and no audio decoder: the benchmark's random-weight model at full size.
+    pub fn from_parts(
+        transformer: Cosmos3Transformer,
+        vae: WanVae,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Ok(Self {
+            args: Cosmos3Args {
+                checkpoint_dir: "(built in memory)".into(),
+                flow_shift: None,
+                use_karras_sigmas: None,
+                load_sound: false,
+                sigma_schedule: Default::default(),
+            },
+            index: serde_json::from_str("{}")
+                .map_err(|e| Error::msg(format!("default model index: {e}")))?,
+            scheduler: SchedulerConfig::default(),
+            transformer,
+            vae,
+            audio: None,
+            mesh: RankMesh::single(),
+            device,
+            dtype,
+            vae_tiles: None,
+        })
+    }
+
     fn schedule(&self, steps: usize) -> Result<Schedule> {
         Schedule::new(
             &self.scheduler,

@@ -51,16 +51,18 @@ impl ResidualBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+    /// Takes `x` by value so that, with a conv shortcut, its buffer is freed as soon as
+    /// the first norm has read it (the block's peak memory at 720p).
+    pub fn forward(&self, x: Tensor, cache: &mut FrameCache) -> Result<Tensor> {
         let h = match &self.shortcut {
-            Some(s) => s.forward(x, cache)?,
+            Some(s) => s.forward(&x, cache)?,
             None => x.clone(),
         };
         let y = self
             .conv1
             .forward_fused(x, Some(&self.norm1), None, cache)?;
         self.conv2
-            .forward_fused(&y, Some(&self.norm2), Some(&h), cache)
+            .forward_fused(y, Some(&self.norm2), Some(&h), cache)
     }
 }
 
@@ -124,10 +126,10 @@ impl MidBlock {
         Ok(Self { res0, attn, res1 })
     }
 
-    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+    pub fn forward(&self, x: Tensor, cache: &mut FrameCache) -> Result<Tensor> {
         let x = self.res0.forward(x, cache)?;
         let x = self.attn.forward(&x)?;
-        self.res1.forward(&x, cache)
+        self.res1.forward(x, cache)
     }
 }
 
@@ -169,13 +171,15 @@ impl Upsample {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
+    /// Takes `x` by value: it is freed once upsampled, before the conv runs.
+    pub fn forward(&self, x: Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
         // The first chunk keeps its frame count: frame 0 of a Wan video is not doubled.
-        let x = match &self.time_conv {
-            Some(tc) if !first_chunk => self.layout.upsample(&tc.forward(x, cache)?, 2)?,
-            _ => self.layout.upsample(x, 1)?,
+        let up = match &self.time_conv {
+            Some(tc) if !first_chunk => self.layout.upsample(&tc.forward(&x, cache)?, 2)?,
+            _ => self.layout.upsample(&x, 1)?,
         };
-        self.conv.forward(&x)
+        drop(x);
+        self.conv.forward(&up)
     }
 }
 

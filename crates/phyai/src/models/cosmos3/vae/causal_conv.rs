@@ -139,24 +139,24 @@ impl CausalConv3d {
     /// Causal forward of one chunk of `T` frames with `I` channels → `T'` frames with `O`
     /// channels, reading and updating this conv's history in `cache`.
     pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
-        self.forward_fused(x, None, None, cache)
+        self.forward_fused(x.clone(), None, None, cache)
     }
 
     /// [`Self::forward`] of `silu(norm(x))` when `norm` is given, plus `residual` (the
     /// output's shape) when given. On the GPU the norm writes its result straight after the
     /// history frames, so the padded input costs no concatenation, and the residual rides
-    /// on the bias pass.
+    /// on the bias pass. `x` is dropped once read, before the conv runs.
     pub fn forward_fused(
         &self,
-        x: &Tensor,
+        x: Tensor,
         norm: Option<&ChannelRmsNorm>,
         residual: Option<&Tensor>,
         cache: &mut FrameCache,
     ) -> Result<Tensor> {
         let Some(slot) = self.slot else {
             let x = match norm {
-                Some(n) => n.forward_silu(x)?,
-                None => x.clone(),
+                Some(n) => n.forward_silu(&x)?,
+                None => x,
             };
             return self.conv_frames(&x, residual);
         };
@@ -174,15 +174,16 @@ impl CausalConv3d {
         let used_prev = prev.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(0);
         let zeros = need - used_prev;
         let input = match norm {
-            Some(n) => n.forward_silu_after(x, zeros, prev.as_ref())?,
+            Some(n) => n.forward_silu_after(&x, zeros, prev.as_ref())?,
             None => {
                 let seen = match &prev {
-                    Some(p) => Tensor::cat(&[p, x], 0)?,
+                    Some(p) => Tensor::cat(&[p, &x], 0)?,
                     None => x.clone(),
                 };
                 seen.pad_with_zeros(0, zeros, 0)?
             }
         };
+        drop(x);
         // The last `need` real (not zero) frames; a copy, since a view would keep the whole
         // chunk alive in the cache.
         let n_in = input.dim(0)?;

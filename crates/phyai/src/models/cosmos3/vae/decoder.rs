@@ -27,16 +27,20 @@ struct UpBlock {
 }
 
 impl UpBlock {
-    fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
-        let mut y = x.clone();
+    /// Takes `x` by value: without a shortcut it is not needed after the first block.
+    fn forward(&self, x: Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
+        let (mut y, x) = match self.shortcut {
+            Some(_) => (x.clone(), Some(x)),
+            None => (x, None),
+        };
         for r in &self.resnets {
-            y = r.forward(&y, cache)?;
+            y = r.forward(y, cache)?;
         }
         if let Some(up) = &self.upsample {
-            y = up.forward(&y, cache, first_chunk)?;
+            y = up.forward(y, cache, first_chunk)?;
         }
-        if let Some((out_ch, ft)) = self.shortcut {
-            y = self.layout.add_dup_up(&y, x, out_ch, ft, 2, first_chunk)?;
+        if let (Some((out_ch, ft)), Some(x)) = (self.shortcut, x) {
+            y = self.layout.add_dup_up(&y, &x, out_ch, ft, 2, first_chunk)?;
         }
         Ok(y)
     }
@@ -210,12 +214,12 @@ impl WanDecoder {
 
     fn decode_chunk(&self, x: &Tensor, cache: &mut FrameCache, first: bool) -> Result<Tensor> {
         let mut x = self.conv_in.forward(x, cache)?;
-        x = self.mid.forward(&x, cache)?;
+        x = self.mid.forward(x, cache)?;
         for up in &self.ups {
-            x = up.forward(&x, cache, first)?;
+            x = up.forward(x, cache, first)?;
         }
         self.conv_out
-            .forward_fused(&x, Some(&self.norm_out), None, cache)
+            .forward_fused(x, Some(&self.norm_out), None, cache)
     }
 }
 

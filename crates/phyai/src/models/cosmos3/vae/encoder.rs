@@ -30,7 +30,7 @@ impl DownBlock {
     fn forward(&self, x: &Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for r in &self.resnets {
-            y = r.forward(&y, cache)?;
+            y = r.forward(y, cache)?;
         }
         if let Some(d) = &self.downsample {
             y = d.forward(&y, cache, first_chunk)?;
@@ -207,8 +207,8 @@ impl WanEncoder {
         for d in &self.downs {
             x = d.forward(&x, cache, first)?;
         }
-        x = self.mid.forward(&x, cache)?;
+        x = self.mid.forward(x, cache)?;
         self.conv_out
-            .forward_fused(&x, Some(&self.norm_out), None, cache)
+            .forward_fused(x, Some(&self.norm_out), None, cache)
     }
 }

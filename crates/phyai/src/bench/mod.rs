@@ -1,7 +1,8 @@
 //! Measurements behind `phyai bench`: timing with CUDA events (wall clock plus a device
 //! synchronisation on CPU), the attention kernel at the generation shape, and one
 //! generation-tower forward of the Nano config with random weights at the W480/W720 token
-//! counts. Every figure is a median after warm-up runs.
+//! counts, the VAE decode, and a whole generation at real size ([`e2e`]). Every figure is a
+//! median after warm-up runs, except the end-to-end run, which is one request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,9 @@ use crate::io::weights::{WeightStore, Weights};
 use crate::layers::attention;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
 use crate::Result;
+
+pub mod e2e;
+pub use e2e::{e2e_bench, E2eReport};
 
 /// Median, min and max of timed runs, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -489,14 +493,14 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     let mut build = VaeBuild::new(layout);
     let block = ResidualBlock::new(&w.pp("block"), c, c, &mut build)?;
     let mut cache = FrameCache::new(build.slots());
-    block.forward(&x, &mut cache)?;
+    block.forward(x.clone(), &mut cache)?;
     let mut out = Vec::new();
     let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         out.push((name.to_string(), time_runs(device, 1, runs, f)?));
         Ok(())
     };
     time("residual block 256ch, 4 frames at 360x640", &mut || {
-        block.forward(&x, &mut cache).map(drop)
+        block.forward(x.clone(), &mut cache).map(drop)
     })?;
     #[cfg(feature = "cuda")]
     if layout == Layout::ChannelsLast {

@@ -1,0 +1,116 @@
+//! One whole generation at real size: the Nano transformer and the Wan2.2 VAE with random
+//! weights drawn on the device, run through the engine's own request path (text tower
+//! once per branch, the guided denoising loop, the video decode), timed end to end with
+//! the whole run's peak memory and a sanity check of the video it produces.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
+use crate::engine::registry::Plugin;
+use crate::engine::{GenerationRequest, LatentShape, Silent};
+use crate::io::weights::{WeightStore, Weights};
+use crate::models::cosmos3::plugin::Cosmos3Plugin;
+use crate::models::cosmos3::transformer::{Cosmos3Transformer, TransformerConfig};
+use crate::models::cosmos3::vae::{WanDecoder, WanVae};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct E2eReport {
+    pub layers: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    /// Wall time of the request, from submission to pixels on the host.
+    pub total_ms: f64,
+    /// The engine's own stage timings (text, denoise, decode), host clock.
+    pub stages: Vec<(String, f64)>,
+    /// Peak device memory during the request, resident weights included.
+    pub peak_bytes: Option<usize>,
+    /// Output `[1, 3, T, H, W]`.
+    pub video: Vec<usize>,
+    pub min: f32,
+    pub max: f32,
+    pub mean: f32,
+    /// NaN or infinite pixels.
+    pub non_finite: usize,
+}
+
+/// Builds the model (all 36 layers unless `layers` says fewer) and decodes with the full
+/// VAE, then times one `steps`-step request at `spec` with guidance `guidance` (two
+/// branches per step when above 1).
+pub fn e2e_bench(
+    device: &Device,
+    spec: GenSpec,
+    steps: usize,
+    guidance: f64,
+    layers: Option<usize>,
+    dtype: DType,
+) -> Result<E2eReport> {
+    let mut cfg = TransformerConfig::default();
+    let full = cfg.num_hidden_layers;
+    cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
+    let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
+    let w = Weights::new(store, dtype, device);
+    let transformer = Cosmos3Transformer::new(&cfg, w.clone())?;
+    let vcfg = wan22_vae_config();
+    let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
+    let vae = WanVae {
+        config: vcfg,
+        decoder,
+        encoder: None,
+    };
+    let mut plugin = Cosmos3Plugin::from_parts(transformer, vae, device.clone(), dtype)?;
+    let [t, h, wd] = spec.latent;
+    let ids = |salt: u32| -> Vec<u32> {
+        (0..spec.text_tokens as u32)
+            .map(|i| (i * 7919 + salt) % 150_000)
+            .collect()
+    };
+    let request = GenerationRequest {
+        pos_ids: ids(0),
+        neg_ids: ids(17),
+        latent: LatentShape { t, h, w: wd },
+        fps: 24.0,
+        steps,
+        guidance_scale: guidance,
+        seed: 0,
+        sound_frames: None,
+        conditioning: None,
+        init_noise: None,
+    };
+    device.synchronize()?;
+    reset_peak_memory(device);
+    let start = Instant::now();
+    let out = plugin.step(&request, &Silent)?;
+    let video = out.video.to_device(&Device::Cpu)?;
+    let total_ms = start.elapsed().as_secs_f64() * 1e3;
+    let peak_bytes = peak_memory(device);
+    let flat = video.flatten_all()?;
+    // NaN fails both comparisons, ±inf one of them.
+    let finite = (flat.ge(f32::MIN)?.to_dtype(DType::F32)?
+        * flat.le(f32::MAX)?.to_dtype(DType::F32)?)?
+    .sum_all()?;
+    let n = flat.elem_count();
+    let non_finite = n - finite.to_scalar::<f32>()? as usize;
+    let stat = |t: Tensor| -> Result<f32> { Ok(t.to_scalar::<f32>()?) };
+    Ok(E2eReport {
+        layers: cfg.num_hidden_layers,
+        steps,
+        guidance,
+        total_ms,
+        stages: out
+            .timings
+            .iter()
+            .map(|(k, d)| (k.clone(), d.as_secs_f64() * 1e3))
+            .collect(),
+        peak_bytes,
+        video: video.dims().to_vec(),
+        min: stat(flat.min(0)?)?,
+        max: stat(flat.max(0)?)?,
+        mean: stat(flat.mean(0)?)?,
+        non_finite,
+    })
+}
