@@ -52,8 +52,6 @@ struct Plan {
     conv: dnn::cudnnConvolutionDescriptor_t,
     algo: dnn::cudnnConvolutionFwdAlgo_t,
     workspace: usize,
-    /// Output `[T', O, H', W']`.
-    out: [usize; 4],
 }
 
 impl Drop for Plan {
@@ -108,10 +106,15 @@ fn channels_last_desc(
     Ok(d)
 }
 
-fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
-    let (dt, math) = data_type(key.dtype)?;
+/// Scratch the algorithm search may use. The search runs the candidates on the call's own
+/// buffers within this bound, so it never allocates the gigabytes some candidates ask for
+/// (the fastest ones at the 720p decoder shapes need under 32 MiB).
+const SEARCH_WORKSPACE: usize = 256 << 20;
+
+/// Output `[T', O, H', W']` of `key`, or an error when the input is smaller than the kernel.
+fn out_dims(key: &Key) -> Result<[usize; 4]> {
     let [t, _, h, w] = key.x;
-    let [o, c, kt, k, _] = key.w;
+    let [o, _, kt, k, _] = key.w;
     let [st, ss] = key.stride;
     let p = key.pad;
     if t < kt || h + 2 * p < k || w + 2 * p < k {
@@ -119,12 +122,28 @@ fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
             "cuDNN convolution: input smaller than the kernel",
         ));
     }
-    let out = [
+    Ok([
         (t - kt) / st + 1,
         o,
         (h + 2 * p - k) / ss + 1,
         (w + 2 * p - k) / ss + 1,
-    ];
+    ])
+}
+
+/// The call's device buffers, on which the algorithm search times its candidates.
+struct Buffers<'a> {
+    dev: &'a candle_core::CudaDevice,
+    x: u64,
+    w: u64,
+    y: u64,
+}
+
+fn build(key: &Key, stream: dnn::cudaStream_t, bufs: &Buffers) -> Result<Plan> {
+    let (dt, math) = data_type(key.dtype)?;
+    let [o, c, kt, k, _] = key.w;
+    let [st, ss] = key.stride;
+    let p = key.pad;
+    let out = out_dims(key)?;
     // The thread's handle map keeps the handle alive for as long as this plan is cached.
     let handle = handle_for(stream)?;
     let x = channels_last_desc(dt, key.x)?;
@@ -177,28 +196,38 @@ fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
         conv,
         algo: dnn::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
         workspace: 0,
-        out,
     };
     const N: usize = 8;
     let mut found = 0i32;
     // SAFETY: plain struct of enums and numbers, fully written by cuDNN for `found` entries.
     let mut perf: [dnn::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
-    // SAFETY: descriptors are live, the result array holds N entries.
+    let cu = bufs.dev.cuda_stream();
+    // SAFETY: scratch for the search, written before read.
+    let mut scratch = unsafe { bufs.dev.alloc::<u8>(SEARCH_WORKSPACE)? };
+    let sp = scratch.device_ptr_mut(&cu).0;
+    // SAFETY: descriptors are live and match the buffers; the result array holds N entries;
+    // the output buffer is overwritten later by the real call.
     unsafe {
         check(
-            dnn::cudnnFindConvolutionForwardAlgorithm(
+            dnn::cudnnFindConvolutionForwardAlgorithmEx(
                 plan.handle,
                 plan.x,
+                bufs.x as *const c_void,
                 plan.w,
+                bufs.w as *const c_void,
                 plan.conv,
                 plan.y,
+                bufs.y as *mut c_void,
                 N as i32,
                 &mut found,
                 perf.as_mut_ptr(),
+                sp as *mut c_void,
+                SEARCH_WORKSPACE,
             ),
             "algorithm search",
         )?;
     }
+    drop(scratch);
     for r in &perf[..found.max(0) as usize] {
         tracing::debug!(
             "conv {:?} w {:?} stride {:?}: {:?} {:?} {:.3} ms, workspace {} MiB",
@@ -211,10 +240,12 @@ fn build(key: &Key, stream: dnn::cudaStream_t) -> Result<Plan> {
             r.memory >> 20
         );
     }
-    // The fastest measured algorithm that needs at most 2 GiB of scratch.
+    // The fastest measured algorithm (all fit the search's scratch).
     let pick = perf[..found.max(0) as usize]
         .iter()
-        .find(|r| r.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= 2 << 30)
+        .find(|r| {
+            r.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= SEARCH_WORKSPACE
+        })
         .ok_or_else(|| Error::msg("cuDNN convolution: no supported algorithm"))?;
     plan.algo = pick.algo;
     let mut ws = 0usize;
@@ -290,69 +321,75 @@ pub fn conv_frames(
         pad,
         stride,
     };
-    let plan = PLANS.with(|p| -> Result<Rc<Plan>> {
-        if let Some(plan) = p.borrow().get(&key) {
-            return Ok(plan.clone());
-        }
-        let plan = Rc::new(build(&key, raw)?);
-        p.borrow_mut().insert(key, plan.clone());
-        Ok(plan)
-    })?;
-    let n: usize = plan.out.iter().product();
+    let [to, _, ho, wo] = out_dims(&key)?;
+    let n = to * ho * wo * o;
     let (xp, wp) = (addr(&x, &stream)?, addr(w, &stream)?);
-    // SAFETY: scratch for cuDNN, written before read.
-    let mut ws = unsafe { dev.alloc::<u8>(plan.workspace.max(16))? };
-    let wsp = ws.device_ptr_mut(&stream).0;
-    let (one, zero) = (1f32, 0f32);
-    macro_rules! run {
+    macro_rules! alloc {
         ($ty:ty) => {{
-            // SAFETY: every output element is written by the convolution (beta = 0).
+            // SAFETY: every element is written by the convolution (beta = 0) before any read.
             let mut out = unsafe { dev.alloc::<$ty>(n)? };
             let yp = out.device_ptr_mut(&stream).0;
-            // SAFETY: descriptors match the buffers' shapes and dtypes; all pointers are
-            // live until the call is enqueued on the handle's stream.
-            unsafe {
-                check(
-                    dnn::cudnnConvolutionForward(
-                        plan.handle,
-                        (&one as *const f32).cast(),
-                        plan.x,
-                        xp as *const c_void,
-                        plan.w,
-                        wp as *const c_void,
-                        plan.conv,
-                        plan.algo,
-                        wsp as *mut c_void,
-                        plan.workspace,
-                        (&zero as *const f32).cast(),
-                        plan.y,
-                        yp as *mut c_void,
-                    ),
-                    "forward",
-                )?;
-            }
-            if bias.is_some() || residual.is_some() {
-                let b = match bias {
-                    Some(b) => b.to_dtype(x.dtype())?,
-                    None => Tensor::zeros(o, x.dtype(), x.device())?,
-                };
-                super::video_cuda::bias_residual_raw(dev, x.dtype(), yp, &b, residual, n, o)?;
-            }
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
+            (CudaStorage::wrap_cuda_slice(out, dev.clone()), yp)
         }};
     }
-    let storage = match x.dtype() {
-        DType::BF16 => run!(half::bf16),
-        DType::F16 => run!(half::f16),
-        DType::F32 => run!(f32),
+    let (storage, yp) = match x.dtype() {
+        DType::BF16 => alloc!(half::bf16),
+        DType::F16 => alloc!(half::f16),
+        DType::F32 => alloc!(f32),
         d => {
             return Err(Error::msg(format!(
                 "cuDNN convolution: unsupported dtype {d:?}"
             )))
         }
     };
+    let bufs = Buffers {
+        dev,
+        x: xp,
+        w: wp,
+        y: yp,
+    };
+    let plan = PLANS.with(|p| -> Result<Rc<Plan>> {
+        if let Some(plan) = p.borrow().get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Rc::new(build(&key, raw, &bufs)?);
+        p.borrow_mut().insert(key, plan.clone());
+        Ok(plan)
+    })?;
+    // SAFETY: scratch for cuDNN, written before read.
+    let mut ws = unsafe { dev.alloc::<u8>(plan.workspace.max(16))? };
+    let wsp = ws.device_ptr_mut(&stream).0;
+    let (one, zero) = (1f32, 0f32);
+    // SAFETY: descriptors match the buffers' shapes and dtypes; all pointers are live until
+    // the call is enqueued on the handle's stream.
+    unsafe {
+        check(
+            dnn::cudnnConvolutionForward(
+                plan.handle,
+                (&one as *const f32).cast(),
+                plan.x,
+                xp as *const c_void,
+                plan.w,
+                wp as *const c_void,
+                plan.conv,
+                plan.algo,
+                wsp as *mut c_void,
+                plan.workspace,
+                (&zero as *const f32).cast(),
+                plan.y,
+                yp as *mut c_void,
+            ),
+            "forward",
+        )?;
+    }
+    if bias.is_some() || residual.is_some() {
+        let b = match bias {
+            Some(b) => b.to_dtype(x.dtype())?,
+            None => Tensor::zeros(o, x.dtype(), x.device())?,
+        };
+        super::video_cuda::bias_residual_raw(dev, x.dtype(), yp, &b, residual, n, o)?;
+    }
     drop(ws);
-    let [to, _, ho, wo] = plan.out;
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),
         (to, ho, wo, o),
