@@ -203,7 +203,7 @@ pub fn gen_bench(
     let layers = layers.unwrap_or(full_layers).clamp(1, full_layers);
     let mut cfg = nano.clone();
     cfg.num_hidden_layers = layers;
-    let store = Arc::new(WeightStore::synthetic(std::path::Path::new("bench"), 7));
+    let store = Arc::new(WeightStore::random_on_device(std::path::Path::new("bench")));
     let model = Cosmos3Transformer::new(&cfg, Weights::new(store, dtype, device))?;
     let ids: Vec<u32> = (0..spec.text_tokens as u32)
         .map(|i| (i * 7919) % 150_000)
@@ -387,10 +387,9 @@ pub fn vae_bench(
 ) -> Result<VaeReport> {
     use crate::models::cosmos3::vae::{decode_tiled, WanDecoder};
     let cfg = wan22_vae_config();
-    let store = Arc::new(WeightStore::synthetic(
-        std::path::Path::new("bench-vae"),
-        11,
-    ));
+    let store = Arc::new(WeightStore::random_on_device(std::path::Path::new(
+        "bench-vae",
+    )));
     let decoder = WanDecoder::new(&cfg, &Weights::new(store, dtype, device))?;
     let [t, h, w] = spec.latent;
     let lat = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, t, h, w), device)?.to_dtype(dtype)?;
@@ -471,10 +470,9 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     use crate::models::cosmos3::vae::causal_conv::{ChannelRmsNorm, FrameCache, VaeBuild};
     use crate::models::cosmos3::vae::Layout;
     let dt = DType::BF16;
-    let store = Arc::new(WeightStore::synthetic(
-        std::path::Path::new("bench-vae-ops"),
-        5,
-    ));
+    let store = Arc::new(WeightStore::random_on_device(std::path::Path::new(
+        "bench-vae-ops",
+    )));
     let w = Weights::new(store, dt, device);
     let layout = Layout::for_device(device);
     let (c, h, wd) = (256usize, 360usize, 640usize);
