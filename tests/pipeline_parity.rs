@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use phyai::engine::{
     Cosmos3Args, Engine, EngineArgs, EngineConfig, GenerationOutput, GenerationRequest, InitNoise,
-    LatentShape, ParallelConfig, PluginArgs,
+    LatentShape, ParallelConfig, PluginArgs, RuntimeConfig,
 };
 use phyai::models::cosmos3::sampler::SigmaStyle;
 
@@ -234,4 +234,24 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
         msg.contains("--tp") && msg.contains("key/value heads"),
         "{msg}"
     );
+    // A runtime option the engine does not implement is refused, not ignored.
+    let e = Engine::new(EngineArgs {
+        plugin: "cosmos3_wn".into(),
+        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+            checkpoint_dir: ckpt.clone(),
+            flow_shift: None,
+            use_karras_sigmas: None,
+            load_sound: false,
+            sigma_schedule: SigmaStyle::Checkpoint,
+        }),
+        config: EngineConfig {
+            runtime: RuntimeConfig {
+                use_cuda_graph: true,
+                ..RuntimeConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+    });
+    let msg = e.err().unwrap().to_string();
+    assert!(msg.contains("use_cuda_graph"), "{msg}");
 }

@@ -114,7 +114,8 @@ impl ParallelConfig {
 
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// Capture the generation step in a CUDA graph (CUDA only; ignored on CPU).
+    /// Capture the generation step in a CUDA graph. Not implemented: the engine refuses
+    /// to start with it set rather than silently running without it.
     pub use_cuda_graph: bool,
     /// Decode the video in this many spatial tiles on one device (caps VAE memory);
     /// `None` decodes whole frames, or one tile per rank when parallel.

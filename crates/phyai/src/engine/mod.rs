@@ -47,6 +47,12 @@ impl Engine {
     pub fn new(args: EngineArgs) -> Result<Self> {
         let p = &args.config.parallel;
         p.validate_shape()?;
+        if args.config.runtime.use_cuda_graph {
+            return Err(crate::Error::invalid(
+                "use_cuda_graph",
+                "CUDA-graph capture of the generation step is not implemented; leave it off",
+            ));
+        }
         let shape = crate::parallel::MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
         if let Some(job) = join_launch(&args.config)? {
             return Ok(Self {
