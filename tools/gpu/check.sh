@@ -7,6 +7,7 @@ set -uo pipefail
 # shellcheck source=tools/gpu/env.sh
 . "$(dirname "$0")/env.sh"
 export PHYAI_LOG=${PHYAI_LOG:-warn}
+export PHYAI_FIXTURES=$PWD/tests/fixtures
 if [ -f .carry/glue.gz ]; then
   gunzip -c .carry/glue.gz > /tmp/glue && chmod +x /tmp/glue
   (cd crates/phyai && PHYAI_GPU_TESTS=1 /tmp/glue --ignored --nocapture 2>&1 | tail -12) | tee "$OUT/glue.txt"
