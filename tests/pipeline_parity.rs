@@ -215,43 +215,35 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
             "cfg {cfg} × tp {tp}"
         );
     }
-    let e = Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: ckpt.clone(),
-            flow_shift: None,
-            use_karras_sigmas: None,
-            load_sound: false,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
-        config: EngineConfig {
-            parallel: ParallelConfig::new(1, 8, 1),
-            ..EngineConfig::default()
-        },
+    let refused = |config: EngineConfig| -> String {
+        let e = Engine::new(EngineArgs {
+            plugin: "cosmos3_wn".into(),
+            plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+                checkpoint_dir: ckpt.clone(),
+                flow_shift: None,
+                use_karras_sigmas: None,
+                load_sound: false,
+                sigma_schedule: SigmaStyle::Checkpoint,
+            }),
+            config,
+        });
+        e.err().unwrap().to_string()
+    };
+    let msg = refused(EngineConfig {
+        parallel: ParallelConfig::new(1, 8, 1),
+        ..EngineConfig::default()
     });
-    let msg = e.err().unwrap().to_string();
     assert!(
         msg.contains("--tp") && msg.contains("key/value heads"),
         "{msg}"
     );
     // A runtime option the engine does not implement is refused, not ignored.
-    let e = Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: ckpt.clone(),
-            flow_shift: None,
-            use_karras_sigmas: None,
-            load_sound: false,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
-        config: EngineConfig {
-            runtime: RuntimeConfig {
-                use_cuda_graph: true,
-                ..RuntimeConfig::default()
-            },
-            ..EngineConfig::default()
+    let msg = refused(EngineConfig {
+        runtime: RuntimeConfig {
+            use_cuda_graph: true,
+            ..RuntimeConfig::default()
         },
+        ..EngineConfig::default()
     });
-    let msg = e.err().unwrap().to_string();
     assert!(msg.contains("use_cuda_graph"), "{msg}");
 }

@@ -22,8 +22,8 @@ template <typename T> __device__ __forceinline__ void set_lane(Vec8& p, int i, f
 }
 
 // x [rows, c] → y: y = round(round(x / max(‖x‖₂ over c, 1e-12)) · scale[c]), then (silu)
-// round(silu(y)). One warp per row; the second pass re-reads the row from cache. `vec`:
-// 2-byte type and c a multiple of 8, read as 16-byte vectors.
+// round(silu(y)). One warp per row; the second pass re-reads the row from cache. `vec`
+// (2-byte types only, c a multiple of 8): rows read as 16-byte vectors.
 template <typename T>
 __device__ void channel_norm_last(const T* __restrict__ x, const T* __restrict__ scale, T* __restrict__ y,
                                   int rows, int c, int silu, int vec) {
@@ -71,7 +71,8 @@ __device__ void channel_norm_last(const T* __restrict__ x, const T* __restrict__
     }
 }
 
-// y [n / c, c] = round(y + bias[c]) then, with a residual, round(· + res), in place.
+// y [n / c, c] = round(y + bias[c]) then, with a residual, round(· + res), in place; either
+// pointer may be null. `vec` (2-byte types only): 16-byte vectors.
 template <typename T>
 __device__ void bias_residual_last(T* __restrict__ y, const T* __restrict__ bias, const T* __restrict__ res,
                                    int n, int c, int vec) {
@@ -82,13 +83,13 @@ __device__ void bias_residual_last(T* __restrict__ y, const T* __restrict__ bias
         const Vec8* bv = reinterpret_cast<const Vec8*>(bias);
         const int cv = c / 8;
         for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < n / 8; k += stride) {
-            Vec8 p = yv[k];
-            const Vec8 b = bv[k % cv];
-            Vec8 r;
+            Vec8 p = yv[k], b, r;
+            if (bias) b = bv[k % cv];
             if (res) r = rv[k];
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                float v = rnd<T>(lane_f<T>(p, i) + lane_f<T>(b, i));
+                float v = lane_f<T>(p, i);
+                if (bias) v = rnd<T>(v + lane_f<T>(b, i));
                 if (res) v += lane_f<T>(r, i);
                 set_lane<T>(p, i, v);
             }
@@ -96,7 +97,8 @@ __device__ void bias_residual_last(T* __restrict__ y, const T* __restrict__ bias
         }
     } else {
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-            float v = rnd<T>(to_f(y[i]) + to_f(bias[i % c]));
+            float v = to_f(y[i]);
+            if (bias) v = rnd<T>(v + to_f(bias[i % c]));
             if (res) v += to_f(res[i]);
             y[i] = from_f<T>(v);
         }

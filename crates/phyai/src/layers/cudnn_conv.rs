@@ -383,11 +383,7 @@ pub fn conv_frames(
         )?;
     }
     if bias.is_some() || residual.is_some() {
-        let b = match bias {
-            Some(b) => b.to_dtype(x.dtype())?,
-            None => Tensor::zeros(o, x.dtype(), x.device())?,
-        };
-        super::video_cuda::bias_residual_raw(dev, x.dtype(), yp, &b, residual, n, o)?;
+        super::video_cuda::bias_residual_raw(dev, x.dtype(), yp, bias, residual, n, o)?;
     }
     drop(ws);
     Ok(Tensor::from_storage(

@@ -110,14 +110,14 @@ pub fn channel_norm(
     Ok(out)
 }
 
-/// Adds `bias` `[c]`, then `residual` (same shape) if given, in place to the `n` elements
-/// (`[n / c, c]`) of `dtype` at device address `y`, a buffer the caller owns and has not
-/// yet handed out.
+/// Adds `bias` `[c]`, then `residual` (same shape), each if given, in place to the `n`
+/// elements (`[n / c, c]`) of `dtype` at device address `y`, a buffer the caller owns and
+/// has not yet handed out.
 pub fn bias_residual_raw(
     dev: &CudaDevice,
     dtype: DType,
     y: u64,
-    bias: &Tensor,
+    bias: Option<&Tensor>,
     residual: Option<&Tensor>,
     n: usize,
     c: usize,
@@ -125,7 +125,17 @@ pub fn bias_residual_raw(
     let stream = dev.cuda_stream();
     let name = format!("bias_residual_last_{}", suffix(dtype)?);
     let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-    let bp = addr(bias, &stream)?;
+    let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
+    let bp = match &bias {
+        Some(b) if b.elem_count() == c => addr(b, &stream)?,
+        Some(b) => {
+            return Err(Error::msg(format!(
+                "bias {:?} does not match the {c} conv output channels",
+                b.dims()
+            )))
+        }
+        None => 0,
+    };
     let residual = residual.map(|r| r.contiguous()).transpose()?;
     let rp = match &residual {
         Some(r) if r.elem_count() == n && r.dtype() == dtype => addr(r, &stream)?,
@@ -143,7 +153,7 @@ pub fn bias_residual_raw(
     let mut b = f.builder();
     b.arg(&y).arg(&bp).arg(&rp).arg(&nn).arg(&cc).arg(&v);
     // SAFETY: argument types and order match `bias_residual_last_*`; the caller guarantees
-    // `n` elements at `y`, `c` in `bias`, and the residual's size was checked.
+    // `n` elements at `y`; the bias and residual sizes were checked.
     unsafe { b.launch(flat(if vec { n / 8 } else { n })) }
         .map_err(|e| Error::msg(format!("bias add launch: {e}")))?;
     Ok(())

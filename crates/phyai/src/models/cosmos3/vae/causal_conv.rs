@@ -307,7 +307,7 @@ impl ChannelRmsNorm {
     /// `silu(self.forward(x))`, in one pass over `x` on a GPU.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let Some(y) = self.fused(x, true)? {
+        if let Some(y) = self.kernel(x, true, 0, None)? {
             return Ok(y);
         }
         silu(&self.forward(x)?)
@@ -322,10 +322,8 @@ impl ChannelRmsNorm {
         prefix: Option<&Tensor>,
     ) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if self.fused_applies(x) {
-            let scale = self.scale.to_dtype(x.dtype())?;
-            let x = x.contiguous()?;
-            return crate::layers::video_cuda::channel_norm(&x, &scale, true, zeros, prefix);
+        if let Some(y) = self.kernel(x, true, zeros, prefix)? {
+            return Ok(y);
         }
         let y = self.forward_silu(x)?;
         let y = match prefix {
@@ -335,27 +333,26 @@ impl ChannelRmsNorm {
         Ok(y.pad_with_zeros(0, zeros, 0)?)
     }
 
-    /// Whether the kernel applies (CUDA, channels last).
+    /// The kernel (`layers::video_cuda::channel_norm`) where it applies: CUDA, channels last.
     #[cfg(feature = "cuda")]
-    fn fused_applies(&self, x: &Tensor) -> bool {
-        x.device().is_cuda() && self.layout == Layout::ChannelsLast
-    }
-
-    /// The kernel, where it applies.
-    #[cfg(feature = "cuda")]
-    fn fused(&self, x: &Tensor, with_silu: bool) -> Result<Option<Tensor>> {
-        if !self.fused_applies(x) {
+    fn kernel(
+        &self,
+        x: &Tensor,
+        with_silu: bool,
+        zeros: usize,
+        prefix: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        if !x.device().is_cuda() || self.layout != Layout::ChannelsLast {
             return Ok(None);
         }
         let scale = self.scale.to_dtype(x.dtype())?;
         let x = x.contiguous()?;
-        let y = crate::layers::video_cuda::channel_norm(&x, &scale, with_silu, 0, None)?;
-        Ok(Some(y))
+        crate::layers::video_cuda::channel_norm(&x, &scale, with_silu, zeros, prefix).map(Some)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let Some(y) = self.fused(x, false)? {
+        if let Some(y) = self.kernel(x, false, 0, None)? {
             return Ok(y);
         }
         let dtype = x.dtype();
