@@ -179,3 +179,92 @@ fn guided_step_times_with_tp_and_cfg() {
         assert!(err < 2e-2, "{name}: {err}");
     }
 }
+
+/// Opt-in (CUDA build, PHYAI_GPU_TESTS=1): the NCCL collectives on one rank, and on two
+/// when a second GPU is present. all_to_all is grouped send/recv (to this rank too); every
+/// split/concat pair of a 4-D tensor must equal slicing every rank's input and
+/// concatenating, like the CPU backend.
+#[cfg(feature = "cuda")]
+#[test]
+fn nccl_collectives_match_their_definition() {
+    use candle_core::{DType, Device, Tensor};
+    use phyai::parallel::nccl::{new_unique_id, NcclComm};
+    use phyai::parallel::Communicator;
+
+    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
+        return;
+    }
+    let dims = [2usize, 4, 2, 6];
+    let input = |r: usize, dev: &Device| {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| (r * 1000 + i) as f32).collect();
+        Tensor::from_vec(v, &dims[..], dev)?.to_dtype(DType::BF16)
+    };
+    let worlds: &[usize] = if Device::new_cuda(1).is_ok() {
+        &[1, 2]
+    } else {
+        &[1]
+    };
+    for &world in worlds {
+        let id = new_unique_id().unwrap();
+        let checked: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    s.spawn(move || {
+                        let dev = Device::new_cuda(rank).unwrap();
+                        let comm = NcclComm::new(&dev, rank, world, id).unwrap();
+                        let mut checked = 0;
+                        for (split, &len) in dims.iter().enumerate() {
+                            for concat in 0..4 {
+                                let x = input(rank, &dev).unwrap();
+                                let got = comm.all_to_all(&x, split, concat).unwrap();
+                                let c = len / world;
+                                let parts: Vec<Tensor> = (0..world)
+                                    .map(|r| {
+                                        input(r, &Device::Cpu)
+                                            .unwrap()
+                                            .narrow(split, rank * c, c)
+                                            .unwrap()
+                                    })
+                                    .collect();
+                                let want = Tensor::cat(&parts, concat).unwrap();
+                                let got = got.to_device(&Device::Cpu).unwrap();
+                                assert_eq!(
+                                    got.dims(),
+                                    want.dims(),
+                                    "split {split} concat {concat}"
+                                );
+                                let d = (got.to_dtype(DType::F32).unwrap()
+                                    - want.to_dtype(DType::F32).unwrap())
+                                .unwrap()
+                                .abs()
+                                .unwrap()
+                                .max_all()
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap();
+                                assert_eq!(d, 0.0, "world {world} split {split} concat {concat}");
+                                checked += 1;
+                            }
+                        }
+                        let x = input(rank, &dev).unwrap();
+                        let g = comm.all_gather(&x, 1).unwrap();
+                        assert_eq!(g.dims(), &[2, 4 * world, 2, 6]);
+                        let sum = comm
+                            .all_reduce_sum(&x.to_dtype(DType::F32).unwrap())
+                            .unwrap();
+                        let want: f32 = (0..world).map(|r| (r * 1000) as f32).sum();
+                        let first = sum.flatten_all().unwrap().get(0).unwrap();
+                        assert_eq!(first.to_scalar::<f32>().unwrap(), want);
+                        comm.barrier().unwrap();
+                        checked
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(checked.iter().all(|&c| c == 16));
+        eprintln!("nccl collectives: {world} rank(s) ok");
+    }
+}

@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use crate::Result;
+use crate::{Error, Result};
 
 pub trait Communicator: Send + Sync {
     /// This rank's index within the group.
@@ -52,4 +52,53 @@ impl Communicator for SingleRank {
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// `all_to_all` as one exchange of equal contiguous blocks, for backends that move bytes
+/// (NCCL send/recv) rather than tensors. `t` is packed to `[n, ..]` with block `j` the
+/// chunk for rank `j`; `exchange` must return the same shape with block `j` received from
+/// rank `j`; the blocks are then concatenated along `concat_dim`. Packing copies only when
+/// a dimension of size > 1 precedes `split_dim` (likewise unpacking and `concat_dim`).
+pub fn all_to_all_by_blocks(
+    t: &Tensor,
+    split_dim: usize,
+    concat_dim: usize,
+    n: usize,
+    exchange: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dims = t.dims();
+    if split_dim >= dims.len() || concat_dim >= dims.len() {
+        return Err(Error::msg(format!(
+            "all_to_all: dims {split_dim}/{concat_dim} out of range for shape {dims:?}"
+        )));
+    }
+    let len = dims[split_dim];
+    if n == 0 || !len.is_multiple_of(n) {
+        return Err(Error::msg(format!(
+            "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
+        )));
+    }
+    let mut chunk = dims.to_vec();
+    chunk[split_dim] = len / n;
+    let outer: usize = dims[..split_dim].iter().product();
+    let packed = t
+        .reshape((outer, n, t.elem_count() / outer.max(1) / n))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let got = exchange(&packed)?;
+    if got.dims() != packed.dims() {
+        return Err(Error::msg(format!(
+            "all_to_all: exchanged {:?}, expected {:?}",
+            got.dims(),
+            packed.dims()
+        )));
+    }
+    let outer: usize = chunk[..concat_dim].iter().product();
+    let mut out = chunk;
+    out[concat_dim] *= n;
+    Ok(got
+        .reshape((n, outer, t.elem_count() / outer.max(1) / n))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape(out)?)
 }

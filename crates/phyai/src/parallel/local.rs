@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use super::comm::Communicator;
+use super::comm::{all_to_all_by_blocks, Communicator};
 use super::mesh::{Axis, MeshShape, RankMesh};
 use crate::{Error, Result};
 
@@ -145,20 +145,15 @@ impl Communicator for LocalComm {
             .ok_or_else(|| Error::msg(format!("broadcast root {root} out of range")))
     }
     fn all_to_all(&self, t: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
-        let n = self.hub.size;
-        let len = t.dim(split_dim)?;
-        if !len.is_multiple_of(n) {
-            return Err(Error::msg(format!(
-                "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
-            )));
-        }
-        let all = self.exchange(t)?;
-        let chunk = len / n;
-        let mine = all
-            .iter()
-            .map(|x| x.narrow(split_dim, self.rank * chunk, chunk))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&mine, concat_dim)?)
+        // The same packing as the byte-moving backends, so CPU runs test it.
+        all_to_all_by_blocks(t, split_dim, concat_dim, self.hub.size, |packed| {
+            let all = self.exchange(packed)?;
+            let mine = all
+                .iter()
+                .map(|x| x.get(self.rank))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&mine, 0)?)
+        })
     }
     fn barrier(&self) -> Result<()> {
         self.hub.sync(self.rank, None).map(|_| ())
@@ -362,6 +357,46 @@ mod tests {
                 vec![106., 107.]
             ]
         );
+    }
+
+    /// Every split/concat pair of a 4-D tensor over 3 ranks equals slicing every rank's
+    /// input and concatenating (what all_to_all means), so the block packing is right
+    /// wherever the axes sit.
+    #[test]
+    fn all_to_all_packing_matches_slicing_for_every_axis_pair() {
+        let dims = [3usize, 6, 3, 9];
+        let input = |r: usize| {
+            let n: usize = dims.iter().product();
+            Tensor::from_vec(
+                (0..n).map(|i| (r * 1000 + i) as f32).collect::<Vec<_>>(),
+                &dims[..],
+                &Device::Cpu,
+            )
+        };
+        for (split, &len) in dims.iter().enumerate() {
+            for concat in 0..4 {
+                let outs = run_ranks(shape(1, 3, 1), Duration::from_secs(10), |m| {
+                    let x = input(m.rank)?;
+                    m.sp.all_to_all(&x, split, concat)
+                })
+                .unwrap();
+                for (rank, got) in outs.iter().enumerate() {
+                    let c = len / 3;
+                    let parts = (0..3)
+                        .map(|r| input(r)?.narrow(split, rank * c, c))
+                        .collect::<candle_core::Result<Vec<_>>>()
+                        .unwrap();
+                    let want = Tensor::cat(&parts, concat).unwrap();
+                    assert_eq!(got.dims(), want.dims(), "split {split} concat {concat}");
+                    let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+                    assert_eq!(
+                        d.to_scalar::<f32>().unwrap(),
+                        0.0,
+                        "split {split} concat {concat}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use half::{bf16, f16};
 
-use super::comm::{Communicator, SingleRank};
+use super::comm::{all_to_all_by_blocks, Communicator, SingleRank};
 use super::mesh::{Axis, MeshShape, RankMesh};
 use crate::{Error, Result};
 
@@ -68,6 +68,8 @@ enum Op {
     AllReduce,
     AllGather,
     Broadcast(usize),
+    /// Block `j` of the `[size, ..]` input to rank `j`, block `j` of the output from rank `j`.
+    AllToAll,
 }
 
 struct Collective {
@@ -107,14 +109,60 @@ impl Collective {
             Op::AllReduce => self
                 .comm
                 .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map(drop)
                 .map_err(nccl_err)?,
-            Op::AllGather => self.comm.all_gather(&src, &mut dst).map_err(nccl_err)?,
+            Op::AllGather => self
+                .comm
+                .all_gather(&src, &mut dst)
+                .map(drop)
+                .map_err(nccl_err)?,
             Op::Broadcast(root) => self
                 .comm
                 .broadcast(Some(&src), &mut dst, root as i32)
+                .map(drop)
                 .map_err(nccl_err)?,
+            Op::AllToAll => {
+                if !n.is_multiple_of(world) {
+                    candle_core::bail!("nccl all_to_all: {n} elements in {world} blocks");
+                }
+                let block = n / world;
+                if block > 0 {
+                    self.exchange_blocks(&src, &mut dst, block)?;
+                }
+            }
         };
         Ok((CudaStorage::wrap_cuda_slice(dst, dev), shape))
+    }
+}
+
+impl Collective {
+    /// One grouped send/recv pair per peer (this rank included), so NCCL runs them as one
+    /// all-to-all: each rank sends and receives `1/size` of the bytes an all-gather would.
+    fn exchange_blocks<T: cudarc::nccl::NcclType + cudarc::driver::DeviceRepr>(
+        &self,
+        src: &cudarc::driver::CudaView<'_, T>,
+        dst: &mut cudarc::driver::CudaSlice<T>,
+        block: usize,
+    ) -> candle_core::Result<()> {
+        use cudarc::nccl::result::{group_end, group_start};
+        let sends: Vec<_> = src.chunks_exact(block).collect();
+        let mut recvs: Vec<_> = dst.as_view_mut().chunks_exact_mut(block).collect();
+        group_start().map_err(nccl_err)?;
+        let mut queued = Ok(());
+        for (peer, (s, r)) in sends.iter().zip(recvs.iter_mut()).enumerate() {
+            queued = self
+                .comm
+                .send(s, peer as i32)
+                .and_then(|()| self.comm.recv(r, peer as i32).map(|_| ()));
+            if queued.is_err() {
+                break;
+            }
+        }
+        // The group is closed even when queueing failed, so NCCL is left usable.
+        let ended = group_end();
+        queued.map_err(nccl_err)?;
+        ended.map_err(nccl_err)?;
+        Ok(())
     }
 }
 
@@ -170,21 +218,9 @@ impl Communicator for NcclComm {
         self.apply(t, Op::Broadcast(root))
     }
     fn all_to_all(&self, t: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
-        // Gather everything, keep this rank's chunk of every peer's split: simple and
-        // correct; a send/recv version moves 1/size of the bytes.
-        let n = self.size();
-        let len = t.dim(split_dim)?;
-        if !len.is_multiple_of(n) {
-            return Err(Error::msg(format!(
-                "all_to_all: dim {split_dim} of size {len} does not split into {n} ranks"
-            )));
-        }
-        let all = self.apply(&t.unsqueeze(0)?, Op::AllGather)?;
-        let chunk = len / n;
-        let mine = (0..n)
-            .map(|r| all.get(r)?.narrow(split_dim, self.rank() * chunk, chunk))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&mine, concat_dim)?)
+        all_to_all_by_blocks(t, split_dim, concat_dim, self.size(), |packed| {
+            self.apply(packed, Op::AllToAll)
+        })
     }
     fn barrier(&self) -> Result<()> {
         let one = Tensor::ones(1, DType::F32, &self.device)?;
