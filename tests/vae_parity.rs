@@ -399,3 +399,50 @@ fn gpu_vae_matches_diffusers() {
         assert!(err <= tol, "gpu encode {dtype:?} rel err {err}");
     }
 }
+
+/// The audio decoder on a GPU (the snake kernel and cuDNN convolutions): in f32 no further
+/// from diffusers' exact (f64) waveform than diffusers' own f32 is, like the CPU test; in
+/// bf16 in range and close to the CPU's bf16 run. Opt-in: PHYAI_GPU_TESTS=1, `--ignored`.
+#[test]
+#[ignore = "needs a CUDA device: PHYAI_GPU_TESTS=1"]
+fn gpu_audio_matches_diffusers() {
+    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
+        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    let r = refs("audio_decode.safetensors");
+    let dir = tiny("sound_tokenizer");
+    let decode = |dtype: DType, dev: &Device| -> Tensor {
+        let dec = AudioDecoder::load(&dir, dtype, dev).unwrap();
+        let lat = r["latent"].to_dtype(dtype).unwrap().to_device(dev).unwrap();
+        let out = dec.decode(&lat).unwrap();
+        assert_eq!(out.dtype(), dtype);
+        out.to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+    };
+    let exact = &r["waveform_f64"];
+    let ours = rel_err(&decode(DType::F32, &gpu), exact);
+    let theirs = rel_err(&r["waveform"], exact);
+    eprintln!("gpu audio f32: ours {ours:.3e}, diffusers {theirs:.3e} from exact");
+    assert!(
+        ours <= 2.0 * theirs,
+        "gpu audio f32 rel err {ours} vs diffusers' own {theirs}"
+    );
+    let gpu_bf16 = decode(DType::BF16, &gpu);
+    let cpu_bf16 = decode(DType::BF16, &Device::Cpu);
+    let v: Vec<f32> = gpu_bf16.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
+    let vs_cpu = rel_err(&gpu_bf16, &cpu_bf16);
+    let vs_exact = rel_err(&gpu_bf16, exact);
+    let cpu_vs_exact = rel_err(&cpu_bf16, exact);
+    eprintln!(
+        "gpu audio bf16: vs cpu bf16 {vs_cpu:.3e}; from exact: gpu {vs_exact:.3e}, cpu {cpu_vs_exact:.3e}"
+    );
+    assert!(
+        vs_exact <= 2.0 * cpu_vs_exact,
+        "gpu audio bf16 rel err {vs_exact} vs the CPU's {cpu_vs_exact}"
+    );
+}

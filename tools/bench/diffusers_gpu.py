@@ -32,10 +32,15 @@ VAE  `diffusers.AutoencoderKLWan` with the Wan2.2 TI2V-5B VAE config of the Cosm
      after construction (decode never touches it; the engine builds only the decoder);
      `--vae-keep-encoder` keeps it resident.
 
+AUDIO `diffusers.Cosmos3AVAEAudioTokenizer` with its default config (the shipped sound
+     tokenizer: Oobleck decoder, 320 base channels, strides (2,4,5,6,8), 64 latent channels,
+     48 kHz stereo), built without the encoder, `decode(z)` of the sound latent the pipeline
+     makes for the preset's frame count at --fps (W720: 189 frames -> 197 steps).
+
 Peak memory is torch.cuda.max_memory_allocated() over the timed calls (weights included).
 One JSON object per measurement goes to stdout as it finishes, then a table.
 
-    python3 tools/bench/diffusers_gpu.py                         # gen + vae, W480 + W720
+    python3 tools/bench/diffusers_gpu.py                         # gen + vae + audio, W480 + W720
     python3 tools/bench/diffusers_gpu.py --part gen --preset w480 --layers 4 --runs 5
     python3 tools/bench/diffusers_gpu.py --device cpu --tiny     # dry run of every code path
 
@@ -56,7 +61,7 @@ import types
 import torch
 
 import diffusers
-from diffusers import AutoencoderKLWan, Cosmos3OmniTransformer
+from diffusers import AutoencoderKLWan, Cosmos3AVAEAudioTokenizer, Cosmos3OmniTransformer
 from diffusers.pipelines.cosmos.pipeline_cosmos3_omni import Cosmos3OmniPipeline
 
 # Cosmos3 Nano transformer: every field at the Cosmos3OmniTransformer constructor default,
@@ -83,6 +88,9 @@ WAN22_VAE = dict(
     out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
 )
 TINY_VAE = dict(WAN22_VAE, base_dim=8, decoder_base_dim=12)
+# The shipped sound tokenizer is the class defaults; only its decoder is needed.
+AVAE = dict(encoder_enabled=False)
+TINY_AVAE = dict(AVAE, dec_dim=8)
 
 # name, (width, height, frames), latent grid (t, h, w); --tiny grids keep W720's odd height.
 PRESETS = {
@@ -316,6 +324,38 @@ def bench_vae(a, device, dtype, presets, emit):
     reset_peak(device)
 
 
+def bench_audio(a, device, dtype, presets, emit):
+    cfg = TINY_AVAE if a.tiny else AVAE
+    avae = build(Cosmos3AVAEAudioTokenizer, cfg, device, dtype, a.seed)
+    c = avae.config
+    runs = a.vae_runs or a.runs
+    for key in presets:
+        name, (_, _, frames), _ = PRESETS[key]
+        # The pipeline's sound length (Cosmos3OmniPipeline.__call__, enable_sound).
+        samples = int(frames / a.fps * c.sampling_rate)
+        steps = (samples + avae._hop_size - 1) // avae._hop_size
+        row = {"impl": "diffusers", "part": "audio", "preset": name, "steps": steps,
+               "dtype": str(dtype).removeprefix("torch."), "weights_bytes": nbytes(avae)}
+        g = torch.Generator(device=device).manual_seed(a.seed)
+        z = torch.randn((1, c.vocoder_input_dim, steps), generator=g, device=device).to(dtype)
+        out = {}
+
+        def run():
+            with torch.no_grad():
+                out["x"] = avae.decode(z)
+
+        reset_peak(device)
+        t = time_runs(device, a.warmup, runs, run)
+        row["peak_bytes"] = peak(device)
+        row["out_shape"] = list(out["x"].shape)
+        row["finite"] = finite(out["x"])
+        row.update(decode_median_ms=t["median_ms"], decode_min_ms=t["min_ms"],
+                   decode_max_ms=t["max_ms"], runs=t["runs"], warmup=a.warmup)
+        emit(row)
+    del avae
+    reset_peak(device)
+
+
 def gib(b):
     return "n/a" if b is None else f"{b / 2**30:.1f} GiB"
 
@@ -357,6 +397,18 @@ def table(rows):
                 f"{r['preset']:7} {lat:>18} {o:>22} {r['decode_median_ms']:>10.1f} "
                 f"{r['decode_min_ms']:>9.1f} {r['decode_max_ms']:>9.1f} {r['runs']:>4} "
                 f"{gib(r['peak_bytes']):>10}")
+    auds = [r for r in rows if r["part"] == "audio"]
+    if auds:
+        lines += ["",
+                  "AUDIO  diffusers Cosmos3AVAEAudioTokenizer decode",
+                  f"{'preset':7} {'steps':>6} {'output':>12} {'median ms':>10} {'min':>9} "
+                  f"{'max':>9} {'runs':>4} {'peak':>10}"]
+        for r in auds:
+            o = "x".join(map(str, r["out_shape"][1:]))
+            lines.append(
+                f"{r['preset']:7} {r['steps']:>6} {o:>12} {r['decode_median_ms']:>10.1f} "
+                f"{r['decode_min_ms']:>9.1f} {r['decode_max_ms']:>9.1f} {r['runs']:>4} "
+                f"{gib(r['peak_bytes']):>10}")
     bad = [r for r in rows if r.get("finite") is False]
     if bad:
         lines.append("note: random weights gave non-finite outputs in "
@@ -368,7 +420,7 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["gen", "vae", "all"], default="all")
+    ap.add_argument("--part", choices=["gen", "vae", "audio", "all"], default="all")
     ap.add_argument("--preset", choices=["w480", "w720", "all"], default="all")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement")
     ap.add_argument("--vae-runs", type=int, default=None, help="timed VAE decodes (default: --runs)")
@@ -421,6 +473,8 @@ def main():
         bench_gen(a, device, dtype, presets, emit)
     if a.part in ("vae", "all"):
         bench_vae(a, device, dtype, presets, emit)
+    if a.part in ("audio", "all"):
+        bench_audio(a, device, dtype, presets, emit)
     print(table(rows), flush=True)
     if any("error" in r for r in rows):
         sys.exit(1)

@@ -1,6 +1,6 @@
 //! `phyai bench`: the attention kernel at the generation shape, the generation-tower
 //! forward of the Nano config (random weights) at the W480 and W720 token counts, the VAE,
-//! and one whole request end to end.
+//! the audio VAE, and one whole request end to end.
 
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
@@ -18,6 +18,10 @@ pub enum BenchPart {
     Vae,
     /// The pieces of one 720p VAE decoder stage, timed alone.
     VaeOps,
+    /// Audio VAE decode of the sound latent of the preset's duration (random weights).
+    Audio,
+    /// The up-blocks and pieces of the 720p audio decode, timed alone.
+    AudioOps,
     /// One whole request at the preset (text, guided denoising loop, VAE decode) with the
     /// full model resident: wall time, peak memory and a check of the video.
     E2e,
@@ -95,7 +99,12 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Gen => gen(&device, g, a)?,
                 BenchPart::Ops => ops(&device, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
+                BenchPart::Audio => audio(&device, g, a)?,
                 BenchPart::E2e => e2e(&device, g, a)?,
+                BenchPart::AudioOps => {
+                    print_ops("audio-ops", &bench::audio_ops_bench(&device, a.runs)?);
+                    break;
+                }
                 BenchPart::VaeOps => {
                     // One fixed shape (the 720p decoder's last stage): not per preset.
                     print_ops("vae-ops", &bench::vae_ops_bench(&device, a.runs)?);
@@ -220,6 +229,38 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.height,
             r.width,
             a.tiles,
+            r.decode.median_ms,
+            r.decode.min_ms,
+            r.decode.max_ms,
+            r.decode.runs,
+            gib(r.peak_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn audio(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::audio_bench(device, g, DType::BF16, a.runs)?;
+    if a.json {
+        println!(
+            "{{\"part\":\"audio\",\"preset\":\"{}\",\"steps\":{},\"samples\":{},\
+             \"median_ms\":{:.1},\"min_ms\":{:.1},\"max_ms\":{:.1},\"peak_bytes\":{}}}",
+            g.name,
+            r.steps,
+            r.samples,
+            r.decode.median_ms,
+            r.decode.min_ms,
+            r.decode.max_ms,
+            r.peak_bytes.map_or("null".into(), |b| b.to_string())
+        );
+    } else {
+        println!(
+            "audio {}: latent 64x{} → {}x{} samples, bf16: decode median {:.1} ms \
+             (min {:.1}, max {:.1}, {} runs); peak {}",
+            g.name,
+            r.steps,
+            r.channels,
+            r.samples,
             r.decode.median_ms,
             r.decode.min_ms,
             r.decode.max_ms,

@@ -14,7 +14,9 @@ use crate::layers::attention;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
 use crate::Result;
 
+pub mod audio;
 pub mod e2e;
+pub use audio::{audio_bench, audio_ops_bench, AudioReport};
 pub use e2e::{e2e_bench, E2eReport};
 
 /// Median, min and max of timed runs, in milliseconds.

@@ -3,6 +3,8 @@
 
 pub mod attention;
 #[cfg(feature = "cuda")]
+pub(crate) mod audio_cuda;
+#[cfg(feature = "cuda")]
 pub mod cudnn_conv;
 #[cfg(feature = "cuda")]
 mod cudnn_handle;

@@ -38,16 +38,23 @@ fn conv_kernel(w: &Weights, shape: (usize, usize, usize)) -> Result<Tensor> {
     Ok(k.to_dtype(w.dtype())?)
 }
 
+/// Whether `x` takes the GPU path: the project's kernels and cuDNN convolutions (CUDA,
+/// bf16/f16/f32); anything else runs candle's ops.
+#[cfg(feature = "cuda")]
+fn on_gpu(x: &Tensor) -> bool {
+    x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16 | DType::F32)
+}
+
 /// Snake activation with log-scale parameters: `x + sin²(eᵅ·x) / (eᵝ + 1e-9)`.
 #[derive(Debug, Clone)]
-struct Snake {
+pub(crate) struct Snake {
     /// `[1, C, 1]` eᵅ and 1/(eᵝ + 1e-9).
     alpha: Tensor,
     inv_beta: Tensor,
 }
 
 impl Snake {
-    fn new(w: &Weights, ch: usize) -> Result<Self> {
+    pub(crate) fn new(w: &Weights, ch: usize) -> Result<Self> {
         let f = w.with_dtype(fold_dtype(w));
         let alpha = f.get((1, ch, 1), "alpha")?.exp()?;
         let inv_beta = (f.get((1, ch, 1), "beta")?.exp()? + 1e-9)?.recip()?;
@@ -57,7 +64,11 @@ impl Snake {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if on_gpu(x) {
+            return crate::layers::audio_cuda::snake(x, &self.alpha, &self.inv_beta);
+        }
         let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
         Ok((x + s.broadcast_mul(&self.inv_beta)?)?)
     }
@@ -65,7 +76,7 @@ impl Snake {
 
 /// Conv1d with optional bias.
 #[derive(Debug, Clone)]
-struct Conv1d {
+pub(crate) struct Conv1d {
     kernel: Tensor,
     bias: Option<Tensor>,
     pad: usize,
@@ -74,7 +85,7 @@ struct Conv1d {
 
 impl Conv1d {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         w: &Weights,
         in_ch: usize,
         out_ch: usize,
@@ -95,7 +106,12 @@ impl Conv1d {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if on_gpu(x) {
+            let (k, b) = (&self.kernel, self.bias.as_ref());
+            return crate::layers::cudnn_conv::conv_seq(x, k, b, self.pad, self.dilation);
+        }
         let y = x.conv1d(&self.kernel, self.pad, 1, self.dilation, 1)?;
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, (), 1))?)?),
@@ -133,7 +149,7 @@ impl ResidualUnit {
 /// snake → transposed conv upsampling by `stride` (kernel 2·stride) → residual units with
 /// dilations 1, 3, 9. Output length is exactly `stride ×` the input length.
 #[derive(Debug, Clone)]
-struct UpBlock {
+pub(crate) struct UpBlock {
     snake: Snake,
     kernel: Tensor,
     bias: Tensor,
@@ -142,7 +158,7 @@ struct UpBlock {
 }
 
 impl UpBlock {
-    fn new(w: &Weights, in_dim: usize, out_dim: usize, stride: usize) -> Result<Self> {
+    pub(crate) fn new(w: &Weights, in_dim: usize, out_dim: usize, stride: usize) -> Result<Self> {
         let t = w.pp("conv_t1");
         Ok(Self {
             snake: Snake::new(&w.pp("snake1"), in_dim)?,
@@ -157,7 +173,7 @@ impl UpBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.stride;
         let y = self.snake.forward(x)?;
         // Unpadded transposed conv (candle's fast col2im path), then the crop that padding
