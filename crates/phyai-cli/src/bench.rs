@@ -22,6 +22,8 @@ pub enum BenchPart {
     Audio,
     /// The up-blocks and pieces of the 720p audio decode, timed alone.
     AudioOps,
+    /// Time to load (compile) every GPU kernel module, as a first run on a machine does.
+    Jit,
     /// One whole request at the preset (text, guided denoising loop, VAE decode) with the
     /// full model resident: wall time, peak memory and a check of the video.
     E2e,
@@ -101,6 +103,12 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Vae => vae(&device, g, a)?,
                 BenchPart::Audio => audio(&device, g, a)?,
                 BenchPart::E2e => e2e(&device, g, a)?,
+                BenchPart::Jit => {
+                    for (name, ms) in bench::jit_bench(&device)? {
+                        println!("jit: {name}: {ms:.0} ms");
+                    }
+                    break;
+                }
                 BenchPart::AudioOps => {
                     print_ops("audio-ops", &bench::audio_ops_bench(&device, a.runs)?);
                     break;

@@ -11,7 +11,7 @@ use candle_core::{CudaDevice, CudaStorage, DType, Shape, Storage, Tensor};
 
 use crate::{Error, Result};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/glue.ptx"));
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/glue.ptx"));
 const MODULE: &str = "phyai_glue";
 
 fn suffix(dtype: DType) -> Result<&'static str> {

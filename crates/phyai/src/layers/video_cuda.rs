@@ -8,7 +8,7 @@ use candle_core::{CudaDevice, DType, Shape, Tensor};
 use super::glue_cuda::{addr, device, output};
 use crate::{Error, Result};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/video.ptx"));
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/video.ptx"));
 const MODULE: &str = "phyai_video";
 
 fn suffix(dtype: DType) -> Result<&'static str> {
