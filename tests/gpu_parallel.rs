@@ -1,7 +1,9 @@
 //! Opt-in GPU test (CUDA build, 2+ GPUs, PHYAI_GPU_TESTS=1): the guided step of a medium
-//! random config (hidden 2048, 8 layers, 16/8 heads of 128, 9,360 video tokens, bf16) with
-//! one GPU, and tensor, CFG and sequence parallelism over two (NCCL, one thread per GPU).
-//! Prints the median step times and checks the sharded velocities against one GPU.
+//! random config (hidden 2048, 8 layers, 16/8 heads of 128, 9,360 video tokens, bf16; or
+//! the Nano architecture with PHYAI_GPU_CONFIG=nano, and the W720 grid with
+//! PHYAI_GPU_GRID=w720) with one GPU, and tensor, CFG and sequence parallelism over two
+//! (NCCL, one thread per GPU). Prints the median step times and checks the sharded
+//! velocities against one GPU.
 
 #[cfg(feature = "cuda")]
 #[test]
@@ -23,15 +25,36 @@ fn guided_step_times_with_tp_and_cfg() {
         eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with 2+ GPUs");
         return;
     }
-    let cfg: TransformerConfig = serde_json::from_str(
-        r#"{"hidden_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 16,
-            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 6144,
-            "vocab_size": 32000}"#,
-    )
-    .unwrap();
+    // PHYAI_GPU_CONFIG=nano: the Nano architecture (hidden 4096, 32/8 heads, MLP 12288)
+    // with PHYAI_GPU_LAYERS layers (default 4) instead of the medium config.
+    let cfg: TransformerConfig = if std::env::var("PHYAI_GPU_CONFIG").as_deref() == Ok("nano") {
+        TransformerConfig {
+            num_hidden_layers: std::env::var("PHYAI_GPU_LAYERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4),
+            ..TransformerConfig::default()
+        }
+    } else {
+        serde_json::from_str(
+            r#"{"hidden_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 16,
+                "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 6144,
+                "vocab_size": 32000}"#,
+        )
+        .unwrap()
+    };
     cfg.validate(Path::new("config.json")).unwrap();
-    let pos: Vec<u32> = (0..300).map(|i| (i * 7919) % 32000).collect();
-    let neg: Vec<u32> = (0..120).map(|i| (i * 104_729) % 32000).collect();
+    println!(
+        "config: hidden {}, {} layers, {}/{} heads, MLP {}",
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.intermediate_size
+    );
+    let vocab = cfg.vocab_size as u32;
+    let pos: Vec<u32> = (0..300).map(|i| (i * 7919) % vocab).collect();
+    let neg: Vec<u32> = (0..120).map(|i| (i * 104_729) % vocab).collect();
 
     /// The latent grid: W480 (24×30×52 → 9,360 tokens) or, with PHYAI_GPU_GRID=w720,
     /// W720 (48×45×80 → 44,160 tokens).
