@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// End to end: classifier-free guidance scale (two branches per step above 1).
     #[arg(long, default_value_t = 6.0)]
     pub guidance: f64,
+    /// End to end: text to audio and video (sound tokens in the generation tower, the
+    /// shipped audio decoder at the end).
+    #[arg(long)]
+    pub sound: bool,
     /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
     #[arg(long, default_value_t = 1)]
     pub tiles: usize,
@@ -280,7 +284,15 @@ fn audio(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
 }
 
 fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::e2e_bench(device, g, a.steps, a.guidance, a.layers, DType::BF16)?;
+    let r = bench::e2e_bench(
+        device,
+        g,
+        a.steps,
+        a.guidance,
+        a.layers,
+        DType::BF16,
+        a.sound,
+    )?;
     let stage = |name: &str| {
         r.stages
             .iter()
@@ -296,7 +308,7 @@ fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
         println!(
             "{{\"part\":\"e2e\",\"preset\":\"{}\",\"layers\":{},\"steps\":{},\"guidance\":{},\
              \"total_ms\":{:.1},{},\"peak_bytes\":{},\"video\":{:?},\"min\":{},\"max\":{},\
-             \"mean\":{},\"non_finite\":{}}}",
+             \"mean\":{},\"non_finite\":{},\"audio\":{}}}",
             g.name,
             r.layers,
             r.steps,
@@ -308,7 +320,12 @@ fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.min,
             r.max,
             r.mean,
-            r.non_finite
+            r.non_finite,
+            r.audio
+                .as_ref()
+                .map_or("null".into(), |(d, peak, bad)| format!(
+                    "{{\"dims\":{d:?},\"peak\":{peak},\"non_finite\":{bad}}}"
+                ))
         );
     } else {
         println!(
@@ -331,6 +348,13 @@ fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.mean,
             r.non_finite
         );
+        if let Some((dims, peak, bad)) = &r.audio {
+            println!(
+                "e2e {}: sound {dims:?}, |x| ≤ {peak:.3}, {bad} non-finite (sound decode {:.2} s)",
+                g.name,
+                stage("audio") / 1e3
+            );
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! One whole generation at real size: the Nano transformer and the Wan2.2 VAE with random
 //! weights drawn on the device, run through the engine's own request path (text tower
 //! once per branch, the guided denoising loop, the video decode), timed end to end with
-//! the whole run's peak memory and a sanity check of the video it produces.
+//! the whole run's peak memory and a sanity check of the video (and sound) it produces.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,11 +11,12 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
 use crate::engine::registry::Plugin;
+use crate::engine::request::sound_latent_frames;
 use crate::engine::{GenerationRequest, LatentShape, Silent};
 use crate::io::weights::{WeightStore, Weights};
 use crate::models::cosmos3::plugin::Cosmos3Plugin;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, TransformerConfig};
-use crate::models::cosmos3::vae::{WanDecoder, WanVae};
+use crate::models::cosmos3::vae::{AudioDecoder, AudioVaeConfig, WanDecoder, WanVae};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -36,11 +37,15 @@ pub struct E2eReport {
     pub mean: f32,
     /// NaN or infinite pixels.
     pub non_finite: usize,
+    /// With sound: the waveform `[1, 2, N]`, its largest magnitude and non-finite samples.
+    pub audio: Option<(Vec<usize>, f32, usize)>,
 }
 
 /// Builds the model (all 36 layers unless `layers` says fewer) and decodes with the full
 /// VAE, then times one `steps`-step request at `spec` with guidance `guidance` (two
-/// branches per step when above 1).
+/// branches per step when above 1). With `sound`, the request is text to audio and video:
+/// sound tokens for the clip's duration join the generation tower and the shipped audio
+/// decoder makes the waveform.
 pub fn e2e_bench(
     device: &Device,
     spec: GenSpec,
@@ -48,10 +53,16 @@ pub fn e2e_bench(
     guidance: f64,
     layers: Option<usize>,
     dtype: DType,
+    sound: bool,
 ) -> Result<E2eReport> {
     let mut cfg = TransformerConfig::default();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
+    if sound {
+        // The shipped Nano checkpoint generates sound: 64-channel sound latents.
+        cfg.sound_gen = true;
+        cfg.sound_dim = Some(64);
+    }
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
     let transformer = Cosmos3Transformer::new(&cfg, w.clone())?;
@@ -64,6 +75,19 @@ pub fn e2e_bench(
     };
     let mut plugin = Cosmos3Plugin::from_parts(transformer, vae, device.clone(), dtype)?;
     let [t, h, wd] = spec.latent;
+    let mut sound_frames = None;
+    if sound {
+        let acfg: AudioVaeConfig = serde_json::from_str("{}")
+            .map_err(|e| crate::Error::msg(format!("default audio VAE config: {e}")))?;
+        plugin = plugin.with_audio(AudioDecoder::new(&acfg, &w.pp("sound"))?);
+        let frames = (t - 1) * 4 + 1;
+        sound_frames = Some(sound_latent_frames(
+            frames,
+            24.0,
+            acfg.sampling_rate as u32,
+            acfg.hop(),
+        ));
+    }
     let ids = |salt: u32| -> Vec<u32> {
         (0..spec.text_tokens as u32)
             .map(|i| (i * 7919 + salt) % 150_000)
@@ -77,7 +101,7 @@ pub fn e2e_bench(
         steps,
         guidance_scale: guidance,
         seed: 0,
-        sound_frames: None,
+        sound_frames,
         conditioning: None,
         init_noise: None,
     };
@@ -95,6 +119,15 @@ pub fn e2e_bench(
     let n = flat.elem_count();
     let non_finite = n - finite.to_scalar::<f32>()? as usize;
     let stat = |t: Tensor| -> Result<f32> { Ok(t.to_scalar::<f32>()?) };
+    let audio = match &out.audio {
+        Some((wave, _)) => {
+            let v: Vec<f32> = wave.flatten_all()?.to_vec1()?;
+            let peak = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let bad = v.iter().filter(|x| !x.is_finite()).count();
+            Some((wave.dims().to_vec(), peak, bad))
+        }
+        None => None,
+    };
     Ok(E2eReport {
         layers: cfg.num_hidden_layers,
         steps,
@@ -111,5 +144,6 @@ pub fn e2e_bench(
         max: stat(flat.max(0)?)?,
         mean: stat(flat.mean(0)?)?,
         non_finite,
+        audio,
     })
 }

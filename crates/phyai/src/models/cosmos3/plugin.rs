@@ -155,6 +155,12 @@ impl Cosmos3Plugin {
         })
     }
 
+    /// Adds a sound decoder to a plugin made by [`Self::from_parts`], for T2AV requests.
+    pub fn with_audio(mut self, audio: AudioDecoder) -> Self {
+        self.audio = Some(audio);
+        self
+    }
+
     fn schedule(&self, steps: usize) -> Result<Schedule> {
         Schedule::new(
             &self.scheduler,
