@@ -235,7 +235,7 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     } else {
         println!(
             "vae {}: latent {t}x{h}x{w} → {}x{}x{} frames, {} tile(s), bf16: decode median {:.0} ms \
-             (min {:.0}, max {:.0}, {} runs); peak {}",
+             (min {:.0}, max {:.0}, {} runs); peak {} (after the first decode: {})",
             g.name,
             r.frames,
             r.height,
@@ -245,7 +245,8 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             r.decode.min_ms,
             r.decode.max_ms,
             r.decode.runs,
-            gib(r.peak_bytes)
+            gib(r.peak_bytes),
+            gib(r.steady_peak_bytes)
         );
     }
     Ok(())
