@@ -8,13 +8,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::{peak_memory, reset_peak_memory, time_runs, GenSpec, Timing};
-use crate::engine::request::sound_latent_frames;
 use crate::io::weights::{WeightStore, Weights};
 use crate::models::cosmos3::vae::{AudioDecoder, AudioVaeConfig};
 use crate::Result;
-
-/// Frame rate the presets are generated at.
-const FPS: f64 = 24.0;
 
 #[derive(Debug, Clone)]
 pub struct AudioReport {
@@ -34,14 +30,12 @@ pub fn audio_bench(
     dtype: DType,
     runs: usize,
 ) -> Result<AudioReport> {
-    let cfg: AudioVaeConfig = serde_json::from_str("{}")
-        .map_err(|e| crate::Error::msg(format!("default audio VAE config: {e}")))?;
+    let cfg = AudioVaeConfig::default();
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new(
         "bench-audio",
     )));
     let decoder = AudioDecoder::new(&cfg, &Weights::new(store, dtype, device))?;
-    let frames = (spec.latent[0] - 1) * 4 + 1;
-    let steps = sound_latent_frames(frames, FPS, cfg.sampling_rate as u32, cfg.hop());
+    let steps = spec.sound_steps(&cfg);
     let latent =
         Tensor::randn(0f32, 1.0, (1, cfg.vocoder_input_dim, steps), device)?.to_dtype(dtype)?;
     let mut dims = Vec::new();

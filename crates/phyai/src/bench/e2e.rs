@@ -11,7 +11,6 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
 use crate::engine::registry::Plugin;
-use crate::engine::request::sound_latent_frames;
 use crate::engine::{GenerationRequest, LatentShape, Silent};
 use crate::io::weights::{WeightStore, Weights};
 use crate::models::cosmos3::plugin::Cosmos3Plugin;
@@ -77,16 +76,9 @@ pub fn e2e_bench(
     let [t, h, wd] = spec.latent;
     let mut sound_frames = None;
     if sound {
-        let acfg: AudioVaeConfig = serde_json::from_str("{}")
-            .map_err(|e| crate::Error::msg(format!("default audio VAE config: {e}")))?;
+        let acfg = AudioVaeConfig::default();
         plugin = plugin.with_audio(AudioDecoder::new(&acfg, &w.pp("sound"))?);
-        let frames = (t - 1) * 4 + 1;
-        sound_frames = Some(sound_latent_frames(
-            frames,
-            24.0,
-            acfg.sampling_rate as u32,
-            acfg.hop(),
-        ));
+        sound_frames = Some(spec.sound_steps(&acfg));
     }
     let ids = |salt: u32| -> Vec<u32> {
         (0..spec.text_tokens as u32)

@@ -168,6 +168,23 @@ pub struct GenSpec {
     pub text_tokens: usize,
 }
 
+impl GenSpec {
+    /// Video frames of the preset: 4 per latent frame after the first.
+    pub fn frames(&self) -> usize {
+        (self.latent[0] - 1) * 4 + 1
+    }
+
+    /// Sound latent steps a text-to-audio-video request of this preset gets at 24 fps.
+    pub fn sound_steps(&self, audio: &crate::models::cosmos3::vae::AudioVaeConfig) -> usize {
+        crate::engine::request::sound_latent_frames(
+            self.frames(),
+            24.0,
+            audio.sampling_rate as u32,
+            audio.hop(),
+        )
+    }
+}
+
 /// 832×480, 93 frames: 24×30×52 latents, 9,360 tokens.
 pub const W480: GenSpec = GenSpec {
     name: "W480",

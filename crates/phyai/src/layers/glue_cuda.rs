@@ -24,6 +24,18 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     }
 }
 
+/// The name suffix of the bf16/f16/f32 instances of a kernel family (`what`, for the error).
+pub(crate) fn dtype_suffix(dtype: DType, what: &str) -> Result<&'static str> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        DType::F32 => Ok("f32"),
+        d => Err(Error::msg(format!(
+            "{what} need bf16, f16 or f32, got {d:?}"
+        ))),
+    }
+}
+
 /// Device address of a CUDA tensor's first element (bf16, f16 or f32), for handing the
 /// tensor to a kernel or library call enqueued on `stream`.
 pub(crate) fn addr(

@@ -5,21 +5,14 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{CudaDevice, DType, Shape, Tensor};
 
-use super::glue_cuda::{addr, device, output};
+use super::glue_cuda::{addr, device, dtype_suffix, output};
 use crate::{Error, Result};
 
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/video.ptx"));
 const MODULE: &str = "phyai_video";
 
 fn suffix(dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        DType::F32 => Ok("f32"),
-        d => Err(Error::msg(format!(
-            "video kernels need bf16, f16 or f32, got {d:?}"
-        ))),
-    }
+    dtype_suffix(dtype, "video kernels")
 }
 
 /// A grid-stride launch over `n` items.

@@ -245,6 +245,13 @@ pub struct AudioVaeConfig {
     pub anti_aliasing: bool,
 }
 
+impl Default for AudioVaeConfig {
+    /// The shipped sound tokenizer's decoder (every field at its default).
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("all fields have defaults")
+    }
+}
+
 impl AudioVaeConfig {
     /// Waveform samples per latent frame (1920 for the shipped model: 2·4·5·6·8).
     pub fn upsampling(&self) -> usize {
