@@ -40,13 +40,14 @@ pub struct E2eReport {
     pub audio: Option<(Vec<usize>, f32, usize)>,
 }
 
-/// Builds the model (all 36 layers unless `layers` says fewer) and decodes with the full
-/// VAE, then times one `steps`-step request at `spec` with guidance `guidance` (two
-/// branches per step when above 1). With `sound`, the request is text to audio and video:
-/// sound tokens for the clip's duration join the generation tower and the shipped audio
-/// decoder makes the waveform.
+/// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
+/// decodes with the full VAE, then times one `steps`-step request at `spec` and the
+/// config's base frame rate with guidance `guidance` (two branches per step when above 1).
+/// With `sound`, the request is text to audio and video: sound tokens for the clip's
+/// duration join the generation tower and the shipped audio decoder makes the waveform.
 pub fn e2e_bench(
     device: &Device,
+    config: &TransformerConfig,
     spec: GenSpec,
     steps: usize,
     guidance: f64,
@@ -54,13 +55,14 @@ pub fn e2e_bench(
     dtype: DType,
     sound: bool,
 ) -> Result<E2eReport> {
-    let mut cfg = TransformerConfig::default();
+    let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
+    let acfg = AudioVaeConfig::default();
     if sound {
-        // The shipped Nano checkpoint generates sound: 64-channel sound latents.
+        // The shipped checkpoints generate sound in the audio decoder's latent width.
         cfg.sound_gen = true;
-        cfg.sound_dim = Some(64);
+        cfg.sound_dim = Some(acfg.vocoder_input_dim);
     }
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
@@ -76,20 +78,14 @@ pub fn e2e_bench(
     let [t, h, wd] = spec.latent;
     let mut sound_frames = None;
     if sound {
-        let acfg = AudioVaeConfig::default();
         plugin = plugin.with_audio(AudioDecoder::new(&acfg, &w.pp("sound"))?);
-        sound_frames = Some(spec.sound_steps(&acfg));
+        sound_frames = Some(spec.sound_steps(&acfg, cfg.base_fps));
     }
-    let ids = |salt: u32| -> Vec<u32> {
-        (0..spec.text_tokens as u32)
-            .map(|i| (i * 7919 + salt) % 150_000)
-            .collect()
-    };
     let request = GenerationRequest {
-        pos_ids: ids(0),
-        neg_ids: ids(17),
+        pos_ids: spec.text_ids(&cfg, 0),
+        neg_ids: spec.text_ids(&cfg, 17),
         latent: LatentShape { t, h, w: wd },
-        fps: 24.0,
+        fps: cfg.base_fps,
         steps,
         guidance_scale: guidance,
         seed: 0,
