@@ -352,16 +352,14 @@ fn audio(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) ->
 }
 
 fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::e2e_bench(
-        device,
-        cfg,
-        g,
-        a.steps,
-        a.guidance,
-        a.layers,
-        DType::BF16,
-        a.sound,
-    )?;
+    let opts = bench::E2eOptions {
+        steps: a.steps,
+        guidance: a.guidance,
+        layers: a.layers,
+        dtype: DType::BF16,
+        sound: a.sound,
+    };
+    let r = bench::e2e_bench(device, cfg, g, opts)?;
     let stage = |name: &str| {
         r.stages
             .iter()

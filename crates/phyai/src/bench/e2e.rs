@@ -40,21 +40,37 @@ pub struct E2eReport {
     pub audio: Option<(Vec<usize>, f32, usize)>,
 }
 
+/// What one end-to-end run does besides the model and preset.
+#[derive(Debug, Clone, Copy)]
+pub struct E2eOptions {
+    pub steps: usize,
+    /// Classifier-free guidance scale (two branches per step when above 1).
+    pub guidance: f64,
+    /// Build only this many of the config's layers.
+    pub layers: Option<usize>,
+    pub dtype: DType,
+    /// Text to audio and video.
+    pub sound: bool,
+}
+
 /// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
 /// decodes with the full VAE, then times one `steps`-step request at `spec` and the
-/// config's base frame rate with guidance `guidance` (two branches per step when above 1).
-/// With `sound`, the request is text to audio and video: sound tokens for the clip's
-/// duration join the generation tower and the shipped audio decoder makes the waveform.
+/// config's base frame rate with guidance `guidance`. With `sound`, the request is text to
+/// audio and video: sound tokens for the clip's duration join the generation tower and the
+/// shipped audio decoder makes the waveform.
 pub fn e2e_bench(
     device: &Device,
     config: &TransformerConfig,
     spec: GenSpec,
-    steps: usize,
-    guidance: f64,
-    layers: Option<usize>,
-    dtype: DType,
-    sound: bool,
+    opts: E2eOptions,
 ) -> Result<E2eReport> {
+    let E2eOptions {
+        steps,
+        guidance,
+        layers,
+        dtype,
+        sound,
+    } = opts;
     let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);

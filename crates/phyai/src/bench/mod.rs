@@ -20,7 +20,7 @@ pub mod audio;
 pub mod e2e;
 pub mod jit;
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
-pub use e2e::{e2e_bench, E2eReport};
+pub use e2e::{e2e_bench, E2eOptions, E2eReport};
 pub use jit::jit_bench;
 
 /// Median, min and max of timed runs, in milliseconds.
