@@ -343,30 +343,33 @@ impl Stream {
             return None;
         }
         loop {
-            let reload = match self.rx.recv().await {
+            // A progress event carries the step it reports: the live state may already be
+            // further on when this stream gets to it.
+            let live = match self.rx.recv().await {
                 Ok(e) if e.id() != self.id => continue,
                 Ok(Event::Deleted(_)) => {
                     self.finished = true;
+                    let deleted =
+                        json!({"id": self.id, "object": "video.deleted", "deleted": true});
                     return Some(
-                        SseEvent::default().event("deleted").data(
-                            json!({"id": self.id, "object": "video.deleted", "deleted": true})
-                                .to_string(),
-                        ),
+                        SseEvent::default()
+                            .event("deleted")
+                            .data(deleted.to_string()),
                     );
                 }
-                Ok(Event::Progress(_)) | Ok(Event::Changed(_)) | Err(RecvError::Lagged(_)) => true,
+                Ok(Event::Progress(l)) => Some(l),
+                Ok(Event::Changed(_)) | Err(RecvError::Lagged(_)) => None,
                 Err(RecvError::Closed) => return None,
             };
-            if reload {
-                match self.st.store.get(&self.id) {
-                    Ok(Some(job)) => {
-                        self.finished = job.status.is_terminal();
-                        return Some(sse_of(&object_of(&self.st, &job)));
-                    }
-                    // Deleted between the event and the read: the Deleted event follows.
-                    Ok(None) => continue,
-                    Err(_) => return None,
+            match self.st.store.get(&self.id) {
+                Ok(Some(job)) => {
+                    self.finished = job.status.is_terminal();
+                    let live = live.or_else(|| self.st.events.live(&job.id));
+                    return Some(sse_of(&video_object(&job, live.as_ref())));
                 }
+                // Deleted between the event and the read: the Deleted event follows.
+                Ok(None) => continue,
+                Err(_) => return None,
             }
         }
     }
