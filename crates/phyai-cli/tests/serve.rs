@@ -561,6 +561,28 @@ fn cancel_queued_and_running_jobs_and_full_queue() {
     assert_eq!(ids, vec![queued_b.clone()]);
     let files: Vec<_> = std::fs::read_dir(data.join("videos")).unwrap().collect();
     assert!(files.is_empty(), "{files:?}");
+
+    // A generation that fails (its input image vanished from the disk) fails the job
+    // with the reason; the server goes on with the next job.
+    let mut fields = vec![("prompt", "loses its image")];
+    fields.extend_from_slice(TINY);
+    let (s, v) = srv.create(&fields, Some(&png(32, 32)));
+    assert_eq!(s, 200, "{v}");
+    let broken = v["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(data.join("inputs").join(&broken)).unwrap();
+    srv.delete(&format!("/v1/videos/{queued_b}"));
+    let v = srv.wait_for(&broken, &["failed", "completed"]);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["code"], "generation_failed");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&broken),
+        "{v}"
+    );
+    let next = srv.create_ok("still served", &[])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    srv.wait_stalled(&next);
 }
 
 #[test]

@@ -169,7 +169,7 @@ pub fn resolve(f: &CreateFields, model: &ModelInfo) -> Result<JobParams, ApiErro
     let num_frames = match (f.num_frames.as_deref(), &seconds_in) {
         (Some(s), _) => {
             let n: usize = number("num_frames", s)?;
-            if n == 0 || (n - 1) % 4 != 0 {
+            if n == 0 || !(n - 1).is_multiple_of(4) {
                 return Err(ApiError::invalid(
                     "num_frames",
                     format!("must be 4k+1 (1, 5, 9, …), got {n}"),
@@ -275,7 +275,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), ApiError> {
     let w: usize = w.trim().parse().map_err(|_| bad())?;
     let h: usize = h.trim().parse().map_err(|_| bad())?;
     for v in [w, h] {
-        if v == 0 || v % 16 != 0 || v > MAX_SIDE {
+        if v == 0 || !v.is_multiple_of(16) || v > MAX_SIDE {
             return Err(ApiError::invalid(
                 "size",
                 format!("width and height must be multiples of 16 in 16..={MAX_SIDE}, got {s}"),
