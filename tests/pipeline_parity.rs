@@ -224,6 +224,7 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
                 use_karras_sigmas: None,
                 load_sound: false,
                 sigma_schedule: SigmaStyle::Checkpoint,
+                quantize: None,
             }),
             config,
         });

@@ -69,6 +69,7 @@ pub fn engine_on(
             use_karras_sigmas: None,
             load_sound: sound,
             sigma_schedule: SigmaStyle::Checkpoint,
+            quantize: None,
         }),
         config: EngineConfig {
             device: DeviceConfig {

@@ -18,7 +18,9 @@ use phyai::models::cosmos3::{demo, postprocess};
 use phyai::parallel::rendezvous::LaunchEnv;
 use phyai::{Error, Result};
 
-use crate::args::{DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, SigmaScheduleArg};
+use crate::args::{
+    DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, QuantizeArg, SigmaScheduleArg,
+};
 use crate::progress::{summary, Bars, StallHook};
 
 /// Sizes used when the flags leave them out.
@@ -165,6 +167,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
                 SigmaScheduleArg::Checkpoint => SigmaStyle::Checkpoint,
                 SigmaScheduleArg::Phyai => SigmaStyle::Phyai,
             },
+            quantize: a.quantize.map(|q| match q {
+                QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
+            }),
         }),
         config,
     })?;

@@ -143,6 +143,9 @@ pub struct Cosmos3Args {
     pub load_sound: bool,
     /// Which reference's flow-sigma construction to follow.
     pub sigma_schedule: SigmaStyle,
+    /// Quantize an unquantized transformer at load (`--quantize fp8`); a checkpoint that is
+    /// already FP8 keeps its own quantization.
+    pub quantize: Option<crate::layers::fp8::Quantize>,
 }
 
 /// Plugin-specific arguments; one variant per registered plugin.

@@ -91,7 +91,8 @@ impl Cosmos3Plugin {
         let tcfg: TransformerConfig = read_json(&tfile)?;
         tcfg.validate(&tfile)?;
         config.parallel.validate(tcfg.num_key_value_heads)?;
-        let transformer = Cosmos3Transformer::load(&tdir, &tcfg, dtype, &device, &mesh)?;
+        let transformer =
+            Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
 
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
         let scheduler = SchedulerConfig::from_file(&sfile)?;
@@ -141,6 +142,7 @@ impl Cosmos3Plugin {
                 use_karras_sigmas: None,
                 load_sound: false,
                 sigma_schedule: Default::default(),
+                quantize: None,
             },
             index: serde_json::from_str("{}")
                 .map_err(|e| Error::msg(format!("default model index: {e}")))?,
@@ -195,6 +197,8 @@ impl Cosmos3Plugin {
 /// evaluates (under CFG parallelism, only its own).
 struct Denoiser<'a> {
     model: &'a Cosmos3Transformer,
+    /// The schedule's timesteps: the step index of a velocity call (for the FP8 step policy).
+    timesteps: &'a [f64],
     cond: Option<UndKv>,
     uncond: Option<UndKv>,
     fps: f64,
@@ -215,6 +219,12 @@ impl VelocityModel for Denoiser<'_> {
             Branch::Uncond => self.uncond.as_ref(),
         }
         .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
+        // FP8 step policy. Interim: the step index is recovered from the timestep (distinct
+        // per step); once the loop passes `StepInfo { index, count, .. }` this becomes
+        // `self.model.begin_step(step.index, step.count)`.
+        if let Some(i) = self.timesteps.iter().position(|&t| t == timestep) {
+            self.model.begin_step(i, self.timesteps.len());
+        }
         let video_in = video.to_dtype(self.dtype)?;
         let sound_in = match sound {
             Some(s) => Some(s.to_dtype(self.dtype)?),
@@ -314,6 +324,7 @@ impl Plugin for Cosmos3Plugin {
         )?;
         let model = Denoiser {
             model: &self.transformer,
+            timesteps: schedule.timesteps(),
             cond,
             uncond,
             fps: request.fps,
