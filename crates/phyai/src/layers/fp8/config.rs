@@ -79,6 +79,14 @@ impl ModulePatterns {
     }
 }
 
+/// Whether a checkpoint key is ModelOpt quantizer state (`*.weight_quantizer._amax`,
+/// `*.input_quantizer._amax`, `*._scale`, …): calibration bookkeeping that inference never
+/// reads (the exported `weight_scale`/`input_scale` carry what it needs).
+pub fn is_quantizer_state(key: &str) -> bool {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    leaf.starts_with('_') || key.split('.').any(|c| c.ends_with("_quantizer"))
+}
+
 /// `*` matches any run of characters; everything else literally.
 fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
@@ -206,6 +214,10 @@ mod tests {
             assert_eq!(p.matching(m), None, "{m}");
         }
         assert!(glob("layers.*.mlp.*", "layers.12.mlp.up_proj"));
+        assert!(is_quantizer_state("layers.0.mlp.up_proj.input_quantizer._amax"));
+        assert!(is_quantizer_state("layers.0.self_attn.to_q.weight_quantizer._scale"));
+        assert!(!is_quantizer_state("layers.0.self_attn.to_q.weight_scale"));
+        assert!(!is_quantizer_state("layers.0.self_attn.to_q.input_scale"));
         assert!(!glob("layers.*.mlp", "layers.12.mlp_moe_gen"));
     }
 

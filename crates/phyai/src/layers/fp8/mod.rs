@@ -24,7 +24,7 @@ pub mod weight;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use config::{ModulePatterns, QuantConfig, Quantize};
+pub use config::{is_quantizer_state, ModulePatterns, QuantConfig, Quantize};
 pub use policy::{ActivationPrecision, StepPolicy};
 pub use weight::{Fp8Weight, LinearWeight};
 

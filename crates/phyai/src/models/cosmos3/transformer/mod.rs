@@ -99,7 +99,8 @@ struct Fp8State {
     policy: Option<StepPolicy>,
 }
 
-/// Where the config of a checkpoint's transformer lives (named in config errors).
+/// Where the config of a checkpoint's transformer lives (named in config errors when the
+/// weights do not say).
 const CONFIG_FILE: &str = "transformer/config.json";
 
 /// The FP8 contexts of the text and generation towers: from the checkpoint's
@@ -109,10 +110,11 @@ const CONFIG_FILE: &str = "transformer/config.json";
 fn fp8_contexts(
     cfg: &TransformerConfig,
     quantize: Option<Quantize>,
+    config_file: &Path,
 ) -> Result<Option<(Fp8Context, Fp8Context, Option<StepPolicy>)>> {
     let (source, ignore, policy) = match (&cfg.quantization_config, quantize) {
         (Some(q), _) => {
-            let q = QuantConfig::parse(Path::new(CONFIG_FILE), q)?;
+            let q = QuantConfig::parse(config_file, q)?;
             (Fp8Source::Checkpoint, q.ignore, q.policy)
         }
         (None, Some(Quantize::Fp8)) => (
@@ -181,7 +183,12 @@ impl Cosmos3Transformer {
         })?;
         let pd = cfg.patch_latent_dim;
         let h = cfg.hidden_size;
-        let (und_w, gen_w, fp8) = match fp8_contexts(cfg, quantize)? {
+        // The config sits next to the weights (named in quantization_config errors).
+        let config_file = match w.store().origin().parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("config.json"),
+            _ => Path::new(CONFIG_FILE).to_path_buf(),
+        };
+        let (und_w, gen_w, fp8) = match fp8_contexts(cfg, quantize, &config_file)? {
             Some((und, gen, policy)) => {
                 let state = Fp8State {
                     gen: gen.precision.clone(),
