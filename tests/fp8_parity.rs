@@ -72,7 +72,10 @@ fn check(out: &GenOutput, refs: &HashMap<String, Tensor>, video: &str, sound: &s
     let ev = rel_err(&out.video, &refs[video]);
     let es = rel_err(out.sound.as_ref().unwrap(), &refs[sound]);
     println!("{video}: {ev:.2e}, {sound}: {es:.2e}");
-    assert!(ev <= TOL && es <= TOL, "{video} {ev:.2e} / {sound} {es:.2e}");
+    assert!(
+        ev <= TOL && es <= TOL,
+        "{video} {ev:.2e} / {sound} {es:.2e}"
+    );
 }
 
 #[test]
@@ -150,14 +153,8 @@ fn tensor_parallel_fp8_matches_one_rank() {
         one.set_activation_precision(ActivationPrecision::W8A8);
         let want = velocity(&one);
         let outs = run_ranks(MeshShape::new(1, 1, 2), Duration::from_secs(120), |mesh| {
-            let m = Cosmos3Transformer::load_quantized(
-                &dir,
-                &cfg,
-                DType::F32,
-                &Device::Cpu,
-                &mesh,
-                q,
-            )?;
+            let m =
+                Cosmos3Transformer::load_quantized(&dir, &cfg, DType::F32, &Device::Cpu, &mesh, q)?;
             m.set_activation_precision(ActivationPrecision::W8A8);
             Ok(velocity(&m))
         })
@@ -296,6 +293,10 @@ fn edit_tensors(dir: &Path, key: &str, f: impl FnOnce(&mut HashMap<String, Tenso
     std::fs::write(&index_path, serde_json::to_string(&index).unwrap()).unwrap();
 }
 
+/// A change to a checkpoint copy, and a change to the tensors of one of its shards.
+type Edit = Box<dyn Fn(&Path)>;
+type TensorEdit = Box<dyn Fn(&mut HashMap<String, Tensor>)>;
+
 fn load_err(dir: &Path) -> String {
     let e = match load(dir, None) {
         Ok(_) => panic!("{} loaded", dir.display()),
@@ -310,8 +311,7 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
     let q = "layers.0.self_attn.to_q";
     let ws = format!("{q}.weight_scale");
     let scalar = |v: f32| Tensor::new(v, &Device::Cpu).unwrap();
-    type Edit = Box<dyn Fn(&Path)>;
-    let tensor_edit = |key: String, f: Box<dyn Fn(&mut HashMap<String, Tensor>)>| -> Edit {
+    let tensor_edit = |key: String, f: TensorEdit| -> Edit {
         Box::new(move |d: &Path| edit_tensors(d, &key, &f))
     };
     let cases: Vec<(&str, Edit, Vec<String>)> = vec![
@@ -345,7 +345,10 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
                 Box::new({
                     let ws = ws.clone();
                     move |t| {
-                        t.insert(ws.clone(), Tensor::ones(4, DType::F32, &Device::Cpu).unwrap());
+                        t.insert(
+                            ws.clone(),
+                            Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(),
+                        );
                     }
                 }),
             ),
@@ -395,8 +398,9 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
                     let w = &t[&format!("{q}.weight")];
                     let mut bytes = vec![0u8; w.elem_count()];
                     bytes[5] = 0x7F;
-                    let nan = Tensor::from_raw_buffer(&bytes, DType::F8E4M3, w.dims(), &Device::Cpu)
-                        .unwrap();
+                    let nan =
+                        Tensor::from_raw_buffer(&bytes, DType::F8E4M3, w.dims(), &Device::Cpu)
+                            .unwrap();
                     t.insert(format!("{q}.weight"), nan);
                 }),
             ),
@@ -419,12 +423,23 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
         ),
         (
             "unknown quant_method",
-            Box::new(|d: &Path| edit_config(d, |c| c["quantization_config"]["quant_method"] = "gptq".into())),
-            vec!["config.json: quantization_config.quant_method".into(), "gptq".into()],
+            Box::new(|d: &Path| {
+                edit_config(d, |c| {
+                    c["quantization_config"]["quant_method"] = "gptq".into()
+                })
+            }),
+            vec![
+                "config.json: quantization_config.quant_method".into(),
+                "gptq".into(),
+            ],
         ),
         (
             "quant_algo not FP8",
-            Box::new(|d: &Path| edit_config(d, |c| c["quantization_config"]["quant_algo"] = "NVFP4".into())),
+            Box::new(|d: &Path| {
+                edit_config(d, |c| {
+                    c["quantization_config"]["quant_algo"] = "NVFP4".into()
+                })
+            }),
             vec!["config.json: quantization_config.quant_algo".into()],
         ),
         (
@@ -453,7 +468,8 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
             "FP8 module on the ignore list",
             Box::new(move |d: &Path| {
                 edit_config(d, |c| {
-                    c["quantization_config"]["ignore"] = serde_json::json!(["layers.0.self_attn.to_*"])
+                    c["quantization_config"]["ignore"] =
+                        serde_json::json!(["layers.0.self_attn.to_*"])
                 })
             }),
             vec![format!("{q}.weight"), "keeps".into()],
@@ -468,6 +484,9 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
         for want in &wants {
             assert!(e.contains(want.as_str()), "{what}: {e:?} lacks {want:?}");
         }
-        assert!(e.contains(tmp.path().to_str().unwrap()), "{what}: no file in {e:?}");
+        assert!(
+            e.contains(tmp.path().to_str().unwrap()),
+            "{what}: no file in {e:?}"
+        );
     }
 }

@@ -463,7 +463,10 @@ impl WeightStore {
         if info.dtype != StDtype::F8_E4M3 {
             return Err(Error::weights(
                 &f.path,
-                format!("tensor {name}: stored as {:?}, expected F8_E4M3", info.dtype),
+                format!(
+                    "tensor {name}: stored as {:?}, expected F8_E4M3",
+                    info.dtype
+                ),
             ));
         }
         let (codes, shape, _) = self.slice_bytes(name, slice)?;

@@ -123,7 +123,9 @@ impl QuantConfig {
             Some(m) => {
                 return Err(bad(
                     "quant_method",
-                    format!("{m:?} is not supported (this engine reads ModelOpt FP8: \"modelopt\")"),
+                    format!(
+                        "{m:?} is not supported (this engine reads ModelOpt FP8: \"modelopt\")"
+                    ),
                 ))
             }
             None => return Err(bad("quant_method", "missing or not a string".into())),
@@ -214,8 +216,12 @@ mod tests {
             assert_eq!(p.matching(m), None, "{m}");
         }
         assert!(glob("layers.*.mlp.*", "layers.12.mlp.up_proj"));
-        assert!(is_quantizer_state("layers.0.mlp.up_proj.input_quantizer._amax"));
-        assert!(is_quantizer_state("layers.0.self_attn.to_q.weight_quantizer._scale"));
+        assert!(is_quantizer_state(
+            "layers.0.mlp.up_proj.input_quantizer._amax"
+        ));
+        assert!(is_quantizer_state(
+            "layers.0.self_attn.to_q.weight_quantizer._scale"
+        ));
         assert!(!is_quantizer_state("layers.0.self_attn.to_q.weight_scale"));
         assert!(!is_quantizer_state("layers.0.self_attn.to_q.input_scale"));
         assert!(!glob("layers.*.mlp", "layers.12.mlp_moe_gen"));
@@ -237,9 +243,15 @@ mod tests {
         );
         assert_eq!(c.policy, None);
         for (v, key) in [
-            (json!({"quant_method": "gptq", "quant_algo": "FP8"}), "quant_method"),
+            (
+                json!({"quant_method": "gptq", "quant_algo": "FP8"}),
+                "quant_method",
+            ),
             (json!({"quant_algo": "FP8"}), "quant_method"),
-            (json!({"quant_method": "modelopt", "quant_algo": "NVFP4"}), "quant_algo"),
+            (
+                json!({"quant_method": "modelopt", "quant_algo": "NVFP4"}),
+                "quant_algo",
+            ),
             (
                 json!({"quant_method": "modelopt", "quant_algo": "FP8", "ignore": "proj_in"}),
                 "ignore",

@@ -71,7 +71,10 @@ impl StepPolicy {
             None => return err("", "must be an object".into()),
         };
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return err(k, "unknown key (this engine implements schema_version 1)".into());
+            return err(
+                k,
+                "unknown key (this engine implements schema_version 1)".into(),
+            );
         }
         if let Some(k) = KEYS.iter().find(|k| !obj.contains_key(**k)) {
             return err(k, "missing".into());
@@ -79,7 +82,10 @@ impl StepPolicy {
         let exact = |k: &str, want: &str| -> Result<(), (String, String)> {
             match obj[k].as_str() {
                 Some(s) if s == want => Ok(()),
-                _ => Err((k.to_string(), format!("{} (only {want:?} is supported)", obj[k]))),
+                _ => Err((
+                    k.to_string(),
+                    format!("{} (only {want:?} is supported)", obj[k]),
+                )),
             }
         };
         if !(obj["schema_version"].is_u64() && obj["schema_version"].as_u64() == Some(1)) {
@@ -94,7 +100,12 @@ impl StepPolicy {
         exact("overlap", "a16")?;
         let scope = match obj["scope"].as_array() {
             Some(a) if !a.is_empty() && a.iter().all(|s| s.is_string()) => a,
-            _ => return err("scope", "must be a non-empty list of component names".into()),
+            _ => {
+                return err(
+                    "scope",
+                    "must be a non-empty list of component names".into(),
+                )
+            }
         };
         let reasoner = match obj["reasoner"].as_str() {
             Some("a16") => ActivationPrecision::W8A16,
@@ -195,8 +206,14 @@ mod tests {
             ("default_mode", "a16".into()),
             ("overlap", "native".into()),
             ("reasoner", "a8".into()),
-            ("first_steps", serde_json::json!({"count": -1, "mode": "a16"})),
-            ("first_steps", serde_json::json!({"count": 3, "mode": "native"})),
+            (
+                "first_steps",
+                serde_json::json!({"count": -1, "mode": "a16"}),
+            ),
+            (
+                "first_steps",
+                serde_json::json!({"count": 3, "mode": "native"}),
+            ),
             ("last_steps", serde_json::json!({"count": 3})),
             ("scope", serde_json::json!([])),
         ];

@@ -89,13 +89,21 @@ impl LinearWeight {
                 ));
             }
             return Ok(Self::Fp8(Fp8Weight::from_checkpoint(
-                w, out_dim, in_dim, slice, &ctx.precision,
+                w,
+                out_dim,
+                in_dim,
+                slice,
+                &ctx.precision,
             )?));
         }
         if let Some(ctx) = ctx {
             if ctx.source == Fp8Source::Online && ctx.ignore.matching(module).is_none() {
                 return Ok(Self::Fp8(Fp8Weight::quantize_online(
-                    w, out_dim, in_dim, slice, &ctx.precision,
+                    w,
+                    out_dim,
+                    in_dim,
+                    slice,
+                    &ctx.precision,
                 )?));
             }
         }
@@ -363,6 +371,14 @@ mod tests {
         assert_eq!(y.to_vec2::<f32>().unwrap()[1][0], 1000.0);
         let z = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let y = quantize_activation(&z, None, None).unwrap();
-        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            y.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 }
