@@ -1,6 +1,7 @@
 //! Safetensors weights: one file or a sharded `*.safetensors.index.json`, memory-mapped,
 //! converted to the compute dtype on load, optionally sliced along one dimension so a
-//! tensor-parallel rank reads only its shard.
+//! tensor-parallel rank reads only its shard. F8_E4M3 tensors are read only as raw codes
+//! by the FP8 layers ([`crate::layers::fp8`]), never converted without their scale.
 //!
 //! Model code sees a [`Weights`] handle whose `pp` prefixes mirror the checkpoint keys
 //! (`vb.pp("layers").pp(3).pp("self_attn")`), the candle `VarBuilder` idiom. Every name
@@ -576,39 +577,6 @@ impl Weights {
         let full = self.full_name(name);
         self.check_shape(&full, &shape.into())?;
         self.store.load_fp8_codes(&full, slice)
-    }
-
-    /// A per-tensor scale (`weight_scale`, `input_scale`): one finite positive float stored
-    /// with shape `[]` or `[1]`; anything else is an error naming the tensor.
-    pub fn get_scale(&self, name: &str) -> Result<f32> {
-        let full = self.full_name(name);
-        let file = self.store.file_of(&full).to_path_buf();
-        let info = self.store.info(&full)?;
-        let bad = |m: String| Err(Error::weights(&file, format!("tensor {full}: {m}")));
-        if !matches!(
-            info.dtype,
-            DType::F32 | DType::BF16 | DType::F16 | DType::F64
-        ) {
-            return bad(format!(
-                "a scale must be a float tensor, found {:?}",
-                info.dtype
-            ));
-        }
-        if info.shape.len() > 1 || info.shape.iter().product::<usize>() != 1 {
-            return bad(format!(
-                "shape {:?} is not a per-tensor scale (expected [] or [1])",
-                info.shape
-            ));
-        }
-        let v = self
-            .store
-            .load(&full, DType::F32, &Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?[0];
-        if !(v.is_finite() && v > 0.0) {
-            return bad(format!("scale {v} must be finite and positive"));
-        }
-        Ok(v)
     }
 
     /// Pushes one path component: `w.pp("layers").pp(0)` addresses `layers.0.*`.

@@ -164,6 +164,39 @@ impl LinearWeight {
     }
 }
 
+/// A per-tensor scale (`weight_scale`, `input_scale`) of module `w`: one finite positive
+/// float stored with shape `[]` or `[1]`; anything else is an error naming the tensor.
+fn read_scale(w: &Weights, name: &str) -> Result<f32> {
+    let full = w.full_name(name);
+    let file = w.store().file_of(&full).to_path_buf();
+    let info = w.store().info(&full)?;
+    let bad = |m: String| Err(Error::weights(&file, format!("tensor {full}: {m}")));
+    if !matches!(
+        info.dtype,
+        DType::F32 | DType::BF16 | DType::F16 | DType::F64
+    ) {
+        return bad(format!(
+            "a scale must be a float tensor, found {:?}",
+            info.dtype
+        ));
+    }
+    if info.shape.len() > 1 || info.shape.iter().product::<usize>() != 1 {
+        return bad(format!(
+            "shape {:?} is not a per-tensor scale (expected [] or [1])",
+            info.shape
+        ));
+    }
+    let v = w
+        .store()
+        .load(&full, DType::F32, &Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?[0];
+    if !(v.is_finite() && v > 0.0) {
+        return bad(format!("scale {v} must be finite and positive"));
+    }
+    Ok(v)
+}
+
 /// Checks the codes hold no NaN (a corrupt file, or not E4M3 at all).
 fn check_codes(codes: &[u8], w: &Weights) -> Result<()> {
     if let Some(i) = codes.iter().position(|&c| e4m3::is_nan_code(c)) {
@@ -218,8 +251,8 @@ impl Fp8Weight {
         check_codes(&codes, w)?;
         let part = Fp8Part {
             rows: shape[0],
-            weight_scale: w.get_scale("weight_scale")?,
-            input_scale: Some(w.get_scale("input_scale")?),
+            weight_scale: read_scale(w, "weight_scale")?,
+            input_scale: Some(read_scale(w, "input_scale")?),
         };
         Self::build(codes, shape, part, w, precision)
     }
@@ -317,7 +350,8 @@ impl Fp8Weight {
 
 /// `e4m3(clamp(x / s, ±448)) · s` elementwise in f32, back in `x`'s dtype and device.
 /// `scale` `None`: `s = max|x| / 448` over the whole input (all of `group`'s slices); an
-/// all-zero input is returned as is.
+/// all-zero input is returned as is. Under sequence parallelism a dynamic scale is that of
+/// this rank's token shard (static scales are unaffected).
 pub fn quantize_activation(
     x: &Tensor,
     scale: Option<f32>,
