@@ -68,6 +68,12 @@ pub enum PromptStyleArg {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizeArg {
+    /// FP8 E4M3, per-tensor scales (dynamic activation scales).
+    Fp8,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigmaScheduleArg {
     /// What diffusers derives from the checkpoint's scheduler_config.json.
     Checkpoint,
@@ -158,6 +164,10 @@ pub struct GenerateArgs {
     /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// Quantize the transformer's linear layers at load: fp8 = E4M3 weights and activations
+    /// with per-tensor scales, as NVIDIA's FP8 checkpoints (which need no flag).
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T] (f32).
     #[arg(long)]
     pub init_noise: Option<PathBuf>,

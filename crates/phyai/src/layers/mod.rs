@@ -10,6 +10,7 @@ pub mod cudnn_conv;
 mod cudnn_handle;
 #[cfg(feature = "cuda")]
 pub mod cudnn_sdpa;
+pub mod fp8;
 pub mod glue;
 #[cfg(feature = "cuda")]
 pub(crate) mod glue_cuda;

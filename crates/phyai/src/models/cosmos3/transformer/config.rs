@@ -81,6 +81,10 @@ pub struct TransformerConfig {
     /// Written back by the reference from `rope_scaling.mrope_section`; wins when present.
     #[serde(default)]
     pub rope_axes_dim: Option<Vec<usize>>,
+    /// A quantized checkpoint's `quantization_config` (ModelOpt FP8), parsed by
+    /// [`crate::layers::fp8::QuantConfig::parse`] when the model is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
 }
 
 /// False for NaN as well as for values ≤ 0.
