@@ -9,12 +9,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 # nvcc preprocesses every .cu file with the host C++ compiler, even when it only emits PTX.
-if ! command -v g++ >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends g++ >/dev/null
+command -v g++ >/dev/null 2>&1 || apt_install g++
+# Debian ships venv support (ensurepip) apart from python3.
+if [ ! -x .cuda-build/venv/bin/python ] && ! python3 -m venv .cuda-build/venv >/dev/null 2>&1; then
+    apt_install python3-venv
+    rm -rf .cuda-build/venv
+    python3 -m venv .cuda-build/venv
 fi
 
 cargo fetch >/dev/null
