@@ -34,7 +34,7 @@ fn rel_err(out: &Tensor, want: &Tensor) -> f64 {
 #[test]
 fn noise_equals_numpy_bit_for_bit() {
     let refs = load("noise.safetensors");
-    let seeds: [u64; 3] = [0, 42, (1 << 32) - 1];
+    let seeds: [u32; 3] = [0, 42, u32::MAX];
     for seed in seeds {
         for kind in ["video", "sound"] {
             let want = &refs[&format!("{kind}_{seed}")];
@@ -231,10 +231,6 @@ fn unipc_native_flow_schedule_35_steps() {
 #[test]
 fn tiny_checkpoint_scheduler_config_matches_the_reference_config() {
     let path = fixtures().join("tiny/scheduler/scheduler_config.json");
-    if !path.exists() {
-        eprintln!("{} not present yet; skipped", path.display());
-        return;
-    }
     let tiny = SchedulerConfig::from_file(&path).unwrap();
     let reference = reference_config(&read_schedules());
     let opts = ScheduleOptions {

@@ -156,6 +156,12 @@ impl Default for TransformerConfig {
 pub const TIMESTEP_CHANNELS: usize = 256;
 
 impl TransformerConfig {
+    /// The Nano architecture: hidden 4096, 36 layers, 32/8 heads of 128, MLP 12288, base
+    /// frame rate 24 (the reference's constructor defaults; the same as `default()`).
+    pub fn nano() -> Self {
+        Self::default()
+    }
+
     /// mRoPE slots per axis (t, h, w): `rope_axes_dim`, else `rope_scaling.mrope_section`,
     /// else `[24, 20, 20]`.
     pub fn mrope_section(&self) -> Vec<usize> {
