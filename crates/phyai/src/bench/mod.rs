@@ -20,6 +20,8 @@ pub mod audio;
 pub mod e2e;
 pub mod jit;
 pub mod vae_tiles;
+/// The benchmarks' memory figures (kept here so callers of `bench` need no other path).
+pub use crate::layers::memory::{peak_memory, reset_peak_memory};
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
 pub use e2e::{e2e_bench, E2eOptions, E2eReport};
 pub use jit::jit_bench;
@@ -523,54 +525,6 @@ pub fn vae_bench(
     })
 }
 
-/// Peak bytes allocated on `device` since the last [`reset_peak_memory`], read from the
-/// stream-ordered pool every tensor comes from (what torch reports as max allocated).
-/// `None` on CPU.
-pub fn peak_memory(device: &Device) -> Option<usize> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        use cudarc::driver::sys;
-        let cu = dev.cuda_stream().context().cu_device();
-        let mut pool = std::ptr::null_mut();
-        let mut high = 0u64;
-        // SAFETY: plain queries of the device's default pool; both out-pointers are live.
-        let ok = unsafe {
-            sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuMemPoolGetAttribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                    (&mut high as *mut u64).cast(),
-                ) == sys::CUresult::CUDA_SUCCESS
-        };
-        return ok.then_some(high as usize);
-    }
-    let _ = device;
-    None
-}
-
-/// Restarts the peak of [`peak_memory`] from the bytes in use now.
-pub fn reset_peak_memory(device: &Device) {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        use cudarc::driver::sys;
-        let _ = device.synchronize();
-        let cu = dev.cuda_stream().context().cu_device();
-        let mut pool = std::ptr::null_mut();
-        let mut zero = 0u64;
-        // SAFETY: as above; zero is the only value this attribute accepts.
-        unsafe {
-            if sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS {
-                sys::cuMemPoolSetAttribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                    (&mut zero as *mut u64).cast(),
-                );
-            }
-        }
-    }
-    let _ = device;
-}
-
 /// The pieces of one decoder stage of the Wan2.2 VAE at 720p (the last stage: 256 channels
 /// at 360×640, four frames a chunk), timed alone in bf16 in the device's VAE layout: where
 /// decode time goes.
@@ -593,7 +547,7 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     let x6 = frames(6, c, h, wd)?;
     let low = frames(4, 2 * c, h / 2, wd / 2)?;
     #[cfg(feature = "cuda")]
-    let k3cl = crate::layers::cudnn_conv::weight_channels_last(
+    let k3cl = crate::layers::cuda::cudnn_conv::weight_channels_last(
         &Tensor::randn(0f32, 0.02, (c, c, 3, 3, 3), device)?.to_dtype(dt)?,
     )?;
     let norm = ChannelRmsNorm::new(&w.pp("norm"), c, false, layout)?;
@@ -612,7 +566,8 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     #[cfg(feature = "cuda")]
     if layout == Layout::ChannelsLast {
         time("conv3d 3x3x3 256->256 (cuDNN, one call)", &mut || {
-            crate::layers::cudnn_conv::conv_frames(&x6, &k3cl, None, None, 1, [1, 1]).map(drop)
+            crate::layers::cuda::cudnn_conv::conv_frames(&x6, &k3cl, None, None, 1, [1, 1])
+                .map(drop)
         })?;
     }
     time("channel rms norm + silu", &mut || {
@@ -631,10 +586,10 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
             .map_err(Into::into)
     })?;
     time("upsample nearest 2x of 512ch 180x320", &mut || {
-        layout.upsample(&low, 1).map(drop)
+        crate::layers::video::upsample(&low, layout, 1).map(drop)
     })?;
     time("y + dup_up(512ch 180x320 -> 256ch 360x640)", &mut || {
-        layout.add_dup_up(&x, &low, c, 1, 2, false).map(drop)
+        crate::layers::video::add_dup_up(&x, &low, layout, c, 1, 2, false).map(drop)
     })?;
     Ok(out)
 }
