@@ -26,7 +26,7 @@ fi
 
 cargo fetch >/dev/null
 # shellcheck source=/dev/null
-source tools/cuda/build-env.sh .cuda-build
+PHYAI_CUDA_COMPILER_ONLY=1 source tools/cuda/build-env.sh .cuda-build
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
 cargo clippy --release -p phyai -p phyai-cli --features phyai/cuda,phyai-cli/cuda \
     --all-targets "$@" -- -D warnings

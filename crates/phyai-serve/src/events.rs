@@ -3,6 +3,7 @@
 //! Per-step progress lives in memory only (a step is far too frequent to be worth a
 //! durable write); state changes go to the store first and are announced here after.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::broadcast;
@@ -63,6 +64,8 @@ impl Event {
 pub struct Events {
     tx: broadcast::Sender<Event>,
     live: Mutex<Option<Live>>,
+    /// Jobs whose generation is done and whose files are being written.
+    writing: Mutex<HashMap<String, Live>>,
 }
 
 impl Default for Events {
@@ -77,6 +80,7 @@ impl Events {
         Self {
             tx,
             live: Mutex::new(None),
+            writing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,6 +93,22 @@ impl Events {
         let _ = self.tx.send(e);
     }
 
+    /// A finished generation whose files are being written (while the engine already runs
+    /// the next job): `Some` while writing, `None` once done.
+    pub fn set_writing(&self, id: &str, live: Option<Live>) {
+        let mut w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        match live {
+            Some(l) => {
+                w.insert(id.to_string(), l.clone());
+                drop(w);
+                self.send(Event::Progress(l));
+            }
+            None => {
+                w.remove(id);
+            }
+        }
+    }
+
     pub fn set_live(&self, live: Option<Live>) {
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = live.clone();
         if let Some(l) = live {
@@ -96,14 +116,22 @@ impl Events {
         }
     }
 
-    /// The live progress of job `id`, if it is the one running.
+    /// The live progress of job `id`, if it is running or its files are being written.
     pub fn live(&self, id: &str) -> Option<Live> {
-        self.live
+        let running = self
+            .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .filter(|l| l.id == id)
-            .cloned()
+            .cloned();
+        running.or_else(|| {
+            self.writing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned()
+        })
     }
 }
 

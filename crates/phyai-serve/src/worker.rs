@@ -1,10 +1,16 @@
 //! The worker: one thread that owns the engine and runs queued jobs one at a time, in
 //! arrival order, on every GPU of the topology. A failing job is marked failed with its
 //! reason (a panic included) and the worker goes on with the next.
+//!
+//! A finished generation's files (thumbnail, mp4 encode) are written by a second thread
+//! while the engine already runs the next job, so the encode costs the engine no time; the
+//! job is `completed` only once its files are in place. At most one clip waits for the
+//! writer, which bounds the memory held by finished clips.
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +19,28 @@ use crate::events::{Event, Live};
 use crate::state::State;
 use crate::store::Job;
 
-/// Runs forever: takes the oldest queued job, runs it, records the outcome.
+/// A generated clip on its way to disk.
+struct Finished {
+    job: Job,
+    clip: Clip,
+    /// When the job left the queue.
+    started: Instant,
+}
+
+/// Runs forever: takes the oldest queued job, runs it, hands the clip to the writer.
 pub fn run(state: Arc<State>, mut backend: Backend, stall_at_step: Option<usize>) {
+    let (to_writer, finished) = sync_channel::<Finished>(1);
+    {
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("phyai-serve-writer".into())
+            .spawn(move || writer(&state, finished))
+            .expect("cannot start the writer thread");
+    }
     loop {
         let seen = state.work_counter();
         match state.store.claim_next() {
-            Ok(Some(job)) => run_one(&state, &mut backend, job, stall_at_step),
+            Ok(Some(job)) => run_one(&state, &mut backend, job, stall_at_step, &to_writer),
             Ok(None) => {
                 state.wait_for_work(seen, Duration::from_secs(1));
             }
@@ -30,7 +52,37 @@ pub fn run(state: Arc<State>, mut backend: Backend, stall_at_step: Option<usize>
     }
 }
 
-fn run_one(state: &State, backend: &mut Backend, job: Job, stall_at_step: Option<usize>) {
+/// Writes each finished clip and records its outcome.
+fn writer(state: &State, finished: Receiver<Finished>) {
+    while let Ok(Finished { job, clip, started }) = finished.recv() {
+        let id = job.id.clone();
+        state.events.set_writing(
+            &id,
+            Some(Live {
+                id: id.clone(),
+                stage: "write".into(),
+                done: 0,
+                total: 1,
+                progress: Live::percent("write", 0, 1),
+            }),
+        );
+        let outcome = match write_outputs(state, &id, &job, &clip) {
+            Ok(()) => Outcome::Done(clip.engine_time),
+            Err(e) => Outcome::Failed("output_failed", e.to_string()),
+        };
+        record(state, &id, outcome, started);
+        state.events.set_writing(&id, None);
+        state.events.send(Event::Changed(id));
+    }
+}
+
+fn run_one(
+    state: &State,
+    backend: &mut Backend,
+    job: Job,
+    stall_at_step: Option<usize>,
+    to_writer: &SyncSender<Finished>,
+) {
     let started = Instant::now();
     let id = job.id.clone();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -51,11 +103,21 @@ fn run_one(state: &State, backend: &mut Backend, job: Job, stall_at_step: Option
         // Deleted while running: its row is gone; whatever was produced is dropped.
         _ if cancel.load(Ordering::SeqCst) => Outcome::Deleted,
         Ok(Ok(clip)) => {
-            observer.stage("write", 1);
-            match write_outputs(state, &id, &job, &clip) {
-                Ok(()) => Outcome::Done(clip.engine_time),
-                Err(e) => Outcome::Failed("output_failed", e.to_string()),
+            state.events.set_live(None);
+            state.set_running(None);
+            let finished = Finished { job, clip, started };
+            if let Err(e) = to_writer.send(finished) {
+                // The writer is gone (it only ends with the process): fail the job.
+                let msg = "the output writer stopped".to_string();
+                record(
+                    state,
+                    &id,
+                    Outcome::Failed("internal_error", msg),
+                    e.0.started,
+                );
+                state.events.send(Event::Changed(id));
             }
+            return;
         }
         Ok(Err(e)) => Outcome::Failed("generation_failed", e.to_string()),
         Err(panic) => {
@@ -68,10 +130,17 @@ fn run_one(state: &State, backend: &mut Backend, job: Job, stall_at_step: Option
         }
     };
     state.events.set_live(None);
+    record(state, &id, outcome, started);
+    state.set_running(None);
+    state.events.send(Event::Changed(id));
+}
+
+/// Stores a job's outcome; a job deleted meanwhile leaves no files behind.
+fn record(state: &State, id: &str, outcome: Outcome, started: Instant) {
     let recorded = match &outcome {
         Outcome::Done(engine) => {
             let total = started.elapsed().as_secs_f64();
-            let r = state.store.complete(&id, engine.as_secs_f64(), total);
+            let r = state.store.complete(id, engine.as_secs_f64(), total);
             if matches!(r, Ok(true)) {
                 state.metrics.job_finished(engine.as_secs_f64(), total);
                 eprintln!(
@@ -83,18 +152,16 @@ fn run_one(state: &State, backend: &mut Backend, job: Job, stall_at_step: Option
         }
         Outcome::Failed(code, msg) => {
             eprintln!("phyai serve: {id} failed: {msg}");
-            state.store.fail(&id, code, msg)
+            state.store.fail(id, code, msg)
         }
         Outcome::Deleted => Ok(false),
     };
     match recorded {
         Ok(true) => {}
         // The job was deleted meanwhile: its files must not outlive it.
-        Ok(false) => state.remove_files(&id),
+        Ok(false) => state.remove_files(id),
         Err(e) => eprintln!("phyai serve: {id}: cannot record the outcome: {e}"),
     }
-    state.set_running(None);
-    state.events.send(Event::Changed(id));
 }
 
 enum Outcome {
