@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod denoise;
+pub mod distilled;
 pub mod plugin;
 pub mod postprocess;
 pub mod processor;
