@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-AREAS = ["ref_pipeline", "ref_seeded", "ref_vae", "ref_sampler", "ref_processor", "ref_distilled", "ref_t2i"]
+AREAS = ["ref_pipeline", "ref_seeded", "ref_vae", "ref_sampler", "ref_processor", "ref_distilled", "ref_t2i", "ref_v2v"]
 
 
 def main() -> int:

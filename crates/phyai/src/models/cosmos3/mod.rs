@@ -1,6 +1,7 @@
 //! Cosmos3 (Nano, Super): configs, denoiser, sampler, decoders, prompt processing.
 
 pub mod config;
+pub mod continuation;
 pub mod demo;
 pub mod denoise;
 pub mod distilled;

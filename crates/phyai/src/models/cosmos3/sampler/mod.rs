@@ -12,7 +12,7 @@ pub mod unipc;
 
 pub use config::{FinalSigma, SchedulerConfig, SolverType};
 pub use fixed_step::FixedStepSchedule;
-pub use guidance::{cfg_combine, uses_cfg};
+pub use guidance::{cfg_combine, guided_at, uses_cfg, GuidanceInterval};
 pub use sde::{SdeSampler, StepNoise};
 pub use schedule::{Schedule, ScheduleOptions, SigmaStyle, SolverSettings};
 pub use unipc::UniPc;
