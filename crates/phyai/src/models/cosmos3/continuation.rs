@@ -117,6 +117,41 @@ impl VideoCondition {
     }
 }
 
+/// Long rollouts: `chunks` further generations after `first` (`[1, 3, T, H, W]` in [0, 1]),
+/// each conditioned on the end of the video so far (`cond`'s indexes, the last frames), and
+/// appended without the frames it was conditioned on. `generate` receives the running video
+/// in [−1, 1] (the conditioning input) and returns its chunk in [0, 1], with the same frame
+/// count as `first`. The result has `T + chunks·(T − pixel_frames)` frames.
+pub fn extend(
+    first: Tensor,
+    chunks: usize,
+    cond: &VideoCondition,
+    generate: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let t = first.dim(2)?;
+    let overlap = cond.pixel_frames();
+    if chunks > 0 && overlap >= t {
+        return Err(Error::invalid(
+            "extend",
+            format!("each chunk reuses {overlap} frames, so chunks of {t} frames add nothing"),
+        ));
+    }
+    let mut video = first;
+    for _ in 0..chunks {
+        let running = ((&video * 2.0)? - 1.0)?;
+        let chunk = generate(&running)?;
+        if chunk.dim(2)? != t {
+            return Err(Error::msg(format!(
+                "an extension chunk has {} frames, expected {t}",
+                chunk.dim(2)?
+            )));
+        }
+        let fresh = chunk.narrow(2, overlap, t - overlap)?;
+        video = Tensor::cat(&[&video, &fresh], 2)?;
+    }
+    Ok(video)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +185,36 @@ mod tests {
         assert_eq!(values(&single.clip(&video(7)).unwrap()), vec![0.]);
         let enc = Tensor::zeros((1, 2, 3, 1, 1), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(first.select(&enc).unwrap().dims(), &[1, 2, 2, 1, 1]);
+    }
+
+    #[test]
+    fn extend_conditions_on_the_end_and_drops_the_overlap() {
+        // Chunks of 9 frames conditioned on latent frames (0, 1): 5 frames reused, 4 added.
+        let first = (video(9) / 100.0).unwrap();
+        let cond = VideoCondition {
+            indexes: vec![0, 1],
+            keep: VideoKeep::Last,
+        };
+        let mut seen = Vec::new();
+        let mut calls = 0.0;
+        let mut gen = |running: &Tensor| -> Result<Tensor> {
+            seen.push(values(&cond.clip(running)?));
+            calls += 1.0;
+            Ok(((video(9) / 100.0)? + calls)?)
+        };
+        let out = extend(first, 2, &cond, &mut gen).unwrap();
+        let short = VideoCondition {
+            indexes: vec![0, 2],
+            keep: VideoKeep::Last,
+        };
+        assert!(extend(video(9), 1, &short, &mut gen).is_err());
+        assert_eq!(out.dim(2).unwrap(), 9 + 2 * 4);
+        // The first chunk is conditioned on frames 4..8 of the first clip, mapped to [−1, 1].
+        let want: Vec<f32> = (4..9).map(|f| f as f32 / 100.0 * 2.0 - 1.0).collect();
+        assert_eq!(seen[0], want);
+        let v = values(&out);
+        assert_eq!(&v[9..13], &[1.05, 1.06, 1.07, 1.08]);
+        assert_eq!(&v[13..], &[2.05, 2.06, 2.07, 2.08]);
     }
 
     #[test]
