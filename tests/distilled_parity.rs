@@ -174,8 +174,13 @@ fn run(m: &Cosmos3Transformer, case: &str) -> (Vec<Tensor>, Tensor) {
 #[test]
 fn distilled_runs_match_diffusers() {
     let m = transformer();
-    let vae = WanVae::load(&fixtures().join("tiny_distilled/vae"), DType::F32, &Device::Cpu, false)
-        .unwrap();
+    let vae = WanVae::load(
+        &fixtures().join("tiny_distilled/vae"),
+        DType::F32,
+        &Device::Cpu,
+        false,
+    )
+    .unwrap();
     for case in ["t2v", "i2v", "t2i", "seeded"] {
         let (r, _) = load(case);
         let (per_step, latents) = run(&m, case);
@@ -190,7 +195,10 @@ fn distilled_runs_match_diffusers() {
             let video = vae.decoder.decode(&latents).unwrap();
             let e = rel_err(&video, want);
             assert!(e <= TOL, "{case}: video rel err {e:.3e}");
-            eprintln!("{case}: latents {:.2e}, video {e:.2e}", rel_err(&latents, &r["latents"]));
+            eprintln!(
+                "{case}: latents {:.2e}, video {e:.2e}",
+                rel_err(&latents, &r["latents"])
+            );
         }
     }
 }

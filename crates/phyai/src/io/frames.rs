@@ -91,7 +91,14 @@ mod tests {
         assert_eq!(t.dims(), &[1, 3, 2, 2, 3]);
         let red = t.get(0).unwrap().get(0).unwrap(); // [F, H, W]
         let firsts: Vec<f32> = (0..2)
-            .map(|f| red.get(f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0])
+            .map(|f| {
+                red.get(f)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0]
+            })
             .collect();
         assert_eq!(firsts, vec![-1.0, 1.0]);
     }
@@ -99,10 +106,14 @@ mod tests {
     #[test]
     fn wrong_size_or_empty_folder_names_the_field() {
         let dir = tempfile::tempdir().unwrap();
-        let e = load_png_frames(dir.path(), 2, 3, "video").unwrap_err().to_string();
+        let e = load_png_frames(dir.path(), 2, 3, "video")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("video: ") && e.contains("no .png"), "{e}");
         write_png(&dir.path().join("a.png"), 4, 3, 0);
-        let e = load_png_frames(dir.path(), 2, 3, "video").unwrap_err().to_string();
+        let e = load_png_frames(dir.path(), 2, 3, "video")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("frame is 4x3, the request is 2x3"), "{e}");
     }
 }

@@ -33,7 +33,12 @@ impl StillFormat {
 }
 
 /// Encodes packed RGB `[height, width, 3]` bytes as `format`.
-pub fn encode_still(rgb: &[u8], height: usize, width: usize, format: StillFormat) -> Result<Vec<u8>> {
+pub fn encode_still(
+    rgb: &[u8],
+    height: usize,
+    width: usize,
+    format: StillFormat,
+) -> Result<Vec<u8>> {
     if height == 0 || width == 0 || rgb.len() != height * width * 3 {
         return Err(Error::invalid(
             "image",
@@ -114,7 +119,9 @@ mod tests {
     fn unknown_extension_or_size_is_refused_without_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.gif");
-        let e = write_still(&path, &pattern(2, 2), 2, 2).unwrap_err().to_string();
+        let e = write_still(&path, &pattern(2, 2), 2, 2)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("--out: "), "{e}");
         assert!(!path.exists());
         let png = dir.path().join("b.png");

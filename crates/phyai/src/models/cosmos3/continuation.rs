@@ -171,13 +171,22 @@ mod tests {
     #[test]
     fn clip_takes_the_needed_end_and_pads_short_videos() {
         let first = VideoCondition::default();
-        assert_eq!(values(&first.clip(&video(7)).unwrap()), vec![0., 1., 2., 3., 4.]);
+        assert_eq!(
+            values(&first.clip(&video(7)).unwrap()),
+            vec![0., 1., 2., 3., 4.]
+        );
         let last = VideoCondition {
             keep: VideoKeep::Last,
             ..first.clone()
         };
-        assert_eq!(values(&last.clip(&video(7)).unwrap()), vec![2., 3., 4., 5., 6.]);
-        assert_eq!(values(&first.clip(&video(3)).unwrap()), vec![0., 1., 2., 2., 2.]);
+        assert_eq!(
+            values(&last.clip(&video(7)).unwrap()),
+            vec![2., 3., 4., 5., 6.]
+        );
+        assert_eq!(
+            values(&first.clip(&video(3)).unwrap()),
+            vec![0., 1., 2., 2., 2.]
+        );
         let single = VideoCondition {
             indexes: vec![0],
             keep: VideoKeep::First,

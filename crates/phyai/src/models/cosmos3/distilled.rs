@@ -99,8 +99,7 @@ mod tests {
             x.ones_like().map_err(Into::into)
         };
         let start = reanchor(&start, &cond).unwrap();
-        let out =
-            denoise_fixed_step(&sched, start, Some(&cond), noise, &mut vel, &Silent).unwrap();
+        let out = denoise_fixed_step(&sched, start, Some(&cond), noise, &mut vel, &Silent).unwrap();
         assert_eq!(seen, vec![(1000.0, 0), (500.0, 1)]);
         // Frame 1: x0 = 1 − 1·1 = 0, ×0.5 = 0; then x0 = 0 − 0.5·1 = −0.5 at σ = 0.
         let v = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -46,14 +46,22 @@ impl FixedStepSchedule {
             Some(v) => sigma_list(v.get("distilled_sigmas"), &index_file, "distilled_sigmas")?,
             None => None,
         };
-        let fixed = sched.get("fixed_step_sampler_config").filter(|v| !v.is_null());
+        let fixed = sched
+            .get("fixed_step_sampler_config")
+            .filter(|v| !v.is_null());
         let fixed_step = class == Some("FlowMatchEulerDiscreteScheduler")
             || fixed.is_some()
             || from_index.is_some();
         if !fixed_step {
             return Ok(None);
         }
-        let resolved = resolve(&sched, &sched_file, fixed, from_index.as_deref(), &index_file)?;
+        let resolved = resolve(
+            &sched,
+            &sched_file,
+            fixed,
+            from_index.as_deref(),
+            &index_file,
+        )?;
         Ok(Some(resolved))
     }
 
@@ -107,10 +115,15 @@ fn sigma_list(v: Option<&Value>, file: &Path, key: &str) -> Result<Option<Vec<f6
         .as_array()
         .ok_or_else(|| bad(format!("expected a list of sigmas, got {v}")))?;
     if items.is_empty() {
-        return Err(bad("is empty: a fixed-step schedule needs at least one sigma".into()));
+        return Err(bad(
+            "is empty: a fixed-step schedule needs at least one sigma".into(),
+        ));
     }
     if items.len() > MAX_STEPS {
-        return Err(bad(format!("has {} entries (at most {MAX_STEPS})", items.len())));
+        return Err(bad(format!(
+            "has {} entries (at most {MAX_STEPS})",
+            items.len()
+        )));
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
@@ -121,7 +134,10 @@ fn sigma_list(v: Option<&Value>, file: &Path, key: &str) -> Result<Option<Vec<f6
             return Err(bad(format!("sigmas must lie in (0, 1], got {s}")));
         }
         if out.last().is_some_and(|&prev| s >= prev) {
-            return Err(bad(format!("sigmas must decrease, got {s} after {}", out[out.len() - 1])));
+            return Err(bad(format!(
+                "sigmas must decrease, got {s} after {}",
+                out[out.len() - 1]
+            )));
         }
         out.push(s);
     }
@@ -148,7 +164,10 @@ fn resolve(
     let num_train = match sched.get("num_train_timesteps") {
         None | Some(Value::Null) => 1000,
         Some(v) => positive_int(v).ok_or_else(|| {
-            cfg_err("num_train_timesteps", format!("expected a positive integer, got {v}"))
+            cfg_err(
+                "num_train_timesteps",
+                format!("expected a positive integer, got {v}"),
+            )
         })?,
     };
     let shift = match sched.get("shift") {
@@ -167,11 +186,17 @@ fn resolve(
         "invert_sigmas",
     ] {
         if sched.get(key).and_then(Value::as_bool) == Some(true) {
-            return Err(cfg_err(key, "not supported with a fixed-step schedule".into()));
+            return Err(cfg_err(
+                key,
+                "not supported with a fixed-step schedule".into(),
+            ));
         }
     }
     if let Some(v) = sched.get("shift_terminal").filter(|v| !v.is_null()) {
-        return Err(cfg_err("shift_terminal", format!("not supported (got {v})")));
+        return Err(cfg_err(
+            "shift_terminal",
+            format!("not supported (got {v})"),
+        ));
     }
     if sched.get("stochastic_sampling").and_then(Value::as_bool) == Some(false) {
         return Err(cfg_err(
@@ -276,7 +301,9 @@ mod tests {
 
     fn error_of(sched: &str, index: Option<&str>) -> String {
         let d = checkpoint(sched, index);
-        let e = FixedStepSchedule::from_checkpoint(d.path()).unwrap_err().to_string();
+        let e = FixedStepSchedule::from_checkpoint(d.path())
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains('\n'), "{e}");
         e
     }
@@ -288,15 +315,27 @@ mod tests {
             r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": true}"#,
             Some(&format!(r#"{{"distilled_sigmas": {T_LIST}}}"#)),
         );
-        let c = checkpoint(&sde(T_LIST), Some(&format!(r#"{{"distilled_sigmas": {T_LIST}}}"#)));
-        let sa = FixedStepSchedule::from_checkpoint(a.path()).unwrap().unwrap();
-        let sb = FixedStepSchedule::from_checkpoint(b.path()).unwrap().unwrap();
-        let sc = FixedStepSchedule::from_checkpoint(c.path()).unwrap().unwrap();
+        let c = checkpoint(
+            &sde(T_LIST),
+            Some(&format!(r#"{{"distilled_sigmas": {T_LIST}}}"#)),
+        );
+        let sa = FixedStepSchedule::from_checkpoint(a.path())
+            .unwrap()
+            .unwrap();
+        let sb = FixedStepSchedule::from_checkpoint(b.path())
+            .unwrap()
+            .unwrap();
+        let sc = FixedStepSchedule::from_checkpoint(c.path())
+            .unwrap()
+            .unwrap();
         assert_eq!(sa, sb);
         assert_eq!(sa, sc);
         assert_eq!(sa.sigmas(), &[1.0, 0.9375, 0.833_333_3, 0.625, 0.0]);
         // σ·1000 in f32, as diffusers' timesteps tensor holds it.
-        assert_eq!(sa.timesteps(), &[1000.0, 937.5, 833.333_312_988_281_2, 625.0]);
+        assert_eq!(
+            sa.timesteps(),
+            &[1000.0, 937.5, 833.333_312_988_281_2, 625.0]
+        );
     }
 
     #[test]
@@ -313,7 +352,9 @@ mod tests {
             r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true}"#,
             None,
         );
-        assert!(FixedStepSchedule::from_checkpoint(d.path()).unwrap().is_none());
+        assert!(FixedStepSchedule::from_checkpoint(d.path())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -340,7 +381,10 @@ mod tests {
             (sde("[0.5, 0.9]"), None, "must decrease"),
             (sde("[1.5]"), None, "(0, 1]"),
             (
-                sde(T_LIST).replace("\"stochastic_sampling\": true", "\"stochastic_sampling\": false"),
+                sde(T_LIST).replace(
+                    "\"stochastic_sampling\": true",
+                    "\"stochastic_sampling\": false",
+                ),
                 None,
                 "stochastic_sampling",
             ),

@@ -28,7 +28,12 @@ impl GuidanceInterval {
 
     /// Parses `"LO,HI"` (e.g. `400,1000`).
     pub fn parse(text: &str, field: &str) -> Result<Self> {
-        let bad = || Error::invalid(field, format!("expected LO,HI (e.g. 400,1000), got {text:?}"));
+        let bad = || {
+            Error::invalid(
+                field,
+                format!("expected LO,HI (e.g. 400,1000), got {text:?}"),
+            )
+        };
         let (lo, hi) = text.split_once(',').ok_or_else(bad)?;
         let lo: f64 = lo.trim().parse().map_err(|_| bad())?;
         let hi: f64 = hi.trim().parse().map_err(|_| bad())?;

@@ -13,6 +13,6 @@ pub mod unipc;
 pub use config::{FinalSigma, SchedulerConfig, SolverType};
 pub use fixed_step::FixedStepSchedule;
 pub use guidance::{cfg_combine, guided_at, uses_cfg, GuidanceInterval};
-pub use sde::{SdeSampler, StepNoise};
 pub use schedule::{Schedule, ScheduleOptions, SigmaStyle, SolverSettings};
+pub use sde::{SdeSampler, StepNoise};
 pub use unipc::UniPc;

@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn recorded_noise_must_match_the_run() {
         let noise = Tensor::zeros((3, 1, 2), DType::F32, &Device::Cpu).unwrap();
-        let e = StepNoise::given(noise, 4, &[1, 2]).err().unwrap().to_string();
+        let e = StepNoise::given(noise, 4, &[1, 2])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("step_noise: has shape [3, 1, 2]"), "{e}");
     }
 
