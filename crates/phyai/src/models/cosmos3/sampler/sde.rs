@@ -16,8 +16,9 @@ use crate::{Error, Result};
 pub enum StepNoise {
     /// Recorded draws `[steps, 1, C, t, h, w]`, used in order.
     Given(Tensor),
-    /// The request's seeded generator, continued after the initial noise.
-    Seeded(RandomState),
+    /// The request's seeded generator, continued after the initial noise (boxed: its
+    /// state is 2.5 KB).
+    Seeded(Box<RandomState>),
 }
 
 impl StepNoise {
@@ -124,7 +125,7 @@ mod tests {
         let sched = FixedStepSchedule::new(&[1.0, 0.5], 1.0, 1000).unwrap();
         let mut reference = RandomState::new(5);
         let draws: Vec<f32> = (0..4).map(|_| reference.gauss() as f32).collect();
-        let mut s = SdeSampler::new(&sched, StepNoise::Seeded(RandomState::new(5)));
+        let mut s = SdeSampler::new(&sched, StepNoise::Seeded(Box::new(RandomState::new(5))));
         let zero = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
         // x = v = 0: x_next = 0.5·ε, the first three draws.
         let x1 = s.step(&zero, &zero).unwrap().to_vec2::<f32>().unwrap();
