@@ -1,6 +1,6 @@
-//! Conditioning videos given as a folder of PNG frames (video-to-video continuation): the
-//! frames are read in file-name order, exactly (8-bit levels mapped to [−1, 1] as
-//! `k/127.5 − 1`), so tests can feed the same pixels as the reference.
+//! Conditioning videos (video-to-video continuation): an mp4, or a folder of PNG frames read
+//! in file-name order, exactly, so tests can feed the same pixels as the reference. 8-bit
+//! levels map to [−1, 1] as `k/127.5 − 1`.
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +71,39 @@ pub fn load_png_frames(dir: &Path, height: usize, width: usize, field: &str) -> 
     )?)
 }
 
+/// Loads the video at `path` (a folder of PNG frames, or an mp4) as
+/// `[1, 3, F, height, width]` f32 in [−1, 1] on the CPU; frames must be the request size.
+pub fn load_video(path: &Path, height: usize, width: usize, field: &str) -> Result<Tensor> {
+    if path.is_dir() {
+        return load_png_frames(path, height, width, field);
+    }
+    let v = super::mp4_read::read_mp4(path, field)?;
+    if (v.height, v.width) != (height, width) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{}: frames are {}x{}, the request is {height}x{width}",
+                path.display(),
+                v.height,
+                v.width
+            ),
+        ));
+    }
+    let (f, plane) = (v.frames, height * width);
+    let mut data = vec![0f32; 3 * f * plane];
+    for (i, px) in v.data.chunks_exact(3).enumerate() {
+        let (frame, at) = (i / plane, i % plane);
+        for c in 0..3 {
+            data[(c * f + frame) * plane + at] = px[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (1, 3, f, height, width),
+        &Device::Cpu,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +134,21 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts, vec![-1.0, 1.0]);
+    }
+
+    #[test]
+    fn mp4_and_png_folder_give_the_same_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let rgb: Vec<u8> = [[200u8, 100, 50]; 2 * 16 * 16].concat();
+        let mp4 = dir.path().join("c.mp4");
+        crate::io::video::write_mp4(&mp4, &rgb, 2, 16, 16, 24.0, None).unwrap();
+        let v = load_video(&mp4, 16, 16, "video").unwrap();
+        assert_eq!(v.dims(), &[1, 3, 2, 16, 16]);
+        let red = v.get(0).unwrap().get(0).unwrap().mean_all().unwrap();
+        let red = (red.to_scalar::<f32>().unwrap() + 1.0) * 127.5;
+        assert!((red - 200.0).abs() < 4.0, "{red}");
+        let e = load_video(&mp4, 32, 16, "video").unwrap_err().to_string();
+        assert!(e.contains("frames are 16x16, the request is 32x16"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod frames;
 pub mod image;
 pub mod json;
 pub mod mp4;
+pub mod mp4_read;
 pub mod still;
 pub mod video;
 pub mod weights;
