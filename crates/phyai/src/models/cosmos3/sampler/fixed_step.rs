@@ -97,6 +97,28 @@ impl FixedStepSchedule {
     pub fn steps(&self) -> usize {
         self.timesteps.len()
     }
+
+    /// Checks a request's step count and guidance scale (`None`: not given) against the
+    /// checkpoint: the steps are fixed and guidance is baked into the weights, so only the
+    /// schedule's own step count and a scale of 1 are accepted, as diffusers does.
+    pub fn check_request(&self, steps: Option<usize>, guidance_scale: Option<f64>) -> Result<()> {
+        if let Some(s) = steps.filter(|&s| s != self.steps()) {
+            return Err(Error::invalid(
+                "steps",
+                format!(
+                    "this distilled checkpoint samples exactly {} steps, got {s}",
+                    self.steps()
+                ),
+            ));
+        }
+        if let Some(g) = guidance_scale.filter(|&g| g != 1.0) {
+            return Err(Error::invalid(
+                "guidance_scale",
+                format!("guidance is baked into this distilled checkpoint; must be 1, got {g}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn read_value(file: &Path) -> Result<Value> {
@@ -336,6 +358,18 @@ mod tests {
             sa.timesteps(),
             &[1000.0, 937.5, 833.333_312_988_281_2, 625.0]
         );
+    }
+
+    #[test]
+    fn requests_may_not_change_steps_or_guidance() {
+        let s =
+            FixedStepSchedule::new(&[1.0, 0.9375, 0.8333333333333334, 0.625], 1.0, 1000).unwrap();
+        assert!(s.check_request(None, None).is_ok());
+        assert!(s.check_request(Some(4), Some(1.0)).is_ok());
+        let e = s.check_request(Some(35), None).unwrap_err().to_string();
+        assert!(e.starts_with("steps: ") && e.contains("exactly 4"), "{e}");
+        let e = s.check_request(None, Some(6.0)).unwrap_err().to_string();
+        assert!(e.starts_with("guidance_scale: "), "{e}");
     }
 
     #[test]
