@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use phyai::engine::{Conditioning, Silent};
+use phyai::io::frames::load_video;
 use phyai::io::json::read_json;
 use phyai::io::weights::{WeightStore, Weights};
+use phyai::models::cosmos3::continuation::VideoCondition;
 use phyai::models::cosmos3::distilled::{denoise_fixed_step, reanchor};
 use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
 use phyai::models::cosmos3::sampler::noise::RandomState;
@@ -24,7 +26,7 @@ use support::{fixtures, ids, rel_err};
 
 /// Whole-run tolerance, as the guided pipeline parity tests use.
 const TOL: f64 = 1e-5;
-const CASES: [&str; 4] = ["t2v", "i2v", "t2i", "seeded"];
+const CASES: [&str; 5] = ["t2v", "i2v", "t2i", "seeded", "v2v"];
 
 fn load(case: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
     let path = fixtures()
@@ -51,12 +53,20 @@ fn f32s(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
-/// The initial latents of a case: the recorded noise with the clean frame of i2v.
+/// The initial latents of a case: the recorded noise with the clean frames of i2v (frame
+/// 0) and v2v (frames 0 and 1).
 fn start(r: &HashMap<String, Tensor>) -> (Tensor, Option<Conditioning>) {
-    let cond = r.get("image_latent").map(|l| Conditioning {
-        latents: l.clone(),
-        frame_indexes: vec![0],
-    });
+    let cond = match (r.get("image_latent"), r.get("cond_latents")) {
+        (Some(l), _) => Some(Conditioning {
+            latents: l.clone(),
+            frame_indexes: vec![0],
+        }),
+        (None, Some(l)) => Some(Conditioning {
+            latents: l.clone(),
+            frame_indexes: vec![0, 1],
+        }),
+        (None, None) => None,
+    };
     let x = match &cond {
         Some(c) => reanchor(&r["init_noise"], c).unwrap(),
         None => r["init_noise"].clone(),
@@ -178,10 +188,22 @@ fn distilled_runs_match_diffusers() {
         &fixtures().join("tiny_distilled/vae"),
         DType::F32,
         &Device::Cpu,
-        false,
+        true,
     )
     .unwrap();
-    for case in ["t2v", "i2v", "t2i", "seeded"] {
+    // v2v: the conditioning latents from the PNG frames, as the distilled video encoder step
+    // computes them (default indexes (0, 1), first frames).
+    let (r, _) = load("v2v");
+    let frames = load_video(&fixtures().join("refs/v2v_frames"), 32, 48, "video").unwrap();
+    let cond = VideoCondition::default();
+    let enc = vae.encoder.as_ref().unwrap();
+    let latents = cond
+        .select(&enc.encode(&cond.clip(&frames).unwrap()).unwrap())
+        .unwrap();
+    let e = rel_err(&latents, &r["cond_latents"]);
+    assert!(e <= TOL, "v2v: conditioning latents rel err {e:.3e}");
+    eprintln!("v2v: conditioning latents {e:.2e}");
+    for case in CASES {
         let (r, _) = load(case);
         let (per_step, latents) = run(&m, case);
         assert_eq!(per_step.len(), 4, "{case}");

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-AREAS = ["ref_pipeline", "ref_seeded", "ref_vae", "ref_sampler", "ref_processor", "ref_distilled", "ref_t2i", "ref_v2v"]
+AREAS = ["ref_pipeline", "ref_seeded", "ref_vae", "ref_sampler", "ref_processor", "ref_v2v", "ref_distilled", "ref_t2i"]
 
 
 def main() -> int:

@@ -24,6 +24,8 @@ so that another implementation can replay the run without torch's generator:
   video         [1,3,T,H,W] in [0,1] (not in the `seeded` case)
   i2v: image [1,3,H,W] in [0,1] (8-bit values, also refs/distilled_i2v_image.png),
        image_latent [1,48,1,h,w] (normalised clean latent of frame 0)
+  v2v: cond_latents [1,48,2,h,w] (the clean latent frames 0 and 1 of the video in
+       refs/v2v_frames/, written by ref_v2v, which runs first)
 metadata: prompt, num_frames, height, width, fps, steps, noise ("torch" or "numpy:<seed>").
 
 The `seeded` case swaps the generator for the engine's own: every draw is the next
@@ -31,7 +33,7 @@ The `seeded` case swaps the generator for the engine's own: every draw is the ne
 noise first, then one draw per step, so a request that carries only the seed must
 reproduce it.
 
-Run: python ref_distilled.py <fixtures dir> [--seed S]   (needs tiny/)
+Run: python ref_distilled.py <fixtures dir> [--seed S]   (needs tiny/ and refs/v2v_frames/)
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ CASES = {
     "i2v": dict(prompt=PROMPT_VIDEO, num_frames=5, height=32, width=48, fps=24.0, image=True),
     "t2i": dict(prompt=PROMPT_IMAGE, num_frames=1, height=32, width=48, fps=24.0),
     "seeded": dict(prompt=PROMPT_IMAGE, num_frames=5, height=32, width=48, fps=24.0, numpy_seed=42),
+    # Video-to-video: the PNG frames ref_v2v writes, latent frames (0, 1) kept (the default).
+    "v2v": dict(prompt=PROMPT_VIDEO, num_frames=9, height=32, width=48, fps=24.0, video=True),
 }
 
 COMPONENTS = {
@@ -145,6 +149,7 @@ def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> None:
 
     args = dict(args)
     with_image = args.pop("image", False)
+    with_video = args.pop("video", False)
     numpy_seed = args.pop("numpy_seed", None)
     gen = torch.Generator().manual_seed(seed + 2000 + len(name))
     call = dict(args, generator=gen, output="videos", output_type="pt")
@@ -157,6 +162,12 @@ def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> None:
         Image.fromarray(png).save(refs / f"distilled_{name}_image.png")
         call["image"] = image * 2 - 1  # tensors are taken as [-1, 1]
         tensors["image"] = image
+
+    if with_video:
+        from PIL import Image
+
+        folder = refs / "v2v_frames"
+        call["video"] = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
 
     ids = []
     hook = pipe.transformer.register_forward_hook(
@@ -219,6 +230,8 @@ def run_case(pipe, name: str, args: dict, seed: int, refs: Path) -> None:
     if with_image:
         # The clean latent the loop re-anchors frame 0 to (frame 0 of the initial latents).
         tensors["image_latent"] = anchored[0][:, :, :1].clone()
+    if with_video:
+        tensors["cond_latents"] = anchored[0][:, :, :2].clone()
     meta = dict(args, steps=n, noise="torch" if numpy_seed is None else f"numpy:{numpy_seed}")
     save_file(
         {k: v.detach().contiguous().clone() for k, v in tensors.items()},
