@@ -35,6 +35,24 @@ impl StepNoise {
         Ok(StepNoise::Given(noise.to_dtype(DType::F32)?))
     }
 
+    /// The seeded start of a run: the initial noise `[shape]` as the first draw of a fresh
+    /// `RandomState(seed)` (what [`super::noise::standard_normal`] returns), and the same
+    /// generator, continued, for the steps.
+    pub fn seeded(seed: u64, shape: &[usize], device: &Device) -> Result<(Tensor, Self)> {
+        let seed = u32::try_from(seed).map_err(|_| {
+            Error::invalid(
+                "seed",
+                format!(
+                    "must be between 0 and 2^32 - 1 (the reference generator's range), got {seed}"
+                ),
+            )
+        })?;
+        let mut rs = Box::new(RandomState::new(seed));
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rs.gauss() as f32).collect();
+        Ok((Tensor::from_vec(v, shape, device)?, StepNoise::Seeded(rs)))
+    }
+
     /// ε for step `index`, shaped `shape`, on `device`.
     fn draw(&mut self, index: usize, shape: &[usize], device: &Device) -> Result<Tensor> {
         match self {
@@ -118,6 +136,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.starts_with("step_noise: has shape [3, 1, 2]"), "{e}");
+    }
+
+    #[test]
+    fn seeded_start_is_the_engine_noise() {
+        let shape = [1, 2, 1, 2, 3];
+        let (init, _) = StepNoise::seeded(42, &shape, &Device::Cpu).unwrap();
+        let want = super::super::noise::standard_normal(42, &shape).unwrap();
+        assert_eq!(init.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        assert!(StepNoise::seeded(1 << 32, &shape, &Device::Cpu).is_err());
     }
 
     #[test]
