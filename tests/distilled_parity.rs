@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{Conditioning, Silent};
+use phyai::engine::Silent;
 use phyai::io::frames::load_video;
 use phyai::io::json::read_json;
 use phyai::io::weights::{WeightStore, Weights};
 use phyai::models::cosmos3::continuation::VideoCondition;
+use phyai::models::cosmos3::denoise::Conditioning;
 use phyai::models::cosmos3::distilled::{denoise_fixed_step, reanchor};
 use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
 use phyai::models::cosmos3::sampler::noise::RandomState;

@@ -14,11 +14,10 @@ fn guided_step_times_with_tp_and_cfg() {
 
     use candle_core::{DType, Device, Tensor};
     use phyai::io::weights::{WeightStore, Weights};
-    use phyai::layers::linear::TpGroup;
-    use phyai::layers::sp::SpGroup;
     use phyai::models::cosmos3::sampler::noise;
     use phyai::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
     use phyai::parallel::nccl::NcclMeshPlan;
+    use phyai::parallel::Group;
     use phyai::parallel::{MeshShape, RankMesh};
 
     if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
@@ -79,8 +78,8 @@ fn guided_step_times_with_tp_and_cfg() {
         let m = Cosmos3Transformer::new_parallel(
             cfg,
             Weights::new(store, DType::BF16, &dev),
-            &TpGroup::new(mesh.tp.clone()),
-            SpGroup::new(mesh.sp.clone()),
+            &Group::new(mesh.tp.clone()),
+            Group::new(mesh.sp.clone()),
         )
         .unwrap();
         let cfg_parallel = mesh.cfg.size() == 2;

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use phyai::engine::{
-    Cosmos3Args, Engine, EngineArgs, EngineConfig, GenerationOutput, GenerationRequest, InitNoise,
-    LatentShape, ParallelConfig, PluginArgs, RuntimeConfig,
+use phyai::engine::{Engine, EngineArgs, EngineConfig, Plugin};
+use phyai::models::cosmos3::{
+    Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise, Prompt, VaeDecode,
 };
-use phyai::models::cosmos3::sampler::SigmaStyle;
+use phyai::parallel::MeshShape;
 
 mod support;
-use support::{engine_on, fixtures, ids, load_ref, rel_err};
+use support::{engine_on, fixtures, ids, load_ref, rel_err, tiled_decode};
 
 struct Case {
     name: &'static str,
@@ -21,44 +21,47 @@ struct Case {
     image: bool,
 }
 
-fn request(case: &Case, r: &HashMap<String, Tensor>) -> GenerationRequest {
+fn request(case: &Case, r: &HashMap<String, Tensor>) -> Cosmos3Request {
     let init = &r["init_video"];
     let (_, _, t, h, w) = init.dims5().unwrap();
-    GenerationRequest {
-        pos_ids: ids(&r["pos_ids"]),
-        neg_ids: ids(&r["neg_ids"]),
-        latent: LatentShape { t, h, w },
-        fps: case.fps,
-        steps: 3,
-        guidance_scale: 6.0,
-        seed: 0,
-        sound_frames: r.get("init_sound").map(|s| s.dim(2).unwrap()),
-        conditioning: None,
-        init_noise: Some(InitNoise {
-            video: init.clone(),
-            sound: r.get("init_sound").cloned(),
-        }),
-    }
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        (t - 1) * 4 + 1,
+        h * 16,
+        w * 16,
+    );
+    req.fps = case.fps;
+    req.steps = 3;
+    req.seed = 0;
+    req.sound = case.sound;
+    req.init_noise = Some(InitNoise {
+        video: init.clone(),
+        sound: r.get("init_sound").cloned(),
+    });
+    req
 }
 
 fn run(
     case: &Case,
-    parallel: ParallelConfig,
-    vae_tiles: Option<usize>,
-) -> (GenerationOutput, HashMap<String, Tensor>) {
+    parallel: MeshShape,
+    vae_decode: VaeDecode,
+) -> (Cosmos3Output, HashMap<String, Tensor>) {
     let r = load_ref(&format!("trajectory_{}.safetensors", case.name));
-    let mut e = engine_on(&fixtures().join("tiny"), case.sound, parallel, vae_tiles);
+    let mut e = engine_on(&fixtures().join("tiny"), case.sound, parallel, vae_decode);
     let mut req = request(case, &r);
     if case.image {
         // The pipeline's [0, 1] 8-bit image → [−1, 1], encoded as the clean frame 0.
         let px = ((&r["image"] * 2.0).unwrap() - 1.0).unwrap();
-        let c = e.encode_image(&px).unwrap();
+        let c = e.plugin().encode_image(&px).unwrap();
         assert!(
             rel_err(&c.latents, &r["image_latent"]) < 1e-4,
             "{}: image latent",
             case.name
         );
-        req.conditioning = Some(c.clone());
+        req.image = Some(px);
         let out = e.step(&req).unwrap();
         // The conditioning frame comes out exactly as it went in.
         let f0 = out.latents.narrow(2, 0, 1).unwrap();
@@ -75,7 +78,7 @@ fn run(
 }
 
 fn check(case: Case) {
-    let (out, r) = run(&case, ParallelConfig::default(), None);
+    let (out, r) = run(&case, MeshShape::single(), VaeDecode::Full);
     let lat = rel_err(&out.latents, &r["latents"]);
     let vid = rel_err(&out.video, &r["video"]);
     println!("{}: latents {lat:.2e}, video {vid:.2e}", case.name);
@@ -152,24 +155,31 @@ fn cpu_parallel_topologies_match_one_rank() {
         sound: true,
         image: false,
     };
-    let (one, _) = run(&case, ParallelConfig::default(), None);
+    let (one, _) = run(&case, MeshShape::single(), VaeDecode::Full);
+    let tiny = fixtures().join("tiny");
     for (cfg, tp) in [(1, 2), (2, 1), (2, 2)] {
-        let (many, _) = run(&case, ParallelConfig::new(cfg, tp, 1), None);
-        // The same tiles decoded in sequence on one rank.
-        let (tiled, _) = run(&case, ParallelConfig::default(), Some(cfg * tp));
+        let shape = MeshShape::new(cfg, 1, tp);
+        let (many, _) = run(&case, shape, VaeDecode::Full);
+        let (tiled, _) = run(&case, shape, VaeDecode::Tiled);
         let lat = rel_err(&many.latents, &one.latents);
         let snd = rel_err(
             many.sound_latents.as_ref().unwrap(),
             one.sound_latents.as_ref().unwrap(),
         );
-        let vid = rel_err(&many.video, &tiled.video);
-        println!("cfg {cfg} × tp {tp}: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}");
+        // Full: rank 0 decodes the whole clip, as one rank does.
+        let full = rel_err(&many.video, &one.video);
+        // Tiled: one tile per rank, the same video as those tiles decoded on one device.
+        let tiles = rel_err(&tiled.video, &tiled_decode(&tiny, &one.latents, cfg * tp));
+        println!(
+            "cfg {cfg} × tp {tp}: latents {lat:.2e}, sound {snd:.2e}, full video {full:.2e}, \
+             tiled video {tiles:.2e}"
+        );
         assert!(
             lat <= 1e-5 && snd <= 1e-5,
             "cfg {cfg} × tp {tp}: {lat:e} {snd:e}"
         );
-        // A multi-rank run decodes one tile per rank: the same video as the tiled decode.
-        assert!(vid <= 1e-5, "cfg {cfg} × tp {tp}: video {vid:e}");
+        assert!(full <= 1e-5, "cfg {cfg} × tp {tp}: full video {full:e}");
+        assert!(tiles <= 1e-5, "cfg {cfg} × tp {tp}: tiled video {tiles:e}");
     }
 }
 
@@ -179,36 +189,36 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("demo");
     phyai::models::cosmos3::demo::write_demo_checkpoint(&ckpt).unwrap();
-    let run = |parallel: ParallelConfig, tiles: Option<usize>| {
-        let mut e = engine_on(&ckpt, true, parallel, tiles);
-        e.step(&GenerationRequest {
-            pos_ids: vec![
-                151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,
-            ],
-            neg_ids: vec![
-                151644, 872, 198, 151645, 198, 151644, 77091, 198, 151645, 151652,
-            ],
-            latent: LatentShape { t: 2, h: 4, w: 4 },
-            fps: 24.0,
-            steps: 2,
-            guidance_scale: 6.0,
-            seed: 7,
-            sound_frames: Some(4),
-            conditioning: None,
-            init_noise: None,
-        })
-        .unwrap()
+    let run = |parallel: MeshShape, vae_decode: VaeDecode| {
+        let mut e = engine_on(&ckpt, true, parallel, vae_decode);
+        let mut req = Cosmos3Request::new(
+            Prompt::Tokens {
+                pos: vec![
+                    151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,
+                ],
+                neg: vec![
+                    151644, 872, 198, 151645, 198, 151644, 77091, 198, 151645, 151652,
+                ],
+            },
+            5,
+            64,
+            64,
+        );
+        req.steps = 2;
+        req.seed = 7;
+        req.sound = true;
+        e.step(&req).unwrap()
     };
-    let one = run(ParallelConfig::default(), None);
+    let one = run(MeshShape::single(), VaeDecode::Full);
     for (cfg, tp) in [(1, 4), (2, 2)] {
-        let many = run(ParallelConfig::new(cfg, tp, 1), None);
-        let tiled = run(ParallelConfig::default(), Some(cfg * tp));
+        let many = run(MeshShape::new(cfg, 1, tp), VaeDecode::Tiled);
+        let tiled = tiled_decode(&ckpt, &one.latents, cfg * tp);
         let lat = rel_err(&many.latents, &one.latents);
         let snd = rel_err(
             many.sound_latents.as_ref().unwrap(),
             one.sound_latents.as_ref().unwrap(),
         );
-        let vid = rel_err(&many.video, &tiled.video);
+        let vid = rel_err(&many.video, &tiled);
         println!("demo cfg {cfg} × tp {tp}: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}");
         assert!(
             lat <= 1e-5 && snd <= 1e-5 && vid <= 1e-5,
@@ -216,34 +226,24 @@ fn cpu_tp4_matches_one_rank_on_the_demo_checkpoint() {
         );
     }
     let refused = |config: EngineConfig| -> String {
-        let e = Engine::new(EngineArgs {
-            plugin: "cosmos3_wn".into(),
-            plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-                checkpoint_dir: ckpt.clone(),
-                flow_shift: None,
-                use_karras_sigmas: None,
-                load_sound: false,
-                sigma_schedule: SigmaStyle::Checkpoint,
-            }),
+        let e = Engine::<Cosmos3Plugin>::new(EngineArgs {
+            plugin: Cosmos3Plugin::NAME.into(),
+            plugin_args: Cosmos3Args::new(&ckpt),
             config,
         });
         e.err().unwrap().to_string()
     };
     let msg = refused(EngineConfig {
-        parallel: ParallelConfig::new(1, 8, 1),
+        parallel: MeshShape::new(1, 1, 8),
         ..EngineConfig::default()
     });
     assert!(
-        msg.contains("--tp") && msg.contains("key/value heads"),
+        msg.starts_with("tp: ") && msg.contains("key/value heads"),
         "{msg}"
     );
-    // A runtime option the engine does not implement is refused, not ignored.
     let msg = refused(EngineConfig {
-        runtime: RuntimeConfig {
-            use_cuda_graph: true,
-            ..RuntimeConfig::default()
-        },
+        parallel: MeshShape::new(3, 1, 1),
         ..EngineConfig::default()
     });
-    assert!(msg.contains("use_cuda_graph"), "{msg}");
+    assert!(msg.starts_with("cfg: must be 1 or 2"), "{msg}");
 }

@@ -119,14 +119,14 @@ fn bad_inputs_are_errors() {
         style: PromptStyle::Phyai,
     };
     let err = processor.encode_pair(&input).unwrap_err().to_string();
-    assert!(err.starts_with("--prompt"), "{err}");
+    assert!(err.starts_with("prompt: "), "{err}");
     input.prompt = "a cat".into();
     input.fps = 0.0;
     assert!(processor
         .encode_pair(&input)
         .unwrap_err()
         .to_string()
-        .starts_with("--fps"));
+        .starts_with("fps: "));
     let missing = Processor::from_dir(Path::new("no/such/dir"));
     assert!(missing.is_err());
 }

@@ -6,15 +6,16 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use phyai::engine::{GenerationRequest, LatentShape, ParallelConfig};
 use phyai::models::cosmos3::sampler::noise;
+use phyai::models::cosmos3::{Cosmos3Request, Prompt, VaeDecode};
+use phyai::parallel::MeshShape;
 
 mod support;
 use support::{engine_on, fixtures, ids, rel_err};
 
 const REF: &str = "trajectory_seeded_t2av.safetensors";
 
-fn load() -> (HashMap<String, Tensor>, u64) {
+fn load() -> (HashMap<String, Tensor>, u32) {
     let path = fixtures().join("refs").join(REF);
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     // The seed is in the file's metadata, next to the tensors.
@@ -44,26 +45,31 @@ fn seeded_noise_is_the_reference_start() {
 fn seeded_t2av_matches_diffusers() {
     let (r, seed) = load();
     let (_, _, t, h, w) = r["init_video"].dims5().unwrap();
-    let req = GenerationRequest {
-        pos_ids: ids(&r["pos_ids"]),
-        neg_ids: ids(&r["neg_ids"]),
-        latent: LatentShape { t, h, w },
-        fps: 24.0,
-        steps: 3,
-        guidance_scale: 6.0,
-        seed,
-        sound_frames: Some(r["init_sound"].dim(2).unwrap()),
-        conditioning: None,
-        init_noise: None,
-    };
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        (t - 1) * 4 + 1,
+        h * 16,
+        w * 16,
+    );
+    req.steps = 3;
+    req.seed = seed;
+    req.sound = true;
     let out = engine_on(
         &fixtures().join("tiny"),
         true,
-        ParallelConfig::default(),
-        None,
+        MeshShape::single(),
+        VaeDecode::Full,
     )
     .step(&req)
     .unwrap();
+    assert_eq!(
+        out.sound_latents.as_ref().unwrap().dims(),
+        r["init_sound"].dims(),
+        "sound frames derived from the clip"
+    );
     let lat = rel_err(&out.latents, &r["latents"]);
     let snd = rel_err(out.sound_latents.as_ref().unwrap(), &r["sound_latents"]);
     let vid = rel_err(&out.video, &r["video"]);

@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{GenerationOutput, GenerationRequest, InitNoise, LatentShape, ParallelConfig};
 use phyai::io::json::read_json;
 use phyai::io::weights::{WeightStore, Weights};
 use phyai::models::cosmos3::transformer::{
     Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig,
 };
+use phyai::models::cosmos3::{Cosmos3Output, Cosmos3Request, InitNoise, Prompt, VaeDecode};
 use phyai::parallel::local::run_ranks;
 use phyai::parallel::MeshShape;
 
 mod support;
-use support::{engine_on, fixtures, ids, load_ref as load, rel_err};
+use support::{engine_on, fixtures, ids, load_ref as load, rel_err, tiled_decode};
 
 const TOL: f64 = 1e-5;
 
@@ -144,17 +144,20 @@ fn sp2_with_padding_matches_one_rank() {
     })
     .unwrap_err()
     .to_string();
-    assert!(e.contains("--sp"), "{e}");
+    assert!(
+        e.contains("num_key_value_heads") && e.contains("4 ranks"),
+        "{e}"
+    );
 }
 
 /// Latents, sound latents and (against the same tiles decoded on one rank) video agree.
-fn compare(what: &str, many: &GenerationOutput, one: &GenerationOutput, tiled: &GenerationOutput) {
+fn compare(what: &str, many: &Cosmos3Output, one: &Cosmos3Output, tiled: &Tensor) {
     let lat = rel_err(&many.latents, &one.latents);
     let snd = rel_err(
         many.sound_latents.as_ref().unwrap(),
         one.sound_latents.as_ref().unwrap(),
     );
-    let vid = rel_err(&many.video, &tiled.video);
+    let vid = rel_err(&many.video, tiled);
     println!("{what}: latents {lat:.2e}, sound {snd:.2e}, video {vid:.2e}");
     assert!(
         lat <= TOL && snd <= TOL && vid <= TOL,
@@ -167,29 +170,34 @@ fn tiny_sp2_and_cfg2_sp2_match_one_rank() {
     let r = load("trajectory_t2av.safetensors");
     let init = &r["init_video"];
     let (_, _, t, h, w) = init.dims5().unwrap();
-    let req = GenerationRequest {
-        pos_ids: ids(&r["pos_ids"]),
-        neg_ids: ids(&r["neg_ids"]),
-        latent: LatentShape { t, h, w },
-        fps: 24.0,
-        steps: 3,
-        guidance_scale: 6.0,
-        seed: 0,
-        sound_frames: Some(r["init_sound"].dim(2).unwrap()),
-        conditioning: None,
-        init_noise: Some(InitNoise {
-            video: init.clone(),
-            sound: Some(r["init_sound"].clone()),
-        }),
-    };
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        (t - 1) * 4 + 1,
+        h * 16,
+        w * 16,
+    );
+    req.steps = 3;
+    req.seed = 0;
+    req.sound = true;
+    req.init_noise = Some(InitNoise {
+        video: init.clone(),
+        sound: Some(r["init_sound"].clone()),
+    });
     let dir = fixtures().join("tiny");
-    let run = |p: ParallelConfig, tiles| engine_on(&dir, true, p, tiles).step(&req).unwrap();
-    let one = run(ParallelConfig::default(), None);
+    let run = |p: MeshShape| {
+        engine_on(&dir, true, p, VaeDecode::Tiled)
+            .step(&req)
+            .unwrap()
+    };
+    let one = run(MeshShape::single());
     // The single-rank run itself still follows diffusers.
     assert!(rel_err(&one.latents, &r["latents"]) <= 1e-4);
     for (cfg, sp) in [(1, 2), (2, 2)] {
-        let many = run(ParallelConfig::new(cfg, 1, sp), None);
-        let tiled = run(ParallelConfig::default(), Some(cfg * sp));
+        let many = run(MeshShape::new(cfg, sp, 1));
+        let tiled = tiled_decode(&dir, &one.latents, cfg * sp);
         compare(&format!("tiny cfg {cfg} × sp {sp}"), &many, &one, &tiled);
     }
 }
@@ -200,28 +208,35 @@ fn demo_sp4_and_sp2_tp2_match_one_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     phyai::models::cosmos3::demo::write_demo_checkpoint(&dir).unwrap();
-    // 8 video tokens + 5 sound tokens: sp = 4 pads the last shard with 3 dummy tokens.
-    let req = GenerationRequest {
-        pos_ids: vec![
-            151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,
-        ],
-        neg_ids: vec![
-            151644, 872, 198, 151645, 198, 151644, 77091, 198, 151645, 151652,
-        ],
-        latent: LatentShape { t: 2, h: 4, w: 4 },
-        fps: 24.0,
-        steps: 2,
-        guidance_scale: 6.0,
-        seed: 7,
-        sound_frames: Some(5),
-        conditioning: None,
-        init_noise: None,
+    // 8 video tokens + the sound tokens of 5 frames at 24 fps; sp = 4 pads the last shard
+    // with dummy tokens unless their sum is a multiple of 4 (checked below).
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: vec![
+                151644, 872, 198, 32, 12305, 151645, 198, 151644, 77091, 198, 151645, 151652,
+            ],
+            neg: vec![
+                151644, 872, 198, 151645, 198, 151644, 77091, 198, 151645, 151652,
+            ],
+        },
+        5,
+        64,
+        64,
+    );
+    req.steps = 2;
+    req.seed = 7;
+    req.sound = true;
+    let run = |p: MeshShape| {
+        engine_on(&dir, true, p, VaeDecode::Tiled)
+            .step(&req)
+            .unwrap()
     };
-    let run = |p: ParallelConfig, tiles| engine_on(&dir, true, p, tiles).step(&req).unwrap();
-    let one = run(ParallelConfig::default(), None);
+    let one = run(MeshShape::single());
+    let sound_tokens = one.sound_latents.as_ref().unwrap().dim(2).unwrap();
+    assert_ne!((8 + sound_tokens) % 4, 0, "the sp = 4 case must pad");
     for (cfg, tp, sp) in [(1, 1, 4), (1, 2, 2)] {
-        let many = run(ParallelConfig::new(cfg, tp, sp), None);
-        let tiled = run(ParallelConfig::default(), Some(cfg * tp * sp));
+        let many = run(MeshShape::new(cfg, sp, tp));
+        let tiled = tiled_decode(&dir, &one.latents, cfg * tp * sp);
         compare(&format!("demo tp {tp} × sp {sp}"), &many, &one, &tiled);
     }
 }

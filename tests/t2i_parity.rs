@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use phyai::engine::{GenerationRequest, InitNoise, LatentShape, ParallelConfig};
 use phyai::io::still::write_still;
 use phyai::models::cosmos3::postprocess::video_to_rgb8;
 use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
+use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VaeDecode};
+use phyai::parallel::MeshShape;
 
 mod support;
 use support::{engine_on, fixtures, ids, rel_err};
@@ -62,26 +63,28 @@ fn text_to_image_matches_diffusers_and_writes_a_png() {
     let init = r["init_video"].clone();
     let (_, _, t, h, w) = init.dims5().unwrap();
     assert_eq!(t, 1);
-    let req = GenerationRequest {
-        pos_ids: ids(&r["pos_ids"]),
-        neg_ids: ids(&r["neg_ids"]),
-        latent: LatentShape { t, h, w },
-        fps: num(&meta, "fps"),
-        steps: num(&meta, "steps") as usize,
-        guidance_scale: num(&meta, "guidance_scale"),
-        seed: 0,
-        sound_frames: None,
-        conditioning: None,
-        init_noise: Some(InitNoise {
-            video: init,
-            sound: None,
-        }),
-    };
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        1,
+        h * 16,
+        w * 16,
+    );
+    req.fps = num(&meta, "fps");
+    req.steps = num(&meta, "steps") as usize;
+    req.guidance_scale = num(&meta, "guidance_scale");
+    req.seed = 0;
+    req.init_noise = Some(InitNoise {
+        video: init,
+        sound: None,
+    });
     let out = engine_on(
         &fixtures().join("tiny"),
         false,
-        ParallelConfig::default(),
-        None,
+        MeshShape::single(),
+        VaeDecode::Full,
     )
     .step(&req)
     .unwrap();

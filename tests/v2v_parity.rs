@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{Conditioning, GenerationRequest, InitNoise, LatentShape, ParallelConfig};
 use phyai::io::frames::load_png_frames;
 use phyai::models::cosmos3::continuation::{VideoCondition, VideoKeep};
 use phyai::models::cosmos3::vae::WanVae;
+use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VaeDecode, VideoInput};
+use phyai::parallel::MeshShape;
 
 mod support;
 use support::{engine_on, fixtures, ids, rel_err};
@@ -43,7 +44,7 @@ fn continuation_matches_diffusers() {
     let vae = WanVae::load(&fixtures().join("tiny/vae"), DType::F32, &Device::Cpu, true).unwrap();
     let encoder = vae.encoder.as_ref().unwrap();
     let engine_ckpt = fixtures().join("tiny");
-    let mut engine = engine_on(&engine_ckpt, false, ParallelConfig::default(), None);
+    let mut engine = engine_on(&engine_ckpt, false, MeshShape::single(), VaeDecode::Full);
     for case in ["first", "last", "single"] {
         let (r, meta) = load(case);
         let n = |k: &str| meta[k].parse::<f64>().unwrap();
@@ -51,7 +52,7 @@ fn continuation_matches_diffusers() {
         let frames = load_png_frames(&fixtures().join("refs/v2v_frames"), h, w, "video").unwrap();
         let cond = condition(&meta);
         let init = r["init_video"].clone();
-        let (_, _, t, lh, lw) = init.dims5().unwrap();
+        let t = init.dim(2).unwrap();
         cond.validate(t).unwrap();
 
         let encoded = encoder.encode(&cond.clip(&frames).unwrap()).unwrap();
@@ -59,24 +60,34 @@ fn continuation_matches_diffusers() {
         let enc = rel_err(&latents, &r["cond_latents"]);
         assert!(enc <= TOL, "{case}: conditioning latents rel err {enc:e}");
 
-        let req = GenerationRequest {
-            pos_ids: ids(&r["pos_ids"]),
-            neg_ids: ids(&r["neg_ids"]),
-            latent: LatentShape { t, h: lh, w: lw },
-            fps: n("fps"),
-            steps: n("steps") as usize,
-            guidance_scale: n("guidance_scale"),
-            seed: 0,
-            sound_frames: None,
-            conditioning: Some(Conditioning {
-                latents,
-                frame_indexes: cond.indexes.clone(),
-            }),
-            init_noise: Some(InitNoise {
-                video: init,
-                sound: None,
-            }),
-        };
+        let mut req = Cosmos3Request::new(
+            Prompt::Tokens {
+                pos: ids(&r["pos_ids"]),
+                neg: ids(&r["neg_ids"]),
+            },
+            n("num_frames") as usize,
+            h,
+            w,
+        );
+        req.fps = n("fps");
+        req.steps = n("steps") as usize;
+        req.guidance_scale = n("guidance_scale");
+        req.seed = 0;
+        req.video = Some(VideoInput {
+            frames: frames.clone(),
+            condition: cond.clone(),
+        });
+        req.init_noise = Some(InitNoise {
+            video: init,
+            sound: None,
+        });
+        // The plugin encodes the same conditioning latents.
+        let c = engine
+            .plugin()
+            .encode_video(req.video.as_ref().unwrap())
+            .unwrap();
+        assert_eq!(c.frame_indexes, cond.indexes);
+        assert!(rel_err(&c.latents, &latents) < 1e-6);
         let out = engine.step(&req).unwrap();
         let lat = rel_err(&out.latents, &r["latents"]);
         let vid = rel_err(&out.video, &r["video"]);

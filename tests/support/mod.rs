@@ -6,11 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{
-    Cosmos3Args, DeviceConfig, Engine, EngineArgs, EngineConfig, ParallelConfig, PluginArgs,
-    RuntimeConfig, Target,
-};
-use phyai::models::cosmos3::sampler::SigmaStyle;
+use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
+use phyai::models::cosmos3::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
+use phyai::parallel::MeshShape;
 
 pub fn fixtures() -> PathBuf {
     // A test binary carried to another machine finds them through PHYAI_FIXTURES.
@@ -58,29 +56,36 @@ pub fn ids(t: &Tensor) -> Vec<u32> {
 pub fn engine_on(
     checkpoint: &Path,
     sound: bool,
-    parallel: ParallelConfig,
-    vae_tiles: Option<usize>,
-) -> Engine {
+    parallel: MeshShape,
+    vae_decode: VaeDecode,
+) -> Engine<Cosmos3Plugin> {
     Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
-            checkpoint_dir: checkpoint.to_path_buf(),
-            flow_shift: None,
-            use_karras_sigmas: None,
+        plugin: Cosmos3Plugin::NAME.into(),
+        plugin_args: Cosmos3Args {
             load_sound: sound,
-            sigma_schedule: SigmaStyle::Checkpoint,
-        }),
+            vae_decode,
+            ..Cosmos3Args::new(checkpoint)
+        },
         config: EngineConfig {
             device: DeviceConfig {
                 target: Target::Cpu,
                 dtype: DType::F32,
             },
             parallel,
-            runtime: RuntimeConfig {
-                vae_tiles,
-                ..RuntimeConfig::default()
-            },
         },
     })
     .unwrap()
+}
+
+/// The clip `tiles` ranks decode with the tiled decode, made on one device: the tiles of
+/// `latents` decoded in sequence and blended.
+pub fn tiled_decode(checkpoint: &Path, latents: &Tensor, tiles: usize) -> Tensor {
+    let vae = phyai::models::cosmos3::vae::WanVae::load(
+        &checkpoint.join("vae"),
+        DType::F32,
+        &Device::Cpu,
+        false,
+    )
+    .unwrap();
+    phyai::models::cosmos3::vae::decode_tiled(&vae.decoder, latents, tiles).unwrap()
 }

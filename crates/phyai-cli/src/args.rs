@@ -73,6 +73,14 @@ pub enum SigmaScheduleArg {
     Phyai,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeDecodeArg {
+    /// Rank 0 decodes the whole clip (exact).
+    Full,
+    /// Every rank decodes one spatial tile; the tiles are blended.
+    Tiled,
+}
+
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Cosmos3 checkpoint folder (transformer/ vae/ text_tokenizer/ scheduler/ [sound_tokenizer/]).
@@ -109,9 +117,9 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (≤ 1 disables the unconditional branch).
     #[arg(long, default_value_t = 6.0)]
     pub guidance_scale: f64,
-    /// Seed of the initial noise (numpy RandomState-compatible, as the original).
+    /// Seed of the initial noise (numpy RandomState-compatible, as the original: 0 to 2^32 − 1).
     #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    pub seed: u32,
     /// Override the scheduler's flow shift.
     #[arg(long)]
     pub flow_shift: Option<f64>,
@@ -133,6 +141,10 @@ pub struct GenerateArgs {
     /// Sequence-parallel degree.
     #[arg(long, default_value_t = 1)]
     pub sp: usize,
+    /// How several ranks decode the video: `full` (rank 0 decodes the whole clip, exact) or
+    /// `tiled` (one spatial tile per rank, blended: faster, approximate at the seams).
+    #[arg(long, value_enum, default_value_t = VaeDecodeArg::Full)]
+    pub vae_decode: VaeDecodeArg,
     /// Prompt formatting of the reference to follow.
     #[arg(long, value_enum, default_value_t = PromptStyleArg::Phyai)]
     pub prompt_style: PromptStyleArg,

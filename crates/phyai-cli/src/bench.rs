@@ -18,6 +18,9 @@ pub enum BenchPart {
     Vae,
     /// The pieces of one 720p VAE decoder stage, timed alone.
     VaeOps,
+    /// The tiled decode (2, 4, 8 tiles, as that many ranks make it) against the full
+    /// decode of the preset's latent: PSNR and time.
+    VaeTiles,
     /// Audio VAE decode of the sound latent of the preset's duration (random weights).
     Audio,
     /// The up-blocks and pieces of the 720p audio decode, timed alone.
@@ -105,6 +108,16 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Gen => gen(&device, g, a)?,
                 BenchPart::Ops => ops(&device, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
+                BenchPart::VaeTiles => {
+                    for r in bench::vae_tiles_bench(&device, g, DType::BF16, &[2, 4, 8])? {
+                        println!(
+                            "vae-tiles {}: {}",
+                            g.name,
+                            serde_json::to_string(&r)
+                                .map_err(|e| phyai::Error::msg(e.to_string()))?
+                        );
+                    }
+                }
                 BenchPart::Audio => audio(&device, g, a)?,
                 BenchPart::E2e => e2e(&device, g, a)?,
                 BenchPart::Jit => {

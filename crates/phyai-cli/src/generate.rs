@@ -8,17 +8,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use phyai::engine::{
-    pixel_to_latent_shape, sound_latent_frames, Cosmos3Args, DeviceConfig, Engine, EngineArgs,
-    EngineConfig, GenerationRequest, InitNoise, ParallelConfig, PluginArgs, RuntimeConfig, Target,
-};
-use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
+use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
+use phyai::models::cosmos3::processor::PromptStyle;
 use phyai::models::cosmos3::sampler::SigmaStyle;
-use phyai::models::cosmos3::{demo, postprocess};
+use phyai::models::cosmos3::{
+    demo, postprocess, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise,
+    Prompt, VaeDecode,
+};
 use phyai::parallel::rendezvous::LaunchEnv;
+use phyai::parallel::MeshShape;
 use phyai::{Error, Result};
 
-use crate::args::{DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, SigmaScheduleArg};
+use crate::args::{
+    DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, SigmaScheduleArg, VaeDecodeArg,
+};
 use crate::progress::{summary, Bars, StallHook};
 
 /// Sizes used when the flags leave them out.
@@ -61,12 +64,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let quiet = a.quiet || !lead;
     let config = EngineConfig {
         device: DeviceConfig { target, dtype },
-        parallel: ParallelConfig::new(a.cfg, a.tp, a.sp),
-        runtime: RuntimeConfig {
-            use_cuda_graph: false,
-            vae_tiles: None,
-            progress: !quiet,
-        },
+        parallel: MeshShape::new(a.cfg, a.sp, a.tp),
     };
     // Under a multi-process launch, join the job before any work (a bad launch environment
     // fails here): from now on an error in this process reaches every rank.
@@ -79,7 +77,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         Some(dir) => {
             if !dir.is_dir() {
                 return Err(Error::invalid(
-                    "--checkpoint",
+                    "checkpoint",
                     format!("{} is not a folder", dir.display()),
                 ));
             }
@@ -100,23 +98,37 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let height = a.height.unwrap_or(d.height);
     let width = a.width.unwrap_or(d.width);
     let steps = a.steps.unwrap_or(d.steps);
-    let latent = pixel_to_latent_shape(frames, height, width)?;
-    if !(a.fps.is_finite() && a.fps > 0.0) {
-        return Err(Error::invalid(
-            "--fps",
-            format!("must be > 0, got {}", a.fps),
-        ));
-    }
-    if a.prompt.trim().is_empty() {
-        return Err(Error::invalid("--prompt", "must not be empty"));
-    }
+    let style = match a.prompt_style {
+        PromptStyleArg::Phyai => PromptStyle::Phyai,
+        PromptStyleArg::Diffusers => PromptStyle::Diffusers,
+    };
+    let mut request = Cosmos3Request::new(
+        Prompt::Text {
+            prompt: a.prompt.clone(),
+            negative_prompt: a.negative_prompt.clone(),
+            style,
+        },
+        frames,
+        height,
+        width,
+    );
+    request.fps = a.fps;
+    request.steps = steps;
+    request.guidance_scale = a.guidance_scale;
+    request.seed = a.seed;
+    request.sound = a.sound;
+    // Everything that needs no model is checked before the model loads.
+    Cosmos3Plugin::validate(&request)?;
     if let Some(img) = &a.image {
         if !img.is_file() {
             return Err(Error::invalid(
-                "--image",
+                "image",
                 format!("{} is not a readable file", img.display()),
             ));
         }
+    }
+    if let Some(p) = &a.init_noise {
+        request.init_noise = Some(read_init_noise(p)?);
     }
 
     if lead && a.cfg == 2 && a.guidance_scale <= 1.0 {
@@ -126,10 +138,6 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             a.guidance_scale
         );
     }
-    let style = match a.prompt_style {
-        PromptStyleArg::Phyai => PromptStyle::Phyai,
-        PromptStyleArg::Diffusers => PromptStyle::Diffusers,
-    };
     let karras = match (a.karras, a.no_karras) {
         (true, _) => Some(true),
         (_, true) => Some(false),
@@ -138,25 +146,15 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let bars = StallHook::from_env(Bars::new(quiet))?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
 
-    // Prompt → token ids.
-    let t = Instant::now();
-    let processor = Processor::from_dir(&ckpt.join("text_tokenizer"))?;
-    let (pos_ids, neg_ids) = processor.encode_pair(&PromptInputs {
-        prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        num_frames: frames,
-        height,
-        width,
-        fps: a.fps,
-        style,
-    })?;
-    timings.push(("tokenize".into(), t.elapsed()));
+    if let Some(path) = &a.image {
+        request.image = Some(phyai::io::image::load_image(path, height, width)?);
+    }
 
     // Model load.
     let t = Instant::now();
-    let mut engine = Engine::new(EngineArgs {
-        plugin: "cosmos3_wn".into(),
-        plugin_args: PluginArgs::Cosmos3(Cosmos3Args {
+    let mut engine = Engine::<Cosmos3Plugin>::new(EngineArgs {
+        plugin: Cosmos3Plugin::NAME.into(),
+        plugin_args: Cosmos3Args {
             checkpoint_dir: ckpt.clone(),
             flow_shift: a.flow_shift,
             use_karras_sigmas: karras,
@@ -165,50 +163,15 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
                 SigmaScheduleArg::Checkpoint => SigmaStyle::Checkpoint,
                 SigmaScheduleArg::Phyai => SigmaStyle::Phyai,
             },
-        }),
+            vae_decode: match a.vae_decode {
+                VaeDecodeArg::Full => VaeDecode::Full,
+                VaeDecodeArg::Tiled => VaeDecode::Tiled,
+            },
+        },
         config,
     })?;
     timings.push(("load".into(), t.elapsed()));
 
-    let conditioning = match &a.image {
-        Some(path) => {
-            let t = Instant::now();
-            let pixels = phyai::io::image::load_image(path, height, width)?;
-            let c = engine.encode_image(&pixels)?;
-            timings.push(("encode".into(), t.elapsed()));
-            Some(c)
-        }
-        None => None,
-    };
-
-    let sound_frames = if a.sound {
-        let (rate, hop) = engine.sound_spec().ok_or_else(|| {
-            Error::invalid(
-                "--sound",
-                format!("{} has no sound_tokenizer/", ckpt.display()),
-            )
-        })?;
-        Some(sound_latent_frames(frames, a.fps, rate, hop))
-    } else {
-        None
-    };
-    let init_noise = match &a.init_noise {
-        Some(p) => Some(read_init_noise(p)?),
-        None => None,
-    };
-
-    let request = GenerationRequest {
-        pos_ids,
-        neg_ids,
-        latent,
-        fps: a.fps,
-        steps,
-        guidance_scale: a.guidance_scale,
-        seed: a.seed,
-        sound_frames,
-        conditioning,
-        init_noise,
-    };
     let output = engine.step_with_progress(&request, &bars)?;
     timings.extend(output.timings.iter().cloned());
     // In a multi-process job rank 0 writes only once every rank has finished.
@@ -282,12 +245,12 @@ fn check_output_dir(prefix: &Path) -> Result<()> {
     };
     if !parent.is_dir() {
         return Err(Error::invalid(
-            "--out",
+            "out",
             format!("folder {} does not exist", parent.display()),
         ));
     }
     if prefix.file_name().is_none() {
-        return Err(Error::invalid("--out", "needs a file name prefix"));
+        return Err(Error::invalid("out", "needs a file name prefix"));
     }
     Ok(())
 }
@@ -295,7 +258,7 @@ fn check_output_dir(prefix: &Path) -> Result<()> {
 fn read_init_noise(path: &Path) -> Result<InitNoise> {
     let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         Error::invalid(
-            "--init-noise",
+            "init_noise",
             format!("{}: {e}", path.display()).replace('\n', " "),
         )
     })?;
@@ -303,7 +266,7 @@ fn read_init_noise(path: &Path) -> Result<InitNoise> {
         .get("video")
         .ok_or_else(|| {
             Error::invalid(
-                "--init-noise",
+                "init_noise",
                 format!("{}: no tensor named `video`", path.display()),
             )
         })?
@@ -315,7 +278,7 @@ fn read_init_noise(path: &Path) -> Result<InitNoise> {
     Ok(InitNoise { video, sound })
 }
 
-fn dump(dir: &Path, out: &phyai::engine::GenerationOutput) -> Result<()> {
+fn dump(dir: &Path, out: &Cosmos3Output) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut latents: HashMap<String, Tensor> = HashMap::new();
     latents.insert("video".into(), out.latents.clone());

@@ -9,6 +9,8 @@ use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
+    // Library errors name request fields; this program shows its flags instead.
+    phyai::error::set_field_names(flag_of);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PHYAI_LOG")
@@ -35,5 +37,62 @@ fn main() {
         }
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The flag that sets a library field (`num_frames` → `--num-frames`); combined fields
+/// (`tp/sp`) map part by part. Names that are no flag of ours stay as they are.
+fn flag_of(field: &str) -> Option<String> {
+    const FLAGS: &[&str] = &[
+        "checkpoint",
+        "prompt",
+        "negative_prompt",
+        "image",
+        "sound",
+        "num_frames",
+        "height",
+        "width",
+        "fps",
+        "steps",
+        "guidance_scale",
+        "seed",
+        "tp",
+        "cfg",
+        "sp",
+        "device",
+        "dtype",
+        "init_noise",
+        "out",
+        "dump_dir",
+        "vae_decode",
+    ];
+    let parts: Vec<&str> = field.split('/').collect();
+    if !parts.iter().all(|p| FLAGS.contains(p)) {
+        return None;
+    }
+    Some(
+        parts
+            .iter()
+            .map(|p| format!("--{}", p.replace('_', "-")))
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn library_fields_become_flags() {
+        assert_eq!(
+            super::flag_of("num_frames").as_deref(),
+            Some("--num-frames")
+        );
+        assert_eq!(super::flag_of("tp/sp").as_deref(), Some("--tp/--sp"));
+        assert_eq!(super::flag_of("token ids"), None);
+        phyai::error::set_field_names(super::flag_of);
+        let e = phyai::Error::invalid("tp/sp", "x").on_rank(1);
+        assert_eq!(e.to_string(), "rank 1 failed: --tp/--sp: x");
+        let e = phyai::Error::invalid("token ids", "x");
+        assert_eq!(e.to_string(), "token ids: x");
     }
 }

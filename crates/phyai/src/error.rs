@@ -22,12 +22,25 @@ pub enum Error {
     /// A weight file is missing, truncated, corrupt, or does not match the model.
     #[error("{file}: {msg}")]
     Weights { file: PathBuf, msg: String },
-    /// A user-supplied value (CLI flag, request field) is invalid.
-    #[error("{what}: {msg}")]
+    /// A user-supplied value is invalid. `what` names the request or config field
+    /// (`num_frames`, `tp`); a front end may show its own name for it
+    /// ([`set_field_names`]).
+    #[error("{}: {msg}", field_name(what))]
     Invalid { what: String, msg: String },
     /// A tensor operation failed (shape mismatch, device error).
     #[error("tensor: {}", without_backtrace(.0))]
     Tensor(#[from] candle_core::Error),
+    /// One rank of a parallel run failed; `source` is that rank's own error. Errors of
+    /// the other ranks caused by it (aborted collectives) are not reported.
+    #[error("rank {rank} failed: {source}")]
+    Rank {
+        rank: usize,
+        #[source]
+        source: Box<Error>,
+    },
+    /// The caller's progress hook asked to stop (between denoising steps).
+    #[error("cancelled")]
+    Cancelled,
     /// Anything else, already phrased as one line.
     #[error("{0}")]
     Msg(String),
@@ -77,6 +90,42 @@ impl Error {
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
     }
+    /// Attributes an error to `rank`, unless it already names a rank.
+    pub fn on_rank(self, rank: usize) -> Self {
+        match self {
+            e @ Error::Rank { .. } => e,
+            e => Error::Rank {
+                rank,
+                source: Box::new(e),
+            },
+        }
+    }
+    /// The error a rank raised itself, looking through rank attribution.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Rank { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// How a front end names library fields (the CLI: `num_frames` → `--num-frames`).
+type FieldNames = fn(&str) -> Option<String>;
+
+static FIELD_NAMES: std::sync::OnceLock<FieldNames> = std::sync::OnceLock::new();
+
+/// Makes every `Invalid` error render its field as `names` maps it (`None` keeps the
+/// field's own name). Set once, at start-up, by the program that owns the names; errors
+/// rendered anywhere later, also those sent to the other ranks of a job, use them.
+pub fn set_field_names(names: FieldNames) {
+    let _ = FIELD_NAMES.set(names);
+}
+
+fn field_name(what: &str) -> String {
+    FIELD_NAMES
+        .get()
+        .and_then(|f| f(what))
+        .unwrap_or_else(|| what.to_string())
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
-use crate::engine::registry::Plugin;
-use crate::engine::{GenerationRequest, LatentShape, Silent};
+use crate::engine::{Plugin, Silent};
 use crate::io::weights::{WeightStore, Weights};
 use crate::models::cosmos3::plugin::Cosmos3Plugin;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, TransformerConfig};
 use crate::models::cosmos3::vae::{AudioDecoder, AudioVaeConfig, WanDecoder, WanVae};
+use crate::models::cosmos3::{Cosmos3Request, Prompt};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -73,30 +73,29 @@ pub fn e2e_bench(
         encoder: None,
     };
     let mut plugin = Cosmos3Plugin::from_parts(transformer, vae, device.clone(), dtype)?;
-    let [t, h, wd] = spec.latent;
-    let mut sound_frames = None;
+    let [_, h, wd] = spec.latent;
     if sound {
         let acfg = AudioVaeConfig::default();
         plugin = plugin.with_audio(AudioDecoder::new(&acfg, &w.pp("sound"))?);
-        sound_frames = Some(spec.sound_steps(&acfg));
     }
     let ids = |salt: u32| -> Vec<u32> {
         (0..spec.text_tokens as u32)
             .map(|i| (i * 7919 + salt) % 150_000)
             .collect()
     };
-    let request = GenerationRequest {
-        pos_ids: ids(0),
-        neg_ids: ids(17),
-        latent: LatentShape { t, h, w: wd },
-        fps: 24.0,
-        steps,
-        guidance_scale: guidance,
-        seed: 0,
-        sound_frames,
-        conditioning: None,
-        init_noise: None,
-    };
+    let mut request = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(0),
+            neg: ids(17),
+        },
+        spec.frames(),
+        h * 16,
+        wd * 16,
+    );
+    request.steps = steps;
+    request.guidance_scale = guidance;
+    request.seed = 0;
+    request.sound = sound;
     reset_peak_memory(device); // waits for the model build to finish
     let start = Instant::now();
     let out = plugin.step(&request, &Silent)?;

@@ -17,9 +17,11 @@ use crate::Result;
 pub mod audio;
 pub mod e2e;
 pub mod jit;
+pub mod vae_tiles;
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
 pub use e2e::{e2e_bench, E2eReport};
 pub use jit::jit_bench;
+pub use vae_tiles::{vae_tiles_bench, TileReport};
 
 /// Median, min and max of timed runs, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +178,7 @@ impl GenSpec {
 
     /// Sound latent steps a text-to-audio-video request of this preset gets at 24 fps.
     pub fn sound_steps(&self, audio: &crate::models::cosmos3::vae::AudioVaeConfig) -> usize {
-        crate::engine::request::sound_latent_frames(
+        crate::models::cosmos3::sound_latent_frames(
             self.frames(),
             24.0,
             audio.sampling_rate as u32,

@@ -6,41 +6,32 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use candle_core::Tensor;
-
+use super::plugin::Plugin;
 use super::progress::{Progress, Silent};
-use super::registry::Plugin;
-use super::request::{Conditioning, GenerationOutput, GenerationRequest};
 use crate::parallel::local::Aborter;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
 
-enum Job {
-    Step(Box<GenerationRequest>),
-    EncodeImage(Tensor),
-}
+/// A worker rank's reply to one request: only success or its own error travels back (the
+/// lead's output is the one returned).
+type Reply = Result<()>;
 
-enum Reply {
-    Step(Result<GenerationOutput>),
-    EncodeImage(Result<Conditioning>),
-}
-
-struct Worker {
+struct Worker<R> {
     rank: usize,
-    jobs: Sender<Job>,
+    requests: Sender<R>,
     replies: Receiver<Reply>,
     handle: Option<JoinHandle<()>>,
 }
 
 /// Rank 0's plugin plus the worker threads of the other ranks.
-pub struct RankPool {
-    lead: Box<dyn Plugin>,
-    workers: Vec<Worker>,
+pub struct RankPool<P: Plugin> {
+    lead: P,
+    workers: Vec<Worker<P::Request>>,
     aborter: Option<Aborter>,
 }
 
 /// Builds one rank's plugin from its mesh.
-pub type PluginFactory = dyn Fn(RankMesh) -> Result<Box<dyn Plugin>> + Send + Sync;
+pub type PluginFactory<P> = dyn Fn(RankMesh) -> Result<P> + Send + Sync;
 
 /// Makes one rank's mesh on that rank's own thread (NCCL communicators are created by all
 /// ranks of a group at once, so they cannot be made ahead on one thread).
@@ -54,13 +45,13 @@ pub fn ready(meshes: Vec<RankMesh>) -> Vec<MeshSource> {
         .collect()
 }
 
-impl RankPool {
+impl<P: Plugin> RankPool<P> {
     /// Loads every rank's plugin (in parallel) and starts the workers. `meshes[0]` is this
     /// thread's rank.
     pub fn start(
         meshes: Vec<MeshSource>,
         aborter: Option<Aborter>,
-        factory: std::sync::Arc<PluginFactory>,
+        factory: std::sync::Arc<PluginFactory<P>>,
     ) -> Result<Self> {
         let mut meshes = meshes.into_iter();
         let lead_mesh = meshes
@@ -70,7 +61,7 @@ impl RankPool {
         let mut loaded = Vec::new();
         for (i, mesh) in meshes.enumerate() {
             let rank = i + 1;
-            let (job_tx, job_rx) = channel::<Job>();
+            let (req_tx, req_rx) = channel::<P::Request>();
             let (reply_tx, reply_rx) = channel::<Reply>();
             let (ready_tx, ready_rx) = channel::<Result<()>>();
             let factory = factory.clone();
@@ -78,12 +69,12 @@ impl RankPool {
             let handle = std::thread::Builder::new()
                 .name(format!("phyai-rank-{rank}"))
                 .spawn(move || {
-                    worker_loop(rank, mesh, factory, aborter, ready_tx, job_rx, reply_tx)
+                    worker_loop(rank, mesh, factory, aborter, ready_tx, req_rx, reply_tx)
                 })
                 .map_err(|e| Error::msg(format!("rank {rank}: cannot start its thread: {e}")))?;
             workers.push(Worker {
                 rank,
-                jobs: job_tx,
+                requests: req_tx,
                 replies: reply_rx,
                 handle: Some(handle),
             });
@@ -98,117 +89,88 @@ impl RankPool {
                 aborter,
             });
         }
-        let mut first_err = lead
-            .as_ref()
-            .err()
-            .map(|e| Error::msg(format!("rank 0: {e}")));
+        let (lead, mut first_err) = match lead {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.on_rank(0))),
+        };
         for (rank, ready) in loaded {
             let r = ready
                 .recv()
                 .unwrap_or_else(|_| Err(Error::msg("its thread died while loading")));
             if let (Err(e), None) = (r, &first_err) {
-                first_err = Some(Error::msg(format!("rank {rank}: {e}")));
+                first_err = Some(e.on_rank(rank));
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        match (lead, first_err) {
+            (Some(lead), None) => Ok(Self {
+                lead,
+                workers,
+                aborter,
+            }),
+            (_, Some(e)) => Err(e),
+            (None, None) => Err(Error::msg("rank 0 failed to load")),
         }
-        Ok(Self {
-            lead: lead?,
-            workers,
-            aborter,
-        })
     }
 
-    fn broadcast(&self, make: impl Fn() -> Job) -> Result<()> {
+    pub fn lead(&self) -> &P {
+        &self.lead
+    }
+
+    /// Every rank runs `request`; rank 0 (this thread) reports to `progress`.
+    pub fn step(&mut self, request: &P::Request, progress: &dyn Progress) -> Result<P::Output> {
         for w in &self.workers {
-            w.jobs
-                .send(make())
+            w.requests
+                .send(request.clone())
                 .map_err(|_| Error::msg(format!("rank {} is gone", w.rank)))?;
         }
-        Ok(())
+        let lead = self.lead.step(request, progress);
+        self.abort_on_err(&lead, 0);
+        self.gather(lead)
     }
 
-    /// Collects the workers' replies; the first failure (by rank) wins over rank 0's own
-    /// echo of it.
-    fn gather<T>(&self, lead: Result<T>, unwrap: impl Fn(Reply) -> Result<()>) -> Result<T> {
+    /// Collects the workers' replies. A rank's own failure is reported over the errors it
+    /// caused in the others (collectives aborted on its account, which name it already).
+    fn gather<T>(&self, lead: Result<T>) -> Result<T> {
         if self.workers.is_empty() {
             // The only rank here: a single-rank run, or one process of a multi-process job
             // (whose own report names the rank).
             return lead;
         }
-        // A rank's own failure is preferred over the "rank r failed" echoes it caused.
         let mut worker_err: Option<Error> = None;
         for w in &self.workers {
             let r = w
                 .replies
                 .recv()
-                .map_err(|_| Error::msg(format!("rank {} died", w.rank)))
-                .and_then(&unwrap);
+                .unwrap_or_else(|_| Err(Error::msg("its thread died")));
             if let Err(e) = r {
-                let own = !e.to_string().starts_with("rank ");
-                let e = if own {
-                    Error::msg(format!("rank {} failed: {e}", w.rank))
-                } else {
-                    e
-                };
+                let own = !matches!(e, Error::Rank { .. });
                 if worker_err.is_none() || own {
-                    worker_err = Some(e);
+                    worker_err = Some(e.on_rank(w.rank));
                 }
             }
         }
         match (lead, worker_err) {
             (Ok(v), None) => Ok(v),
-            (Err(e), _) if !e.to_string().starts_with("rank ") => {
-                Err(Error::msg(format!("rank 0 failed: {e}")))
-            }
+            (Err(e), _) if !matches!(e, Error::Rank { .. }) => Err(e.on_rank(0)),
             (Err(e), None) => Err(e),
             (_, Some(e)) => Err(e),
         }
     }
 
-    pub fn sound_spec(&self) -> Option<(u32, usize)> {
-        self.lead.sound_spec()
-    }
-
-    pub fn encode_image(&mut self, pixels: &Tensor) -> Result<Conditioning> {
-        self.broadcast(|| Job::EncodeImage(pixels.clone()))?;
-        let lead = self.lead.encode_image(pixels);
-        self.abort_on_err(&lead, 0);
-        self.gather(lead, |r| match r {
-            Reply::EncodeImage(r) => r.map(|_| ()),
-            _ => Err(Error::msg("rank reply out of order")),
-        })
-    }
-
-    pub fn step(
-        &mut self,
-        request: &GenerationRequest,
-        progress: &dyn Progress,
-    ) -> Result<GenerationOutput> {
-        self.broadcast(|| Job::Step(Box::new(request.clone())))?;
-        let lead = self.lead.step(request, progress);
-        self.abort_on_err(&lead, 0);
-        self.gather(lead, |r| match r {
-            Reply::Step(r) => r.map(|_| ()),
-            _ => Err(Error::msg("rank reply out of order")),
-        })
-    }
-
     fn abort_on_err<T>(&self, r: &Result<T>, rank: usize) {
         if let (Err(e), Some(a)) = (r, &self.aborter) {
-            a.abort(&format!("rank {rank} failed: {e}"));
+            a.abort(rank, &e.to_string());
         }
     }
 }
 
-fn worker_loop(
+fn worker_loop<P: Plugin>(
     rank: usize,
     mesh: MeshSource,
-    factory: std::sync::Arc<PluginFactory>,
+    factory: std::sync::Arc<PluginFactory<P>>,
     aborter: Option<Aborter>,
     ready: Sender<Result<()>>,
-    jobs: Receiver<Job>,
+    requests: Receiver<P::Request>,
     replies: Sender<Reply>,
 ) {
     let mut plugin = match mesh().and_then(|m| factory(m)) {
@@ -221,40 +183,23 @@ fn worker_loop(
             return;
         }
     };
-    let fail = |e: &Error| {
-        if let Some(a) = &aborter {
-            a.abort(&format!("rank {rank} failed: {e}"));
+    while let Ok(request) = requests.recv() {
+        let r = plugin.step(&request, &Silent).map(|_| ());
+        if let (Err(e), Some(a)) = (&r, &aborter) {
+            a.abort(rank, &e.to_string());
         }
-    };
-    while let Ok(job) = jobs.recv() {
-        let reply = match job {
-            Job::Step(req) => {
-                let r = plugin.step(&req, &Silent);
-                if let Err(e) = &r {
-                    fail(e);
-                }
-                Reply::Step(r)
-            }
-            Job::EncodeImage(px) => {
-                let r = plugin.encode_image(&px);
-                if let Err(e) = &r {
-                    fail(e);
-                }
-                Reply::EncodeImage(r)
-            }
-        };
-        if replies.send(reply).is_err() {
+        if replies.send(r).is_err() {
             return;
         }
     }
 }
 
-impl Drop for RankPool {
+impl<P: Plugin> Drop for RankPool<P> {
     fn drop(&mut self) {
         for w in &mut self.workers {
-            // Closing the job channel ends the worker's loop.
+            // Closing the request channel ends the worker's loop.
             let (dead_tx, _) = channel();
-            w.jobs = dead_tx;
+            w.requests = dead_tx;
             if let Some(h) = w.handle.take() {
                 let _ = h.join();
             }
@@ -265,67 +210,53 @@ impl Drop for RankPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineConfig;
     use crate::parallel::local::LocalMeshes;
     use crate::parallel::MeshShape;
-    use candle_core::Device;
+    use candle_core::{DType, Device, Tensor};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// All-reduces once per denoising step; `fail` = (rank, step) errors there.
+    /// All-reduces once per step of a request; `fail` = (rank, step) errors there.
     struct Lockstep {
         mesh: RankMesh,
         fail: Option<(usize, usize)>,
     }
 
     impl Plugin for Lockstep {
-        fn name(&self) -> &'static str {
-            "lockstep"
+        const NAME: &'static str = "lockstep";
+        type Args = Option<(usize, usize)>;
+        /// The number of steps.
+        type Request = usize;
+        type Output = f32;
+
+        fn load(fail: &Self::Args, _: &EngineConfig, mesh: RankMesh) -> Result<Self> {
+            Ok(Self { mesh, fail: *fail })
         }
-        fn sound_spec(&self) -> Option<(u32, usize)> {
-            None
+
+        fn validate(_: &usize) -> Result<()> {
+            Ok(())
         }
-        fn encode_image(&mut self, _: &Tensor) -> Result<Conditioning> {
-            Err(Error::msg("no encoder"))
-        }
-        fn step(&mut self, req: &GenerationRequest, _: &dyn Progress) -> Result<GenerationOutput> {
-            let mut acc = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
-            for step in 0..req.steps {
+
+        fn step(&mut self, steps: &usize, _: &dyn Progress) -> Result<f32> {
+            let mut acc = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
+            for step in 0..*steps {
                 if self.fail == Some((self.mesh.rank, step)) {
                     return Err(Error::msg(format!("injected fault at step {step}")));
                 }
-                let one = Tensor::ones(1, candle_core::DType::F32, &Device::Cpu)?;
+                let one = Tensor::ones(1, DType::F32, &Device::Cpu)?;
                 acc = (acc + self.mesh.world.all_reduce_sum(&one)?)?;
             }
-            Ok(GenerationOutput {
-                video: acc.clone(),
-                audio: None,
-                latents: acc,
-                sound_latents: None,
-                timings: Vec::new(),
-            })
+            Ok(acc.to_vec1::<f32>()?[0])
         }
     }
 
-    fn request(steps: usize) -> GenerationRequest {
-        GenerationRequest {
-            pos_ids: vec![1],
-            neg_ids: vec![1],
-            latent: super::super::LatentShape { t: 1, h: 1, w: 1 },
-            fps: 24.0,
-            steps,
-            guidance_scale: 1.0,
-            seed: 0,
-            sound_frames: None,
-            conditioning: None,
-            init_noise: None,
-        }
-    }
-
-    fn pool(world: usize, fail: Option<(usize, usize)>) -> RankPool {
+    fn pool(world: usize, fail: Option<(usize, usize)>) -> RankPool<Lockstep> {
         let local = LocalMeshes::new(MeshShape::new(1, 1, world), Duration::from_secs(60));
         let aborter = local.aborter();
-        let factory: Arc<PluginFactory> =
-            Arc::new(move |mesh| Ok(Box::new(Lockstep { mesh, fail }) as Box<dyn Plugin>));
+        let config = EngineConfig::default();
+        let factory: Arc<PluginFactory<Lockstep>> =
+            Arc::new(move |mesh| Lockstep::load(&fail, &config, mesh));
         RankPool::start(ready(local.meshes), Some(aborter), factory).unwrap()
     }
 
@@ -333,8 +264,7 @@ mod tests {
     fn ranks_run_requests_in_lockstep() {
         let mut p = pool(4, None);
         for _ in 0..2 {
-            let out = p.step(&request(3), &Silent).unwrap();
-            assert_eq!(out.latents.to_vec1::<f32>().unwrap(), vec![12.0]);
+            assert_eq!(p.step(&3, &Silent).unwrap(), 12.0);
         }
     }
 
@@ -343,10 +273,14 @@ mod tests {
         for failing in [0usize, 2] {
             let mut p = pool(4, Some((failing, 2)));
             let start = Instant::now();
-            let e = p.step(&request(5), &Silent).unwrap_err().to_string();
+            let e = p.step(&5, &Silent).unwrap_err();
             assert!(
-                e.contains(&format!("rank {failing}")) && e.contains("injected fault at step 2"),
+                matches!(e, Error::Rank { rank, .. } if rank == failing),
                 "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("rank {failing} failed: injected fault at step 2")
             );
             assert!(start.elapsed() < Duration::from_secs(10));
         }

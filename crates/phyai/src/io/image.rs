@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub fn load_image(path: &Path, height: usize, width: usize) -> Result<Tensor> {
     if height == 0 || width == 0 {
         return Err(Error::invalid(
-            "--image",
+            "image",
             format!("target size {height}x{width} is empty"),
         ));
     }
@@ -21,7 +21,7 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<Tensor> {
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
         .decode()
-        .map_err(|e| Error::invalid("--image", format!("{}: {e}", path.display())))?
+        .map_err(|e| Error::invalid("image", format!("{}: {e}", path.display())))?
         .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let chw = preprocess(img.as_raw(), h, w, height, width);

@@ -58,7 +58,7 @@ fn check_video(frames: &[u8], t: usize, h: usize, w: usize, fps: f64) -> Result<
     }
     if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
         return Err(Error::invalid(
-            "--fps",
+            "fps",
             format!("must be in (0, 1000], got {fps}"),
         ));
     }

@@ -1,16 +1,14 @@
 //! Linear layers as model code sees them. Every matmul of a model goes through one of these
 //! types so a tensor-parallel variant can replace a plain one without touching the model:
-//! [`Linear`] is replicated on every rank; [`TpGroup`] builds the column/row-parallel layers
+//! [`Linear`] is replicated on every rank; [`Group`] (the tp group) builds the column/row-parallel layers
 //! of [`super::tp`] (plain layers when the group has one rank) and says how many heads or
 //! channels this rank owns.
 
-use std::sync::Arc;
-
 use candle_core::Tensor;
 
-use super::tp::{shard_range, ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding};
+use super::tp::{ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding};
 use crate::io::weights::Weights;
-use crate::parallel::{Communicator, SingleRank};
+use crate::parallel::Group;
 use crate::Result;
 
 /// `y = x·Wᵀ + b` with `W` `[out, in]` (torch layout), the same on every rank.
@@ -41,45 +39,13 @@ impl Linear {
     }
 }
 
-/// The tensor-parallel group a block's projections are split over. Splits are in whole
-/// units (attention heads of `head_dim` rows, or single MLP channels), contiguous per rank.
-#[derive(Clone)]
-pub struct TpGroup {
-    comm: Arc<dyn Communicator>,
-}
-
-impl std::fmt::Debug for TpGroup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TpGroup({}/{})", self.comm.rank(), self.comm.size())
-    }
-}
-
-impl Default for TpGroup {
-    fn default() -> Self {
-        Self::single()
-    }
-}
-
-impl TpGroup {
-    /// A group of one: every layer is whole.
-    pub fn single() -> Self {
-        Self {
-            comm: Arc::new(SingleRank),
-        }
-    }
-
-    pub fn new(comm: Arc<dyn Communicator>) -> Self {
-        Self { comm }
-    }
-
-    pub fn size(&self) -> usize {
-        self.comm.size()
-    }
-
-    /// How many of `n` units (`what`, e.g. "num_key_value_heads") this rank owns; an
-    /// error when the group size does not divide `n`.
+/// Tensor-parallel construction: the tp group builds the column/row-parallel layers of
+/// [`super::tp`] (plain layers when the group has one rank). Splits are in whole units
+/// (attention heads of `head_dim` rows, or single MLP channels), contiguous per rank.
+impl Group {
+    /// How many of `n` units (`what`, e.g. "num_key_value_heads") this rank owns.
     pub fn local(&self, n: usize, what: &str) -> Result<usize> {
-        Ok(shard_range(n, self.comm.rank(), self.comm.size(), what)?.len())
+        Ok(self.shard(n, what)?.len())
     }
 
     /// Output features split: this rank computes its `units` (of `unit` rows each).
@@ -92,7 +58,7 @@ impl TpGroup {
         bias: bool,
         what: &str,
     ) -> Result<ColumnParallelLinear> {
-        let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+        let r = self.shard(units, what)?;
         ColumnParallelLinear::load(w, in_dim, units * unit, bias, r.start * unit..r.end * unit)
     }
 
@@ -107,7 +73,7 @@ impl TpGroup {
     ) -> Result<ColumnParallelLinear> {
         let mut specs = Vec::with_capacity(parts.len());
         for &(w, units, unit, what) in parts {
-            let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+            let r = self.shard(units, what)?;
             specs.push((w, units * unit, r.start * unit..r.end * unit));
         }
         ColumnParallelLinear::fused(&specs, in_dim, bias)
@@ -124,14 +90,14 @@ impl TpGroup {
         bias: bool,
         what: &str,
     ) -> Result<RowParallelLinear> {
-        let r = shard_range(units, self.comm.rank(), self.comm.size(), what)?;
+        let r = self.shard(units, what)?;
         RowParallelLinear::load(
             w,
             units * unit,
             out_dim,
             bias,
             r.start * unit..r.end * unit,
-            self.comm.clone(),
+            self.comm().clone(),
         )
     }
 
@@ -142,7 +108,7 @@ impl TpGroup {
         vocab: usize,
         hidden: usize,
     ) -> Result<VocabParallelEmbedding> {
-        VocabParallelEmbedding::load(w, vocab, hidden, self.comm.clone())
+        VocabParallelEmbedding::load(w, vocab, hidden, self.comm().clone())
     }
 }
 
@@ -152,6 +118,7 @@ mod tests {
     use crate::io::weights::WeightStore;
     use candle_core::{DType, Device};
     use std::path::Path;
+    use std::sync::Arc;
 
     #[test]
     fn plain_linear_and_single_rank_group() {
@@ -165,7 +132,7 @@ mod tests {
             .unwrap();
         let d = (y - want).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0); // synthetic bias is zero
-        let tp = TpGroup::single();
+        let tp = Group::single();
         assert_eq!(tp.local(8, "heads").unwrap(), 8);
         let col = tp.column(&w.pp("a"), 8, 3, 2, true, "heads").unwrap();
         assert_eq!(col.out_features(), 6);

@@ -4,9 +4,9 @@
 
 use candle_core::Tensor;
 
-use super::linear::TpGroup;
 use super::tp::{ColumnParallelLinear, RowParallelLinear};
 use crate::io::weights::Weights;
+use crate::parallel::Group;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl GatedMlp {
         hidden: usize,
         intermediate: usize,
         act: Activation,
-        tp: &TpGroup,
+        tp: &Group,
     ) -> Result<Self> {
         let what = "intermediate_size";
         let (gate, up) = (w.pp("gate_proj"), w.pp("up_proj"));

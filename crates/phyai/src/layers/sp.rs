@@ -11,11 +11,10 @@
 //! second all-to-all and the dummy rows are dropped at the end.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::parallel::{Communicator, SingleRank};
+use crate::parallel::Group;
 use crate::{Error, Result};
 
 /// This rank's contiguous block of a sequence of `tokens` tokens, padded to `padded`.
@@ -35,10 +34,9 @@ impl SeqShard {
     /// The shard of `rank` of `size` ranks; `size` ≥ 1.
     pub fn new(tokens: usize, rank: usize, size: usize) -> Result<Self> {
         if size == 0 || rank >= size {
-            return Err(Error::invalid(
-                "--sp",
-                format!("rank {rank} of a sequence-parallel group of {size}"),
-            ));
+            return Err(Error::msg(format!(
+                "rank {rank} of a sequence-parallel group of {size}"
+            )));
         }
         let len = tokens.div_ceil(size);
         Ok(Self {
@@ -61,64 +59,18 @@ impl SeqShard {
     }
 }
 
-/// The sequence-parallel group of a rank.
-#[derive(Clone)]
-pub struct SpGroup {
-    comm: Arc<dyn Communicator>,
-}
-
-impl std::fmt::Debug for SpGroup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SpGroup({}/{})", self.comm.rank(), self.comm.size())
-    }
-}
-
-impl Default for SpGroup {
-    fn default() -> Self {
-        Self::single()
-    }
-}
-
-impl SpGroup {
-    /// A group of one: no split.
-    pub fn single() -> Self {
-        Self {
-            comm: Arc::new(SingleRank),
-        }
-    }
-
-    pub fn new(comm: Arc<dyn Communicator>) -> Self {
-        Self { comm }
-    }
-
-    pub fn size(&self) -> usize {
-        self.comm.size()
-    }
-
-    pub fn rank(&self) -> usize {
-        self.comm.rank()
-    }
-
+/// Ulysses on the sp group: token shards, and the all-to-alls that swap them for head
+/// shards around attention.
+impl Group {
     /// This rank's shard of a sequence of `tokens` tokens.
-    pub fn shard(&self, tokens: usize) -> Result<SeqShard> {
+    pub fn seq_shard(&self, tokens: usize) -> Result<SeqShard> {
         SeqShard::new(tokens, self.rank(), self.size())
     }
 
     /// The contiguous block of `heads` (`what`, e.g. "num_key_value_heads") this rank
     /// attends with between the two all-to-alls; an error when the group does not divide it.
     pub fn local_heads(&self, heads: usize, what: &str) -> Result<Range<usize>> {
-        let n = self.size();
-        if !heads.is_multiple_of(n) {
-            return Err(Error::invalid(
-                "--sp",
-                format!(
-                    "{what} on this rank ({heads}) is not divisible by the \
-                     sequence-parallel degree {n}"
-                ),
-            ));
-        }
-        let per = heads / n;
-        Ok(self.rank() * per..(self.rank() + 1) * per)
+        self.shard(heads, what)
     }
 
     /// Sequence shards → head shards, for several tensors in one exchange: each part
@@ -141,7 +93,7 @@ impl SpGroup {
             }
         }
         let stacked = Tensor::cat(&chunks, 0)?;
-        let mine = self.comm.all_to_all(&stacked, 0, 1)?;
+        let mine = self.comm().all_to_all(&stacked, 0, 1)?;
         let mut out = Vec::with_capacity(parts.len());
         let mut h0 = 0;
         for &p in &per {
@@ -163,7 +115,7 @@ impl SpGroup {
             return Ok(t.clone());
         }
         let t = t.pad_with_zeros(1, 0, shard.padded - shard.tokens)?;
-        self.comm.all_to_all(&t.contiguous()?, 1, 0)
+        self.comm().all_to_all(&t.contiguous()?, 1, 0)
     }
 
     /// Every rank's shard `[shard.len, ..]` → the whole sequence `[shard.tokens, ..]`.
@@ -171,7 +123,7 @@ impl SpGroup {
         if self.size() == 1 {
             return Ok(t.clone());
         }
-        let all = self.comm.all_gather(&t.contiguous()?, 0)?;
+        let all = self.comm().all_gather(&t.contiguous()?, 0)?;
         Ok(all.narrow(0, 0, shard.tokens)?)
     }
 }
@@ -224,8 +176,8 @@ mod tests {
         let want = attention(&q, &k, &v, false).unwrap();
         for sp in [2usize, 1] {
             let outs = run_ranks(MeshShape::new(1, sp, 1), Duration::from_secs(10), |m| {
-                let g = SpGroup::new(m.sp.clone());
-                let s = g.shard(n)?;
+                let g = Group::new(m.sp.clone());
+                let s = g.seq_shard(n)?;
                 let local = |t: &Tensor| -> Result<Tensor> {
                     let r = s.real();
                     let x = t.narrow(1, r.start, r.len())?;
@@ -257,7 +209,7 @@ mod tests {
     #[test]
     fn heads_not_divisible_are_errors() {
         let outs = run_ranks(MeshShape::new(1, 2, 1), Duration::from_secs(10), |m| {
-            let g = SpGroup::new(m.sp.clone());
+            let g = Group::new(m.sp.clone());
             Ok(g.local_heads(3, "num_key_value_heads").is_err()
                 && g.local_heads(4, "x")? == (m.sp.rank() * 2..m.sp.rank() * 2 + 2))
         })

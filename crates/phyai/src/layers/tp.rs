@@ -16,17 +16,7 @@ use crate::io::weights::Weights;
 use crate::parallel::Communicator;
 use crate::{Error, Result};
 
-/// The contiguous block of `n` items that tp rank `rank` of `size` owns.
-pub fn shard_range(n: usize, rank: usize, size: usize, what: &str) -> Result<Range<usize>> {
-    if size == 0 || !n.is_multiple_of(size) {
-        return Err(Error::invalid(
-            "--tp",
-            format!("{what} ({n}) is not divisible by the tensor-parallel degree {size}"),
-        ));
-    }
-    let per = n / size;
-    Ok(rank * per..(rank + 1) * per)
-}
+use crate::parallel::group::shard_range;
 
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_matmul(&w.t()?)?)

@@ -18,7 +18,8 @@ struct HubState {
     slots: Vec<Option<Tensor>>,
     arrived: usize,
     generation: u64,
-    aborted: Option<String>,
+    /// The rank whose failure aborted the group, and its error.
+    aborted: Option<(usize, String)>,
 }
 
 /// Shared rendezvous of one group.
@@ -44,11 +45,12 @@ impl LocalHub {
         })
     }
 
-    /// Wakes every waiter with `why`; all later collectives fail with it.
-    pub fn abort(&self, why: &str) {
+    /// Wakes every waiter: `rank` failed with `why`, and all later collectives fail with
+    /// that rank's error.
+    pub fn abort(&self, rank: usize, why: &str) {
         let mut s = self.state.lock().unwrap();
         if s.aborted.is_none() {
-            s.aborted = Some(why.to_string());
+            s.aborted = Some((rank, why.to_string()));
         }
         self.cv.notify_all();
     }
@@ -56,8 +58,8 @@ impl LocalHub {
     /// Barrier that also runs `leader` once, under the lock, when the last rank arrives.
     fn sync(&self, rank: usize, deposit: Option<Tensor>) -> Result<Vec<Option<Tensor>>> {
         let mut s = self.state.lock().unwrap();
-        if let Some(why) = &s.aborted {
-            return Err(Error::msg(why.clone()));
+        if let Some(a) = &s.aborted {
+            return Err(aborted(a));
         }
         if let Some(t) = deposit {
             s.slots[rank] = Some(t);
@@ -71,16 +73,16 @@ impl LocalHub {
         } else {
             let deadline = Instant::now() + self.timeout;
             while s.generation == gen {
-                if let Some(why) = &s.aborted {
-                    return Err(Error::msg(why.clone()));
+                if let Some(a) = &s.aborted {
+                    return Err(aborted(a));
                 }
                 let now = Instant::now();
                 if now >= deadline {
                     let why = format!(
-                        "rank {rank}: collective timed out after {:?} waiting for other ranks",
+                        "collective timed out after {:?} waiting for other ranks",
                         self.timeout
                     );
-                    s.aborted = Some(why.clone());
+                    s.aborted = Some((rank, why.clone()));
                     self.cv.notify_all();
                     return Err(Error::msg(why));
                 }
@@ -94,6 +96,11 @@ impl LocalHub {
     fn release(&self, rank: usize) -> Result<()> {
         self.sync(rank, None).map(|_| ())
     }
+}
+
+/// The error a collective returns after `rank` aborted the group: attributed to that rank.
+fn aborted((rank, why): &(usize, String)) -> Error {
+    Error::msg(why.clone()).on_rank(*rank)
 }
 
 /// One rank's handle on a [`LocalHub`].
@@ -216,9 +223,10 @@ pub struct Aborter {
 }
 
 impl Aborter {
-    pub fn abort(&self, why: &str) {
+    /// `rank` failed with `why`: every collective of every group fails with its error.
+    pub fn abort(&self, rank: usize, why: &str) {
         for h in &self.hubs {
-            h.abort(why);
+            h.abort(rank, why);
         }
     }
 }
@@ -247,7 +255,7 @@ where
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mesh)))
                         .unwrap_or_else(|_| Err(Error::msg("panicked")));
                     if let Err(e) = &out {
-                        aborter.abort(&format!("rank {rank} failed: {e}"));
+                        aborter.abort(rank, &e.to_string());
                     }
                     out
                 })
@@ -269,13 +277,9 @@ where
         match r {
             Ok(v) => outs.push(v),
             Err(e) => {
-                let own = !e.to_string().starts_with("rank ");
+                let own = !matches!(e, Error::Rank { .. });
                 if first_err.is_none() || own {
-                    first_err = Some(if own {
-                        Error::msg(format!("rank {rank} failed: {e}"))
-                    } else {
-                        e
-                    });
+                    first_err = Some(e.on_rank(rank));
                     if own {
                         break;
                     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::comm::{Communicator, SingleRank};
+use crate::{Error, Result};
 
 /// A rank's coordinates on the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,17 +14,67 @@ pub struct Coord {
     pub tp: usize,
 }
 
-/// Mesh shape, independent of any backend.
+/// Mesh shape, independent of any backend: the parallel topology of an engine
+/// (`world = cfg · sp · tp`). The one place that checks a topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeshShape {
+    /// Classifier-free-guidance groups: 1, or 2 (cond and uncond branches side by side).
     pub cfg: usize,
+    /// Sequence-parallel (Ulysses) degree.
     pub sp: usize,
+    /// Tensor-parallel degree.
     pub tp: usize,
 }
 
+impl Default for MeshShape {
+    fn default() -> Self {
+        Self::single()
+    }
+}
+
 impl MeshShape {
+    /// Axes in rank order: cfg outermost, tp innermost.
     pub fn new(cfg: usize, sp: usize, tp: usize) -> Self {
         Self { cfg, sp, tp }
+    }
+
+    /// One rank.
+    pub fn single() -> Self {
+        Self::new(1, 1, 1)
+    }
+
+    /// The shape's own consistency (errors name the fields `cfg`, `sp`, `tp`).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.cfg == 1 || self.cfg == 2) {
+            return Err(Error::invalid(
+                "cfg",
+                format!(
+                    "must be 1 or 2 (cond and uncond branches), got {}",
+                    self.cfg
+                ),
+            ));
+        }
+        for (field, n) in [("tp", self.tp), ("sp", self.sp)] {
+            if n == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape against a model: attention is split by heads over tp (projections) and
+    /// sp (Ulysses exchange), so tp·sp must divide the key/value heads (and with them the
+    /// query heads, a multiple of them).
+    pub fn check_heads(&self, num_kv_heads: usize) -> Result<()> {
+        self.validate()?;
+        let split = self.tp * self.sp;
+        if !num_kv_heads.is_multiple_of(split) {
+            return Err(Error::invalid(
+                if self.sp > 1 { "tp/sp" } else { "tp" },
+                format!("tp·sp = {split} must divide the model's {num_kv_heads} key/value heads"),
+            ));
+        }
+        Ok(())
     }
 
     pub fn world(&self) -> usize {
@@ -104,11 +155,7 @@ impl RankMesh {
     pub fn single() -> Self {
         let one: Arc<dyn Communicator> = Arc::new(SingleRank);
         Self {
-            shape: MeshShape {
-                cfg: 1,
-                sp: 1,
-                tp: 1,
-            },
+            shape: MeshShape::single(),
             rank: 0,
             world: one.clone(),
             cfg: one.clone(),
@@ -153,5 +200,24 @@ mod tests {
         assert_eq!(s.group(5, Axis::Cfg), vec![1, 5]);
         assert_eq!(s.group(5, Axis::Sp), vec![5, 7]);
         assert_eq!(s.groups(Axis::Tp).len(), 4);
+    }
+
+    #[test]
+    fn one_check_of_the_topology() {
+        assert!(MeshShape::new(2, 2, 2).check_heads(8).is_ok());
+        let e = MeshShape::new(3, 1, 1).validate().unwrap_err().to_string();
+        assert!(e.starts_with("cfg: must be 1 or 2"), "{e}");
+        let e = MeshShape::new(1, 1, 0).validate().unwrap_err().to_string();
+        assert!(e.starts_with("tp: must be at least 1"), "{e}");
+        let e = MeshShape::new(1, 1, 3)
+            .check_heads(8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tp: tp·sp = 3 must divide"), "{e}");
+        let e = MeshShape::new(1, 2, 2)
+            .check_heads(2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tp/sp: tp·sp = 4"), "{e}");
     }
 }

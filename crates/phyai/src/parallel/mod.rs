@@ -4,6 +4,7 @@
 //! knows about ranks.
 
 pub mod comm;
+pub mod group;
 pub mod job;
 pub mod local;
 pub mod mesh;
@@ -14,4 +15,5 @@ pub mod tcp;
 mod watchdog;
 
 pub use comm::{Communicator, SingleRank};
+pub use group::Group;
 pub use mesh::{Axis, Coord, MeshShape, RankMesh};

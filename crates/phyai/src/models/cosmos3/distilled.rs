@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
+use super::denoise::Conditioning;
 use super::sampler::{FixedStepSchedule, SdeSampler, StepNoise};
-use crate::engine::{Conditioning, Progress};
+use crate::engine::Progress;
 use crate::{Error, Result};
 
 /// Runs every step of `schedule` from `start` (`[1, C, t, h, w]` f32, conditioned frames

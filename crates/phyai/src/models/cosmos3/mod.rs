@@ -1,13 +1,22 @@
-//! Cosmos3 (Nano, Super): configs, denoiser, sampler, decoders, prompt processing.
+//! Cosmos3 (Nano, Super): the `cosmos3_wn` plugin, its request, configs, denoiser,
+//! guidance, sampler, decoders and prompt processing.
 
 pub mod config;
 pub mod continuation;
 pub mod demo;
 pub mod denoise;
 pub mod distilled;
+pub mod guided;
 pub mod plugin;
 pub mod postprocess;
 pub mod processor;
+pub mod request;
 pub mod sampler;
 pub mod transformer;
 pub mod vae;
+
+pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
+pub use request::{
+    pixel_to_latent_shape, sound_latent_frames, Cosmos3Output, Cosmos3Request, InitNoise,
+    LatentShape, Prompt, VideoInput,
+};

@@ -1,28 +1,65 @@
 //! The `cosmos3_wn` plugin: loads a Cosmos3 checkpoint (transformer, VAE, optional audio
-//! decoder, scheduler) and runs requests: text tower once per branch, the denoising loop,
-//! then the video and audio decoders.
+//! decoder, scheduler, text processor) and runs requests: prompt formatting and
+//! tokenization, the image encode of I2V, the text tower once per branch, the denoising
+//! loop, then the video and audio decoders.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelIndex;
-use super::denoise::{self, Branch, Velocity, VelocityModel};
-use super::sampler::{Schedule, ScheduleOptions, SchedulerConfig};
+use super::denoise::{self, Conditioning, Start};
+use super::guided::{Branch, GuidedVelocity, StepInfo, Velocity, VelocityModel};
+use super::processor::{Processor, PromptInputs};
+use super::request::{sound_latent_frames, Cosmos3Output, Cosmos3Request, Prompt, VideoInput};
+use super::sampler::{Schedule, ScheduleOptions, SchedulerConfig, SigmaStyle};
 use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv};
-use super::vae::{decode_tiled, AudioDecoder, WanVae};
-use crate::engine::registry::Plugin;
-use crate::engine::{
-    Conditioning, Cosmos3Args, EngineConfig, GenerationOutput, GenerationRequest, PluginArgs,
-    Progress, Target,
-};
+use super::vae::{AudioDecoder, WanVae};
+use crate::engine::{EngineConfig, Plugin, Progress};
 use crate::io::json::read_json;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
 
-/// Audio decoder hop: latent steps → samples (strides 2·4·5·6·8).
-const SOUND_HOP: usize = 1920;
+/// How the video is decoded when the engine has several ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeDecode {
+    /// Rank 0 decodes the whole clip; the others skip the decode. Exact.
+    #[default]
+    Full,
+    /// Every rank decodes one spatial tile (with a halo) and the tiles are blended: faster
+    /// with many GPUs, an approximation at the tile seams.
+    Tiled,
+}
+
+/// Arguments of the `cosmos3_wn` plugin.
+#[derive(Debug, Clone)]
+pub struct Cosmos3Args {
+    pub checkpoint_dir: PathBuf,
+    /// Overrides the checkpoint scheduler's `flow_shift`.
+    pub flow_shift: Option<f64>,
+    /// Overrides the checkpoint scheduler's `use_karras_sigmas`.
+    pub use_karras_sigmas: Option<bool>,
+    /// Load the audio decoder (needed for requests with sound).
+    pub load_sound: bool,
+    /// Which reference's flow-sigma construction to follow.
+    pub sigma_schedule: SigmaStyle,
+    pub vae_decode: VaeDecode,
+}
+
+impl Cosmos3Args {
+    /// The checkpoint's own settings, without sound.
+    pub fn new(checkpoint_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            checkpoint_dir: checkpoint_dir.into(),
+            flow_shift: None,
+            use_karras_sigmas: None,
+            load_sound: false,
+            sigma_schedule: SigmaStyle::default(),
+            vae_decode: VaeDecode::default(),
+        }
+    }
+}
 
 pub struct Cosmos3Plugin {
     args: Cosmos3Args,
@@ -31,66 +68,66 @@ pub struct Cosmos3Plugin {
     transformer: Cosmos3Transformer,
     vae: WanVae,
     audio: Option<AudioDecoder>,
+    /// Loaded on the first text prompt (requests with token ids need none).
+    processor: Option<Processor>,
     mesh: RankMesh,
     device: Device,
     dtype: DType,
-    vae_tiles: Option<usize>,
 }
 
-/// Registry constructor: one rank's plugin on its mesh.
-pub fn create(args: &PluginArgs, config: &EngineConfig, mesh: RankMesh) -> Result<Box<dyn Plugin>> {
-    let PluginArgs::Cosmos3(args) = args;
-    Ok(Box::new(Cosmos3Plugin::load(args, config, mesh)?))
-}
-
-/// The device of an engine config; a CUDA target in a CPU-only build is a clear error.
-pub fn device_for(target: Target) -> Result<Device> {
-    match target {
-        Target::Cpu => Ok(Device::Cpu),
-        Target::Cuda(i) => {
-            if !candle_core::utils::cuda_is_available() {
-                return Err(Error::invalid(
-                    "--device",
-                    "cuda: this build has no CUDA support (rebuild with `--features cuda`)",
-                ));
-            }
-            Ok(Device::new_cuda(i)?)
-        }
-    }
-}
-
-fn require_dir(ckpt: &Path, name: &str) -> Result<std::path::PathBuf> {
+fn require_dir(ckpt: &Path, name: &str) -> Result<PathBuf> {
     let d = ckpt.join(name);
     if !d.is_dir() {
         return Err(Error::invalid(
-            "--checkpoint",
+            "checkpoint",
             format!("{}: missing the {name}/ folder", ckpt.display()),
         ));
     }
     Ok(d)
 }
 
-impl Cosmos3Plugin {
-    pub fn load(args: &Cosmos3Args, config: &EngineConfig, mesh: RankMesh) -> Result<Self> {
+/// The checkpoint folder, which must exist.
+fn checkpoint_dir(ckpt: &Path) -> Result<&Path> {
+    if !ckpt.is_dir() {
+        return Err(Error::invalid(
+            "checkpoint",
+            format!("{} is not a folder", ckpt.display()),
+        ));
+    }
+    Ok(ckpt)
+}
+
+/// The transformer's `config.json`, validated.
+fn transformer_config(ckpt: &Path) -> Result<TransformerConfig> {
+    let file = require_dir(checkpoint_dir(ckpt)?, "transformer")?.join("config.json");
+    let cfg: TransformerConfig = read_json(&file)?;
+    cfg.validate(&file)?;
+    Ok(cfg)
+}
+
+impl Plugin for Cosmos3Plugin {
+    const NAME: &'static str = "cosmos3_wn";
+    type Args = Cosmos3Args;
+    type Request = Cosmos3Request;
+    type Output = Cosmos3Output;
+
+    fn check(args: &Cosmos3Args, config: &EngineConfig) -> Result<()> {
+        let tcfg = transformer_config(&args.checkpoint_dir)?;
+        config.parallel.check_heads(tcfg.num_key_value_heads)
+    }
+
+    fn load(args: &Cosmos3Args, config: &EngineConfig, mesh: RankMesh) -> Result<Self> {
         let ckpt = &args.checkpoint_dir;
-        if !ckpt.is_dir() {
-            return Err(Error::invalid(
-                "--checkpoint",
-                format!("{} is not a folder", ckpt.display()),
-            ));
-        }
-        let index_file = ckpt.join("model_index.json");
+        let index_file = checkpoint_dir(ckpt)?.join("model_index.json");
         let index: ModelIndex = read_json(&index_file)?;
         index.validate(&index_file)?;
 
-        let device = device_for(config.device.target)?;
+        let device = config.device.target.device()?;
         let dtype = config.device.dtype;
 
         let tdir = require_dir(ckpt, "transformer")?;
-        let tfile = tdir.join("config.json");
-        let tcfg: TransformerConfig = read_json(&tfile)?;
-        tcfg.validate(&tfile)?;
-        config.parallel.validate(tcfg.num_key_value_heads)?;
+        let tcfg = transformer_config(ckpt)?;
+        config.parallel.check_heads(tcfg.num_key_value_heads)?;
         let transformer = Cosmos3Transformer::load(&tdir, &tcfg, dtype, &device, &mesh)?;
 
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
@@ -100,7 +137,7 @@ impl Cosmos3Plugin {
         let audio = if args.load_sound {
             if !index.has_sound_tokenizer() || !ckpt.join("sound_tokenizer").is_dir() {
                 return Err(Error::invalid(
-                    "--sound",
+                    "sound",
                     format!("{} ships no sound_tokenizer/", ckpt.display()),
                 ));
             }
@@ -119,13 +156,136 @@ impl Cosmos3Plugin {
             transformer,
             vae,
             audio,
+            processor: None,
             mesh,
             device,
             dtype,
-            vae_tiles: config.runtime.vae_tiles,
         })
     }
 
+    fn validate(request: &Cosmos3Request) -> Result<()> {
+        request.validate()
+    }
+
+    fn step(&mut self, request: &Cosmos3Request, progress: &dyn Progress) -> Result<Cosmos3Output> {
+        request.validate()?;
+        let latent = request.latent()?;
+        let sound = match (request.sound, &self.audio) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::invalid(
+                    "sound",
+                    "the engine was loaded without the audio decoder (load_sound)",
+                ))
+            }
+            (true, Some(dec)) => {
+                let channels = self.transformer.config().sound_channels().ok_or_else(|| {
+                    Error::invalid("sound", "the transformer has no sound stream (sound_gen)")
+                })?;
+                let frames = sound_latent_frames(
+                    request.num_frames,
+                    request.fps,
+                    dec.sample_rate() as u32,
+                    dec.hop(),
+                );
+                Some((channels, frames))
+            }
+        };
+        let mut timings = Vec::new();
+        let schedule = self.schedule(request.steps)?;
+
+        let t = Instant::now();
+        let (pos, neg) = self.token_ids(request)?;
+        if !pos.is_empty() || !neg.is_empty() {
+            timings.push(("tokenize".to_string(), t.elapsed()));
+        }
+
+        let conditioning = match (&request.image, &request.video) {
+            (Some(px), _) => {
+                let t = Instant::now();
+                let c = self.encode_image(px)?;
+                timings.push(("encode".to_string(), t.elapsed()));
+                Some(c)
+            }
+            (None, Some(v)) => {
+                let t = Instant::now();
+                let c = self.encode_video(v)?;
+                timings.push(("encode".to_string(), t.elapsed()));
+                Some(c)
+            }
+            (None, None) => None,
+        };
+
+        let t = Instant::now();
+        let here = GuidedVelocity::branches(
+            request.guidance_scale,
+            self.mesh.cfg.rank(),
+            self.mesh.cfg.size(),
+        );
+        progress.stage("text", here.cond as usize + here.uncond as usize);
+        let encode = |needed: bool, ids: &[u32]| -> Result<Option<UndKv>> {
+            if !needed {
+                return Ok(None);
+            }
+            let kv = self.transformer.und(ids)?;
+            progress.step();
+            Ok(Some(kv))
+        };
+        let cond = encode(here.cond, &pos)?;
+        let uncond = encode(here.uncond, &neg)?;
+        progress.done("text", t.elapsed());
+        timings.push(("text".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        let start = denoise::initial_latents(
+            &Start {
+                latent,
+                channels: self.transformer.config().latent_channel,
+                sound,
+                seed: request.seed,
+                init_noise: request.init_noise.as_ref(),
+                conditioning: conditioning.as_ref(),
+            },
+            &self.device,
+        )?;
+        let model = Denoiser {
+            model: &self.transformer,
+            cond,
+            uncond,
+            fps: request.fps,
+            dtype: self.dtype,
+        };
+        let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone());
+        let latents = denoise::denoise(&guided, &schedule, start, conditioning.as_ref(), progress)?;
+        timings.push(("denoise".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        progress.stage("decode", 1);
+        let video = self.decode_video(&latents.video)?;
+        progress.step();
+        progress.done("decode", t.elapsed());
+        timings.push(("decode".to_string(), t.elapsed()));
+
+        let audio = match (&self.audio, &latents.sound) {
+            (Some(dec), Some(s)) => {
+                let t = Instant::now();
+                let wave = dec.decode(&s.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
+                timings.push(("audio".to_string(), t.elapsed()));
+                Some((wave, dec.sample_rate() as u32))
+            }
+            _ => None,
+        };
+        Ok(Cosmos3Output {
+            video,
+            audio,
+            latents: latents.video,
+            sound_latents: latents.sound,
+            timings,
+        })
+    }
+}
+
+impl Cosmos3Plugin {
     /// A single-rank plugin from components already built, with the checkpoints' default
     /// scheduler and no audio decoder: the benchmark's random-weight model at full size.
     pub fn from_parts(
@@ -135,23 +295,17 @@ impl Cosmos3Plugin {
         dtype: DType,
     ) -> Result<Self> {
         Ok(Self {
-            args: Cosmos3Args {
-                checkpoint_dir: "(built in memory)".into(),
-                flow_shift: None,
-                use_karras_sigmas: None,
-                load_sound: false,
-                sigma_schedule: Default::default(),
-            },
+            args: Cosmos3Args::new("(built in memory)"),
             index: serde_json::from_str("{}")
                 .map_err(|e| Error::msg(format!("default model index: {e}")))?,
             scheduler: SchedulerConfig::default(),
             transformer,
             vae,
             audio: None,
+            processor: None,
             mesh: RankMesh::single(),
             device,
             dtype,
-            vae_tiles: None,
         })
     }
 
@@ -159,6 +313,13 @@ impl Cosmos3Plugin {
     pub fn with_audio(mut self, audio: AudioDecoder) -> Self {
         self.audio = Some(audio);
         self
+    }
+
+    /// `(sample_rate, samples per sound latent step)` when the audio decoder is loaded.
+    pub fn sound_spec(&self) -> Option<(u32, usize)> {
+        self.audio
+            .as_ref()
+            .map(|a| (a.sample_rate() as u32, a.hop()))
     }
 
     fn schedule(&self, steps: usize) -> Result<Schedule> {
@@ -174,18 +335,86 @@ impl Cosmos3Plugin {
         )
     }
 
+    /// The ids of both branches: formatted and tokenized here for a text prompt.
+    fn token_ids(&mut self, request: &Cosmos3Request) -> Result<(Vec<u32>, Vec<u32>)> {
+        match &request.prompt {
+            Prompt::Tokens { pos, neg } => Ok((pos.clone(), neg.clone())),
+            Prompt::Text {
+                prompt,
+                negative_prompt,
+                style,
+            } => {
+                if self.processor.is_none() {
+                    let dir = require_dir(&self.args.checkpoint_dir, "text_tokenizer")?;
+                    self.processor = Some(Processor::from_dir(&dir)?);
+                }
+                let processor = self.processor.as_ref().expect("loaded above");
+                processor.encode_pair(&PromptInputs {
+                    prompt: prompt.clone(),
+                    negative_prompt: negative_prompt.clone(),
+                    num_frames: request.num_frames,
+                    height: request.height,
+                    width: request.width,
+                    fps: request.fps,
+                    style: *style,
+                })
+            }
+        }
+    }
+
+    /// Encodes a conditioning image `[1, 3, H, W]` in [−1, 1] into the clean first latent
+    /// frame; the causal VAE encodes frame 0 alone exactly as it does inside a longer clip.
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Conditioning> {
+        let enc = self
+            .vae
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
+        let x = pixels
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?
+            .unsqueeze(2)?;
+        let latents = enc.encode(&x)?.to_dtype(DType::F32)?;
+        Ok(Conditioning {
+            latents,
+            frame_indexes: vec![0],
+        })
+    }
+
+    /// Encodes a continuation video's conditioning frames (see [`super::continuation`]) into
+    /// the clean latent frames it fixes.
+    pub fn encode_video(&self, video: &VideoInput) -> Result<Conditioning> {
+        let enc = self
+            .vae
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
+        let clip = video
+            .condition
+            .clip(&video.frames)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
+        let encoded = enc.encode(&clip)?.to_dtype(DType::F32)?;
+        Ok(Conditioning {
+            latents: video.condition.select(&encoded)?,
+            frame_indexes: video.condition.indexes.clone(),
+        })
+    }
+
     fn decode_video(&self, latents: &Tensor) -> Result<Tensor> {
         let z = latents.to_dtype(self.dtype)?;
         let world = self.mesh.shape.world();
-        let video = if world > 1 {
-            let t = z.dim(2)?;
-            let frames = (t - 1) * self.vae.config.temporal_scale() + 1;
-            super::vae::decode_parallel(&self.vae.decoder, &z, frames, &self.mesh)?
-        } else {
-            match self.vae_tiles {
-                Some(n) if n > 1 => decode_tiled(&self.vae.decoder, &z, n)?,
-                _ => self.vae.decoder.decode(&z)?,
+        let video = match self.args.vae_decode {
+            VaeDecode::Tiled if world > 1 => {
+                let t = z.dim(2)?;
+                let frames = (t - 1) * self.vae.config.temporal_scale() + 1;
+                super::vae::decode_parallel(&self.vae.decoder, &z, frames, &self.mesh)?
             }
+            // Only rank 0's output is used: the others skip the decode.
+            VaeDecode::Full if self.mesh.rank != 0 => {
+                return Ok(Tensor::zeros(0, DType::F32, &self.device)?)
+            }
+            _ => self.vae.decoder.decode(&z)?,
         };
         Ok(video.to_dtype(DType::F32)?)
     }
@@ -207,7 +436,7 @@ impl VelocityModel for Denoiser<'_> {
         branch: Branch,
         video: &Tensor,
         sound: Option<&Tensor>,
-        timestep: f64,
+        step: StepInfo,
         noisy: &[bool],
     ) -> Result<Velocity> {
         let und = match branch {
@@ -216,134 +445,20 @@ impl VelocityModel for Denoiser<'_> {
         }
         .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
         let video_in = video.to_dtype(self.dtype)?;
-        let sound_in = match sound {
-            Some(s) => Some(s.to_dtype(self.dtype)?),
-            None => None,
-        };
+        let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
         let out = self.model.velocity(
             und,
             &GenInputs {
                 video: &video_in,
                 sound: sound_in.as_ref(),
-                timestep,
+                timestep: step.timestep,
                 noisy_frames: noisy,
                 fps: self.fps,
             },
         )?;
         Ok(Velocity {
             video: out.video.to_dtype(DType::F32)?,
-            sound: match out.sound {
-                Some(s) => Some(s.to_dtype(DType::F32)?),
-                None => None,
-            },
-        })
-    }
-}
-
-impl Plugin for Cosmos3Plugin {
-    fn name(&self) -> &'static str {
-        "cosmos3_wn"
-    }
-
-    fn sound_spec(&self) -> Option<(u32, usize)> {
-        self.audio
-            .as_ref()
-            .map(|a| (a.sample_rate() as u32, SOUND_HOP))
-    }
-
-    fn encode_image(&mut self, pixels: &Tensor) -> Result<Conditioning> {
-        let enc = self
-            .vae
-            .encoder
-            .as_ref()
-            .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
-        // [1, 3, H, W] in [−1, 1] → one latent frame; the causal VAE encodes frame 0 alone
-        // exactly as it does inside a longer clip.
-        let x = pixels
-            .to_dtype(self.dtype)?
-            .to_device(&self.device)?
-            .unsqueeze(2)?;
-        let latents = enc.encode(&x)?.to_dtype(DType::F32)?;
-        Ok(Conditioning {
-            latents,
-            frame_indexes: vec![0],
-        })
-    }
-
-    fn step(
-        &mut self,
-        request: &GenerationRequest,
-        progress: &dyn Progress,
-    ) -> Result<GenerationOutput> {
-        if request.sound_frames.is_some() && self.audio.is_none() {
-            return Err(Error::invalid(
-                "--sound",
-                "the engine was created without the audio decoder (load_sound)",
-            ));
-        }
-        let mut timings = Vec::new();
-        let schedule = self.schedule(request.steps)?;
-
-        let t = Instant::now();
-        // The branches this rank evaluates: both, or under CFG parallelism its group's own
-        // (cond on group 0, uncond on group 1; none on group 1 without guidance).
-        let cfg_parallel = self.mesh.cfg.size() == 2;
-        let group = self.mesh.cfg.rank();
-        let needs_cond = !cfg_parallel || group == 0;
-        let needs_uncond = request.uses_cfg() && (!cfg_parallel || group == 1);
-        progress.stage("text", needs_cond as usize + needs_uncond as usize);
-        let encode = |needed: bool, ids: &[u32]| -> Result<Option<UndKv>> {
-            if !needed {
-                return Ok(None);
-            }
-            let kv = self.transformer.und(ids)?;
-            progress.step();
-            Ok(Some(kv))
-        };
-        let cond = encode(needs_cond, &request.pos_ids)?;
-        let uncond = encode(needs_uncond, &request.neg_ids)?;
-        progress.done("text", t.elapsed());
-        timings.push(("text".to_string(), t.elapsed()));
-
-        let t = Instant::now();
-        let start = denoise::initial_latents(
-            request,
-            self.transformer.config().latent_channel,
-            self.transformer.config().sound_channels().unwrap_or(64),
-            &self.device,
-        )?;
-        let model = Denoiser {
-            model: &self.transformer,
-            cond,
-            uncond,
-            fps: request.fps,
-            dtype: self.dtype,
-        };
-        let latents = denoise::denoise(&model, request, &schedule, start, &self.mesh, progress)?;
-        timings.push(("denoise".to_string(), t.elapsed()));
-
-        let t = Instant::now();
-        progress.stage("decode", 1);
-        let video = self.decode_video(&latents.video)?;
-        progress.step();
-        progress.done("decode", t.elapsed());
-        timings.push(("decode".to_string(), t.elapsed()));
-
-        let audio = match (&self.audio, &latents.sound) {
-            (Some(dec), Some(s)) => {
-                let t = Instant::now();
-                let wave = dec.decode(&s.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
-                timings.push(("audio".to_string(), t.elapsed()));
-                Some((wave, dec.sample_rate() as u32))
-            }
-            _ => None,
-        };
-        Ok(GenerationOutput {
-            video,
-            audio,
-            latents: latents.video,
-            sound_latents: latents.sound,
-            timings,
+            sound: out.sound.map(|s| s.to_dtype(DType::F32)).transpose()?,
         })
     }
 }

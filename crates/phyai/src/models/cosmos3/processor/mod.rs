@@ -164,17 +164,17 @@ impl Processor {
 /// Validates the inputs and builds both texts for the selected style.
 fn captions(inputs: &PromptInputs) -> Result<(String, String)> {
     if metadata::py_strip(&inputs.prompt).is_empty() {
-        return Err(Error::invalid("--prompt", "is empty"));
+        return Err(Error::invalid("prompt", "is empty"));
     }
     if !(inputs.fps.is_finite() && inputs.fps > 0.0) {
         return Err(Error::invalid(
-            "--fps",
+            "fps",
             format!("must be > 0, got {}", inputs.fps),
         ));
     }
     if inputs.num_frames == 0 || inputs.height == 0 || inputs.width == 0 {
         return Err(Error::invalid(
-            "--frames/--height/--width",
+            "num_frames/height/width",
             format!(
                 "must be positive, got {}x{}x{}",
                 inputs.num_frames, inputs.height, inputs.width

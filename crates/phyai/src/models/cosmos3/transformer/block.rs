@@ -7,10 +7,10 @@ use candle_core::Tensor;
 use super::config::TransformerConfig;
 use crate::io::weights::Weights;
 use crate::layers::glue;
-use crate::layers::linear::TpGroup;
 use crate::layers::mlp::{Activation, GatedMlp};
 use crate::layers::norm::{RmsNorm, RmsScale};
 use crate::layers::tp::{ColumnParallelLinear, RowParallelLinear};
+use crate::parallel::Group;
 use crate::Result;
 
 /// Leaf names of one expert inside `layers.{i}`.
@@ -82,7 +82,7 @@ impl ExpertBlock {
         cfg: &TransformerConfig,
         keys: &ExpertKeys,
         qk_norm: bool,
-        tp: &TpGroup,
+        tp: &Group,
     ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);

@@ -10,9 +10,9 @@ use super::und::UndKv;
 use crate::io::weights::Weights;
 use crate::layers::attention::attention;
 use crate::layers::glue;
-use crate::layers::linear::TpGroup;
 use crate::layers::norm::RmsNorm;
-use crate::layers::sp::{SeqShard, SpGroup};
+use crate::layers::sp::SeqShard;
+use crate::parallel::Group;
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -23,7 +23,7 @@ pub struct GenTower {
 
 impl GenTower {
     /// `w` is the transformer's top level (`layers.{i}`, `norm_moe_gen`).
-    pub fn load(w: &Weights, cfg: &TransformerConfig, tp: &TpGroup) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &TransformerConfig, tp: &Group) -> Result<Self> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ExpertBlock::load(&w.pp("layers").pp(i), cfg, &GEN_KEYS, true, tp))
             .collect::<Result<Vec<_>>>()?;
@@ -45,7 +45,7 @@ impl GenTower {
         und: &UndKv,
         cos: &Tensor,
         sin: &Tensor,
-        sp: &SpGroup,
+        sp: &Group,
         shard: &SeqShard,
     ) -> Result<Tensor> {
         if und.k.len() != self.layers.len() || und.v.len() != self.layers.len() {

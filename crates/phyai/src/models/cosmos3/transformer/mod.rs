@@ -31,9 +31,9 @@ pub use config::TransformerConfig;
 pub use und::UndKv;
 
 use crate::io::weights::{WeightStore, Weights};
-use crate::layers::linear::{Linear, TpGroup};
+use crate::layers::linear::Linear;
 use crate::layers::rope::MultiAxisRope;
-use crate::layers::sp::SpGroup;
+use crate::parallel::Group;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
 use embed::{patchify, unpatchify, SoundHeads, TimestepEmbedder};
@@ -75,7 +75,7 @@ pub struct Cosmos3Transformer {
     time: TimestepEmbedder,
     sound: Option<SoundHeads>,
     /// The sequence-parallel group the generation tokens are split over.
-    sp: SpGroup,
+    sp: Group,
     dtype: DType,
     device: Device,
     /// Rotary tables of the last generation call and the positions they were built for:
@@ -89,12 +89,12 @@ type RopeCache = std::sync::Arc<std::sync::Mutex<Option<(Vec<[f32; 3]>, Tensor, 
 impl Cosmos3Transformer {
     /// Builds the model from checkpoint weights (dtype and device of `w`), unsharded.
     pub fn new(cfg: &TransformerConfig, w: Weights) -> Result<Self> {
-        Self::new_sharded(cfg, w, &TpGroup::single())
+        Self::new_sharded(cfg, w, &Group::single())
     }
 
     /// Builds this rank's shard: heads and MLP channels split over `tp`.
-    pub fn new_sharded(cfg: &TransformerConfig, w: Weights, tp: &TpGroup) -> Result<Self> {
-        Self::new_parallel(cfg, w, tp, SpGroup::single())
+    pub fn new_sharded(cfg: &TransformerConfig, w: Weights, tp: &Group) -> Result<Self> {
+        Self::new_parallel(cfg, w, tp, Group::single())
     }
 
     /// Builds this rank's shard of a tp group, whose generation tokens are split over `sp`;
@@ -102,8 +102,8 @@ impl Cosmos3Transformer {
     pub fn new_parallel(
         cfg: &TransformerConfig,
         w: Weights,
-        tp: &TpGroup,
-        sp: SpGroup,
+        tp: &Group,
+        sp: Group,
     ) -> Result<Self> {
         sp.local_heads(
             tp.local(cfg.num_key_value_heads, "num_key_value_heads")?,
@@ -157,8 +157,8 @@ impl Cosmos3Transformer {
         Self::new_parallel(
             cfg,
             w,
-            &TpGroup::new(mesh.tp.clone()),
-            SpGroup::new(mesh.sp.clone()),
+            &Group::new(mesh.tp.clone()),
+            Group::new(mesh.sp.clone()),
         )
     }
 
@@ -255,7 +255,7 @@ impl Cosmos3Transformer {
             None => 0,
         };
         // This rank's block of the joint sequence [video | sound | dummy padding].
-        let shard = self.sp.shard(n_video + n_sound)?;
+        let shard = self.sp.seq_shard(n_video + n_sound)?;
         let real = shard.real();
         let vid = real.start.min(n_video)..real.end.min(n_video);
         let snd = real.start.max(n_video) - n_video..real.end.max(n_video) - n_video;

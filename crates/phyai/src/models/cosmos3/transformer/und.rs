@@ -9,10 +9,10 @@ use super::config::TransformerConfig;
 use super::positions::text_positions;
 use crate::io::weights::Weights;
 use crate::layers::attention::attention;
-use crate::layers::linear::TpGroup;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::{apply_rope, MultiAxisRope};
 use crate::layers::tp::VocabParallelEmbedding;
+use crate::parallel::Group;
 use crate::{Error, Result};
 
 /// Per-layer text keys and values as the generation tokens see them: keys after QK norm
@@ -39,7 +39,7 @@ pub struct UndTower {
 
 impl UndTower {
     /// `w` is the transformer's top level (`embed_tokens`, `layers.{i}`).
-    pub fn load(w: &Weights, cfg: &TransformerConfig, tp: &TpGroup) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &TransformerConfig, tp: &Group) -> Result<Self> {
         let embed = tp.embedding(&w.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
         let extra_k = cfg.use_und_k_norm_for_gen && !cfg.qk_norm_for_text;
         let layers = (0..cfg.num_hidden_layers)

@@ -206,6 +206,7 @@ pub struct AudioDecoder {
     conv_out: Conv1d,
     latent_dim: usize,
     sample_rate: usize,
+    hop: usize,
 }
 
 impl AudioDecoder {
@@ -246,6 +247,7 @@ impl AudioDecoder {
             conv_out: Conv1d::new(&d.pp("conv2"), ch, cfg.dec_out_channels, 7, 3, 1, false)?,
             latent_dim: cfg.vocoder_input_dim,
             sample_rate: cfg.sampling_rate,
+            hop: cfg.hop(),
         })
     }
 
@@ -260,6 +262,12 @@ impl AudioDecoder {
 
     pub fn sample_rate(&self) -> usize {
         self.sample_rate
+    }
+
+    /// Samples per latent step (the product of the decoder's strides, or the config's
+    /// `hop_size`).
+    pub fn hop(&self) -> usize {
+        self.hop
     }
 
     /// Latent `[B, C, T]` → waveform `[B, channels, T·∏strides]` in [−1, 1].

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::config::{EngineArgs, EngineConfig, Target};
+use super::plugin::Plugin;
 use super::ranks::{MeshSource, PluginFactory, RankPool};
-use super::registry;
 use super::COLLECTIVE_TIMEOUT;
 use crate::parallel::job::{check_world, Backend, Job};
 use crate::parallel::rendezvous::LaunchEnv;
@@ -18,9 +18,8 @@ use crate::Result;
 /// on its own; calling this first, before any other work, also makes the errors of that
 /// work reach the other ranks ([`Job::fail`]) instead of leaving them in the rendezvous.
 pub fn join_launch(config: &EngineConfig) -> Result<Option<&'static Job>> {
-    let p = &config.parallel;
-    p.validate_shape()?;
-    let shape = MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
+    let shape = config.parallel;
+    shape.validate()?;
     let Some(env) = LaunchEnv::from_env()? else {
         return Ok(None);
     };
@@ -40,11 +39,12 @@ pub fn join_launch(config: &EngineConfig) -> Result<Option<&'static Job>> {
 
 /// Loads this rank's plugin. An error fails the whole job (every process exits naming
 /// this rank), since the others may already wait on this rank inside a collective.
-pub(super) fn start(args: &EngineArgs, job: &'static Job) -> Result<RankPool> {
-    let p = &args.config.parallel;
-    let shape = MeshShape::new(p.cfg_size, p.sp_size, p.tp_size);
+pub(super) fn start<P: Plugin>(
+    args: &EngineArgs<P::Args>,
+    job: &'static Job,
+) -> Result<RankPool<P>> {
+    let shape = args.config.parallel;
     let pool = (|| {
-        let factory = registry::factory(&args.plugin)?;
         let mut config = args.config.clone();
         let source: MeshSource = match config.device.target {
             Target::Cpu => {
@@ -58,7 +58,8 @@ pub(super) fn start(args: &EngineArgs, job: &'static Job) -> Result<RankPool> {
             }
         };
         let plugin_args = args.plugin_args.clone();
-        let make: Arc<PluginFactory> = Arc::new(move |mesh| factory(&plugin_args, &config, mesh));
+        let make: Arc<PluginFactory<P>> =
+            Arc::new(move |mesh| P::load(&plugin_args, &config, mesh));
         RankPool::start(vec![source], None, make)
     })();
     pool.or_else(|e| job.fail(&e.to_string()))
@@ -92,12 +93,7 @@ mod nccl {
 mod nccl {
     use super::*;
 
-    fn no_cuda() -> crate::Error {
-        crate::Error::invalid(
-            "--device",
-            "cuda: this build has no CUDA support (rebuild with `--features cuda`)",
-        )
-    }
+    use crate::engine::config::no_cuda;
 
     pub fn supported() -> Result<()> {
         Err(no_cuda())
