@@ -21,6 +21,7 @@ use phyai::models::cosmos3::sampler::noise::RandomState;
 use phyai::models::cosmos3::sampler::{FixedStepSchedule, SdeSampler, StepNoise};
 use phyai::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
 use phyai::models::cosmos3::vae::WanVae;
+use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VideoInput};
 
 mod support;
 use support::{fixtures, ids, rel_err};
@@ -239,5 +240,99 @@ fn distilled_runs_match_diffusers() {
                 rel_err(&latents, &r["latents"])
             );
         }
+    }
+}
+
+fn engine() -> phyai::engine::Engine<phyai::models::cosmos3::Cosmos3Plugin> {
+    support::engine_on(
+        &fixtures().join("tiny_distilled"),
+        false,
+        phyai::parallel::MeshShape::single(),
+        phyai::models::cosmos3::VaeDecode::Full,
+    )
+}
+
+/// The request of a case: its ids, size, the recorded noise (or only the seed) and its
+/// image or video.
+fn request(case: &str, recorded: bool) -> Cosmos3Request {
+    let (r, meta) = load(case);
+    let n = |k: &str| meta[k].parse::<f64>().unwrap();
+    let mut req = Cosmos3Request::new(
+        // The negative ids are never used (one branch); a text prompt always has some.
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["pos_ids"]),
+        },
+        n("num_frames") as usize,
+        n("height") as usize,
+        n("width") as usize,
+    );
+    req.fps = n("fps");
+    req.steps = 4;
+    req.guidance_scale = 1.0;
+    req.seed = 42;
+    if recorded {
+        req.init_noise = Some(InitNoise {
+            video: r["init_noise"].clone(),
+            sound: None,
+        });
+        req.step_noise = Some(r["step_noise"].clone());
+    }
+    if let Some(img) = r.get("image") {
+        req.image = Some(((img * 2.0).unwrap() - 1.0).unwrap());
+    }
+    if r.contains_key("cond_latents") {
+        let frames = load_video(&fixtures().join("refs/v2v_frames"), 32, 48, "video").unwrap();
+        req.video = Some(VideoInput {
+            frames,
+            condition: VideoCondition::default(),
+        });
+    }
+    req
+}
+
+#[test]
+fn engine_requests_on_the_distilled_checkpoint_match_diffusers() {
+    let mut e = engine();
+    assert_eq!(e.plugin().fixed_step().map(|s| s.steps()), Some(4));
+    for (case, recorded) in [
+        ("t2v", true),
+        ("i2v", true),
+        ("t2i", true),
+        ("v2v", true),
+        ("seeded", false),
+    ] {
+        let (r, _) = load(case);
+        let out = e.step(&request(case, recorded)).unwrap();
+        let lat = rel_err(&out.latents, &r["latents"]);
+        assert!(lat <= TOL, "{case}: latents rel err {lat:e}");
+        if let Some(v) = r.get("video") {
+            let vid = rel_err(&out.video, v);
+            assert!(vid <= TOL, "{case}: video rel err {vid:e}");
+            eprintln!("engine {case}: latents {lat:.2e}, video {vid:.2e}");
+        }
+    }
+}
+
+#[test]
+fn distilled_requests_keep_the_fixed_steps_and_guidance() {
+    let mut e = engine();
+    let base = request("t2v", true);
+    for (field, edit) in [
+        (
+            "steps",
+            Box::new(|r: &mut Cosmos3Request| r.steps = 35) as Box<dyn Fn(&mut _)>,
+        ),
+        (
+            "guidance_scale",
+            Box::new(|r: &mut Cosmos3Request| r.guidance_scale = 6.0),
+        ),
+        ("sound", Box::new(|r: &mut Cosmos3Request| r.sound = true)),
+    ] {
+        let mut req = base.clone();
+        edit(&mut req);
+        let e = e.step(&req).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{field}: ")), "{e}");
+        assert!(!e.contains('\n'));
     }
 }

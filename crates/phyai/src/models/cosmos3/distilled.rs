@@ -40,6 +40,9 @@ pub fn denoise_fixed_step(
     let started = Instant::now();
     progress.stage("denoise", schedule.steps());
     for (i, &timestep) in schedule.timesteps().iter().enumerate() {
+        if progress.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let v = velocity(&x, timestep, i)?.to_dtype(DType::F32)?;
         let v = zero_clean(&v, &noisy)?;
         x = sampler.step(&v, &x)?;

@@ -119,6 +119,9 @@ pub struct Cosmos3Request {
     /// Video-to-video continuation (exclusive with `image`).
     pub video: Option<VideoInput>,
     pub init_noise: Option<InitNoise>,
+    /// Distilled checkpoints only: the per-step SDE noise `[steps, 1, C, t, h, w]`, used in
+    /// order instead of drawing it from the seed.
+    pub step_noise: Option<Tensor>,
 }
 
 impl Cosmos3Request {
@@ -138,6 +141,7 @@ impl Cosmos3Request {
             image: None,
             video: None,
             init_noise: None,
+            step_noise: None,
         }
     }
 
