@@ -53,7 +53,7 @@ impl Default for VideoCondition {
 impl VideoCondition {
     /// Checks the indexes against a request of `latent_frames` latent frames.
     pub fn validate(&self, latent_frames: usize) -> Result<()> {
-        let field = "condition_frame_indexes";
+        let field = "condition_frames";
         if self.indexes.is_empty() {
             return Err(Error::invalid(field, "must name at least one latent frame"));
         }
@@ -233,9 +233,9 @@ mod tests {
             keep: VideoKeep::First,
         };
         for (cond, t, want) in [
-            (c(vec![]), 3, "condition_frame_indexes: must name"),
-            (c(vec![0, 3]), 3, "condition_frame_indexes: 3 is outside"),
-            (c(vec![1, 1]), 3, "condition_frame_indexes: lists"),
+            (c(vec![]), 3, "condition_frames: must name"),
+            (c(vec![0, 3]), 3, "condition_frames: 3 is outside"),
+            (c(vec![1, 1]), 3, "condition_frames: lists"),
             (c(vec![0]), 1, "num_frames: "),
         ] {
             let e = cond.validate(t).unwrap_err().to_string();
