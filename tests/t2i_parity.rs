@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use phyai::io::still::write_still;
 use phyai::models::cosmos3::postprocess::video_to_rgb8;
 use phyai::models::cosmos3::processor::{Processor, PromptInputs, PromptStyle};
+use phyai::models::cosmos3::sampler::GuidanceInterval;
 use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VaeDecode};
 use phyai::parallel::MeshShape;
 
@@ -55,6 +56,42 @@ fn one_frame_prompts_use_the_image_templates() {
         assert!(neg_text.starts_with("This image is not of 32x48 resolution."));
         assert!(!pos_text.contains("seconds long"));
     }
+}
+
+#[test]
+fn guidance_interval_matches_the_per_step_reference() {
+    let (r, meta) = load("interval");
+    assert_eq!(meta["guidance_interval"], "400,1000");
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        1,
+        32,
+        48,
+    );
+    req.steps = 3;
+    req.guidance_interval = Some(GuidanceInterval::parse("400,1000", "guidance_interval").unwrap());
+    req.init_noise = Some(InitNoise {
+        video: r["init_video"].clone(),
+        sound: None,
+    });
+    let out = engine_on(
+        &fixtures().join("tiny"),
+        false,
+        MeshShape::single(),
+        VaeDecode::Full,
+    )
+    .step(&req)
+    .unwrap();
+    let lat = rel_err(&out.latents, &r["latents"]);
+    let img = rel_err(&out.video, &r["image"]);
+    println!("t2i interval: latents {lat:.2e}, image {img:.2e}");
+    assert!(lat <= TOL && img <= TOL, "latents {lat:e}, image {img:e}");
+    // The unguided last step makes a different image than guiding everywhere.
+    let (plain, _) = load("plain");
+    assert!(rel_err(&out.latents, &plain["latents"]) > 1e-2);
 }
 
 #[test]

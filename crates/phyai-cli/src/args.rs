@@ -132,6 +132,9 @@ pub struct GenerateArgs {
     /// 1 on distilled checkpoints, whose guidance is in the weights].
     #[arg(long)]
     pub guidance_scale: Option<f64>,
+    /// Guide only steps whose timestep (0-1000) lies in LO,HI, e.g. 400,1000 [default: every step].
+    #[arg(long)]
+    pub guidance_interval: Option<String>,
     /// Seed of the initial noise (numpy RandomState-compatible, as the original: 0 to 2^32 − 1).
     #[arg(long, default_value_t = 42)]
     pub seed: u32,

@@ -12,7 +12,7 @@ use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Targ
 use phyai::io::still::StillFormat;
 use phyai::models::cosmos3::continuation::{extend, VideoCondition, VideoKeep};
 use phyai::models::cosmos3::processor::PromptStyle;
-use phyai::models::cosmos3::sampler::{FixedStepSchedule, SigmaStyle};
+use phyai::models::cosmos3::sampler::{FixedStepSchedule, GuidanceInterval, SigmaStyle};
 use phyai::models::cosmos3::{
     demo, postprocess, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise,
     Prompt, VaeDecode, VideoInput,
@@ -139,6 +139,10 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     request.fps = a.fps;
     request.steps = steps;
     request.guidance_scale = guidance_scale;
+    request.guidance_interval = match &a.guidance_interval {
+        Some(t) => Some(GuidanceInterval::parse(t, "guidance_interval")?),
+        None => None,
+    };
     request.seed = a.seed;
     request.sound = a.sound;
     // Everything that needs no model is checked before the model loads.

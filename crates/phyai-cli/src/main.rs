@@ -59,6 +59,7 @@ fn flag_of(field: &str) -> Option<String> {
         "fps",
         "steps",
         "guidance_scale",
+        "guidance_interval",
         "seed",
         "tp",
         "cfg",

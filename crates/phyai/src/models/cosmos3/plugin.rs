@@ -270,7 +270,8 @@ impl Plugin for Cosmos3Plugin {
             fps: request.fps,
             dtype: self.dtype,
         };
-        let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone());
+        let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone())
+            .with_interval(request.guidance_interval);
         let latents = denoise::denoise(&guided, &schedule, start, conditioning.as_ref(), progress)?;
         timings.push(("denoise".to_string(), t.elapsed()));
 

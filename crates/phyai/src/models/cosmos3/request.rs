@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::continuation::VideoCondition;
 use super::processor::PromptStyle;
-use super::sampler::uses_cfg;
+use super::sampler::{uses_cfg, GuidanceInterval};
 use crate::{Error, Result};
 
 /// Latent grid of a video: `t = (frames−1)/4+1`, `h = H/16`, `w = W/16`.
@@ -109,6 +109,8 @@ pub struct Cosmos3Request {
     pub steps: usize,
     /// Classifier-free guidance scale; > 1 runs the unconditional branch too.
     pub guidance_scale: f64,
+    /// Guide only the steps whose timestep lies in this interval (default: every step).
+    pub guidance_interval: Option<GuidanceInterval>,
     /// Seed of the initial noise (numpy `RandomState`, whose seeds are 32-bit).
     pub seed: u32,
     /// Also generate the soundtrack (the plugin must be loaded with the audio decoder).
@@ -136,6 +138,7 @@ impl Cosmos3Request {
             fps: 24.0,
             steps: 35,
             guidance_scale: 6.0,
+            guidance_interval: None,
             seed: 42,
             sound: false,
             image: None,
