@@ -125,10 +125,10 @@ fn qk_norm_rope_matches_formula() {
 #[test]
 #[ignore = "needs a CUDA device: PHYAI_GPU_TESTS=1"]
 fn cuda_glue_matches_f32_cpu() {
-    if std::env::var_os("PHYAI_GPU_TESTS").is_none() {
-        eprintln!("skipped: set PHYAI_GPU_TESTS=1 on a machine with a GPU");
-        return;
-    }
+    assert!(
+        std::env::var_os("PHYAI_GPU_TESTS").is_some(),
+        "set PHYAI_GPU_TESTS=1 on a machine with a GPU"
+    );
     let gpu = Device::new_cuda(0).unwrap();
     let bf = |t: &Tensor| t.to_device(&gpu).unwrap().to_dtype(DType::BF16).unwrap();
     let f32_of = |t: &Tensor| {

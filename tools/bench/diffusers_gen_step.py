@@ -1,5 +1,5 @@
 """CPU timing of diffusers' Cosmos3 transformer call per denoising step, on the same small
-config and shapes as the engine's `gen_step_benchmark` (tests/transformer_parity.rs):
+config and shapes as the engine's former `gen_step_benchmark` (the BENCHMARKS.md CPU table):
 hidden 512, 4 layers, 8 query / 2 key-value heads of 64, intermediate 1536; 5x16x24 video
 latent (480 tokens), 40 sound tokens, ~64 text tokens; f32, random weights.
 

@@ -1,7 +1,7 @@
 """Regenerates the fixtures into a temporary folder and compares them with the committed ones.
 
-Tensors (any dtype, bf16 included) must have the same names, shapes and dtypes and agree
-within 1e-6 (max abs); JSON and every other file must be byte-identical. Prints one line per
+Tensors (any dtype, bf16 and fp8 included) must have the same names, shapes and dtypes and
+agree within 1e-6 (max abs; NaNs at the same places); JSON and every other file must be byte-identical. Prints one line per
 mismatch with the largest difference. Then runs verify_refs.py on the committed fixtures
 (the references must follow from the stored checkpoint). Exits 1 on any mismatch.
 
@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,12 @@ def compare_tensors(rel: Path, fresh: Path, old: Path) -> int:
             continue
         if x.numel() == 0:
             continue
-        diff = (x.double() - y.double()).abs().max().item()
+        x, y = x.double(), y.double()
+        if not torch.equal(x.isnan(), y.isnan()):
+            print(f"NAN      {rel}:{k} NaNs at different places")
+            bad += 1
+            continue
+        diff = (x - y).nan_to_num(0.0).abs().max().item()
         if not diff <= TOLERANCE:
             print(f"VALUES   {rel}:{k} max abs diff {diff:.3e}")
             bad += 1

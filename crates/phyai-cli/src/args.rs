@@ -25,6 +25,8 @@ pub enum Command {
         /// Output folder (created; must not exist or be empty).
         dir: PathBuf,
     },
+    /// Serve the OpenAI Videos API (and a web page) with the model resident.
+    Serve(Box<ServeArgs>),
     /// Measure attention and the generation forward on the GPU (Nano config, random weights).
     Bench(crate::bench::BenchArgs),
 }
@@ -63,6 +65,12 @@ pub enum PromptStyleArg {
     Phyai,
     /// diffusers: system prompt, inverse metadata on the negative prompt, empty default negative.
     Diffusers,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizeArg {
+    /// FP8 E4M3, per-tensor scales (dynamic activation scales).
+    Fp8,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +182,10 @@ pub struct GenerateArgs {
     /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// Quantize the transformer's linear layers at load: fp8 = E4M3 weights and activations
+    /// with per-tensor scales, as NVIDIA's FP8 checkpoints (which need no flag).
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T] (f32).
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
@@ -189,4 +201,44 @@ pub struct GenerateArgs {
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Cosmos3 checkpoint folder. Without it, the tiny demo checkpoint (RANDOM weights).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Tensor-parallel degree.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// CFG-parallel degree (1 or 2).
+    #[arg(long, default_value_t = 1)]
+    pub cfg: usize,
+    /// Sequence-parallel degree.
+    #[arg(long, default_value_t = 1)]
+    pub sp: usize,
+    /// Where the models run: cpu, cuda or cuda:N (rank r uses GPU N + r).
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceArg))]
+    pub device: DeviceArg,
+    /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Folder of the job database and the finished videos (created if missing).
+    #[arg(long, default_value = "phyai-data")]
+    pub data_dir: PathBuf,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Videos that may wait in the queue; further creates get HTTP 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest request body in MiB (an image-to-video upload included).
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mb: usize,
 }

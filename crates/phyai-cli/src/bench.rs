@@ -1,16 +1,25 @@
 //! `phyai bench`: the attention kernel at the generation shape, the generation-tower
-//! forward of the Nano config (random weights) at the W480 and W720 token counts, the VAE,
-//! the audio VAE, and one whole request end to end.
+//! forward of a transformer config (the Nano architecture, or a checkpoint's
+//! `transformer/config.json` with `--config`; random weights) at the W480 and W720 token
+//! counts, the VAE, the audio VAE, and one whole request end to end.
+//!
+//! `--json` prints one object per measurement, written by serde: numbers that are not
+//! finite (a NaN error or mean, an infinite rate) come out as `null`, and absent values
+//! (peak memory on the CPU, no sound) as `null` too.
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use phyai::bench::{self, AttentionSpec, GenSpec};
+use phyai::models::cosmos3::transformer::TransformerConfig;
+use serde_json::{json, Value};
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchPart {
     /// Attention alone at the generation shape (and the causal text pass).
     Attention,
-    /// Text tower and one generation-tower forward of the Nano config.
+    /// Text tower and one generation-tower forward of the config.
     Gen,
     /// The pieces of one generation layer, timed alone.
     Ops,
@@ -36,6 +45,9 @@ pub enum BenchPart {
 pub enum Preset {
     W480,
     W720,
+    /// 5 frames at 96×64 and 16 text tokens: for checking the command on the CPU with a
+    /// small `--config`.
+    Tiny,
 }
 
 #[derive(Args, Debug)]
@@ -46,7 +58,12 @@ pub struct BenchArgs {
     /// Workloads (repeatable; default: W480 and W720).
     #[arg(long = "preset", value_enum)]
     pub presets: Vec<Preset>,
-    /// Build only this many of the 36 layers and scale the forward time (memory-limited runs).
+    /// A transformer `config.json` (e.g. a checkpoint's `transformer/config.json`) whose
+    /// dimensions and base frame rate are measured; default: the Nano architecture.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Build only this many of the config's layers and scale the forward time
+    /// (memory-limited runs).
     #[arg(long)]
     pub layers: Option<usize>,
     /// Timed runs per measurement (after warm-up).
@@ -77,10 +94,29 @@ fn spec(p: Preset) -> GenSpec {
     match p {
         Preset::W480 => bench::W480,
         Preset::W720 => bench::W720,
+        Preset::Tiny => bench::TINY,
     }
 }
 
+/// The config the transformer parts measure: `--config` (validated) or Nano.
+fn transformer_config(a: &BenchArgs) -> phyai::Result<TransformerConfig> {
+    match &a.config {
+        Some(path) => {
+            let cfg: TransformerConfig = phyai::io::json::read_json(path)?;
+            cfg.validate(path)?;
+            Ok(cfg)
+        }
+        None => Ok(TransformerConfig::nano()),
+    }
+}
+
+/// Prints one measurement as a JSON line.
+fn emit(v: Value) {
+    println!("{v}");
+}
+
 pub fn run(a: &BenchArgs) -> phyai::Result<()> {
+    let cfg = transformer_config(a)?;
     let device = if a.cpu {
         Device::Cpu
     } else {
@@ -104,9 +140,9 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
         for &p in &presets {
             let g = spec(p);
             match part {
-                BenchPart::Attention => attention(&device, g, a)?,
-                BenchPart::Gen => gen(&device, g, a)?,
-                BenchPart::Ops => ops(&device, g, a)?,
+                BenchPart::Attention => attention(&device, &cfg, g, a)?,
+                BenchPart::Gen => gen(&device, &cfg, g, a)?,
+                BenchPart::Ops => ops(&device, &cfg, g, a)?,
                 BenchPart::Vae => vae(&device, g, a)?,
                 BenchPart::VaeTiles => {
                     for r in bench::vae_tiles_bench(&device, g, DType::BF16, &[2, 4, 8])? {
@@ -118,54 +154,55 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                         );
                     }
                 }
-                BenchPart::Audio => audio(&device, g, a)?,
-                BenchPart::E2e => e2e(&device, g, a)?,
+                BenchPart::Audio => audio(&device, &cfg, g, a)?,
+                BenchPart::E2e => e2e(&device, &cfg, g, a)?,
                 BenchPart::Jit => {
                     for (name, ms) in bench::jit_bench(&device)? {
-                        println!("jit: {name}: {ms:.0} ms");
+                        if a.json {
+                            emit(json!({"part": "jit", "module": name, "load_ms": ms}));
+                        } else {
+                            println!("jit: {name}: {ms:.0} ms");
+                        }
                     }
                     break;
                 }
                 BenchPart::AudioOps => {
-                    print_ops("audio-ops", &bench::audio_ops_bench(&device, a.runs)?);
+                    let ops = bench::audio_ops_bench(&device, cfg.base_fps, a.runs)?;
+                    print_ops("audio-ops", &ops, a.json);
                     break;
                 }
                 BenchPart::VaeOps => {
                     // One fixed shape (the 720p decoder's last stage): not per preset.
-                    print_ops("vae-ops", &bench::vae_ops_bench(&device, a.runs)?);
+                    print_ops("vae-ops", &bench::vae_ops_bench(&device, a.runs)?, a.json);
                     break;
                 }
             }
         }
         if part == BenchPart::Attention {
-            // The text tower's causal pass, once per request and branch.
-            let s = AttentionSpec {
-                heads: 32,
-                kv_heads: 8,
-                head_dim: 128,
-                queries: 4096,
-                keys: 4096,
-                causal: true,
-                dtype: DType::BF16,
-            };
-            report_attention("text-causal-4096", s, &device, a)?;
+            // The text tower's causal pass, once per request and branch, over a long prompt
+            // (at most the largest preset's video token count).
+            let longest = presets
+                .iter()
+                .map(|&p| spec(p).tokens(&cfg))
+                .max()
+                .unwrap_or(0);
+            let s = AttentionSpec::text(&cfg, TEXT_CAUSAL_TOKENS.min(longest), DType::BF16);
+            report_attention(&format!("text-causal-{}", s.queries), s, &device, a)?;
         }
     }
     Ok(())
 }
 
-fn attention(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let [t, h, w] = g.latent;
-    let n = t * h.div_ceil(2) * w.div_ceil(2);
-    let s = AttentionSpec {
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        queries: n,
-        keys: n + g.text_tokens,
-        causal: false,
-        dtype: DType::BF16,
-    };
+/// Text tokens of the causal text-tower attention measurement.
+const TEXT_CAUSAL_TOKENS: usize = 4096;
+
+fn attention(
+    device: &Device,
+    cfg: &TransformerConfig,
+    g: GenSpec,
+    a: &BenchArgs,
+) -> phyai::Result<()> {
+    let s = AttentionSpec::generation(cfg, g, DType::BF16);
     report_attention(g.name, s, device, a)
 }
 
@@ -177,25 +214,16 @@ fn report_attention(
 ) -> phyai::Result<()> {
     let r = bench::attention_bench(device, s, a.runs)?;
     if a.json {
-        println!(
-            "{{\"part\":\"attention\",\"preset\":\"{name}\",\"queries\":{},\"keys\":{},\
-             \"causal\":{},\"median_ms\":{:.3},\"min_ms\":{:.3},\"max_ms\":{:.3},\
-             \"tflops\":{:.1},\"check_rel_err\":{:.3e}}}",
-            s.queries,
-            s.keys,
-            s.causal,
-            r.timing.median_ms,
-            r.timing.min_ms,
-            r.timing.max_ms,
-            r.tflops,
-            r.check_rel_err
-        );
+        emit(attention_json(name, &s, &r));
     } else {
         println!(
-            "attention {name}: {} queries × {} keys, 32/8 heads of 128, bf16{}: median {:.2} ms \
+            "attention {name}: {} queries × {} keys, {}/{} heads of {}, bf16{}: median {:.2} ms \
              (min {:.2}, max {:.2}, {} runs) = {:.0} TFLOP/s; vs f32 reference {:.1e}",
             s.queries,
             s.keys,
+            s.heads,
+            s.kv_heads,
+            s.head_dim,
             if s.causal { ", causal" } else { "" },
             r.timing.median_ms,
             r.timing.min_ms,
@@ -208,20 +236,55 @@ fn report_attention(
     Ok(())
 }
 
-fn ops(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let [t, h, w] = g.latent;
-    let n = t * h.div_ceil(2) * w.div_ceil(2);
+/// The JSON line of one attention measurement; `check_rel_err` and `tflops` are `null`
+/// when not finite.
+fn attention_json(name: &str, s: &AttentionSpec, r: &bench::AttentionReport) -> Value {
+    json!({
+        "part": "attention",
+        "preset": name,
+        "heads": s.heads,
+        "kv_heads": s.kv_heads,
+        "head_dim": s.head_dim,
+        "queries": s.queries,
+        "keys": s.keys,
+        "causal": s.causal,
+        "median_ms": r.timing.median_ms,
+        "min_ms": r.timing.min_ms,
+        "max_ms": r.timing.max_ms,
+        "runs": r.timing.runs,
+        "tflops": r.tflops,
+        "check_rel_err": r.check_rel_err,
+    })
+}
+
+fn ops(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let n = g.tokens(cfg);
     let label = format!("ops {} ({n} tokens)", g.name);
-    print_ops(&label, &bench::layer_ops_bench(device, n, a.runs)?);
+    print_ops(
+        &label,
+        &bench::layer_ops_bench(device, cfg, n, a.runs)?,
+        a.json,
+    );
     Ok(())
 }
 
-fn print_ops(label: &str, ops: &[(String, bench::Timing)]) {
+fn print_ops(label: &str, ops: &[(String, bench::Timing)], as_json: bool) {
     for (name, tm) in ops {
-        println!(
-            "{label}: {name}: median {:.3} ms (min {:.3}, max {:.3})",
-            tm.median_ms, tm.min_ms, tm.max_ms
-        );
+        if as_json {
+            emit(json!({
+                "part": label,
+                "op": name,
+                "median_ms": tm.median_ms,
+                "min_ms": tm.min_ms,
+                "max_ms": tm.max_ms,
+                "runs": tm.runs,
+            }));
+        } else {
+            println!(
+                "{label}: {name}: median {:.3} ms (min {:.3}, max {:.3})",
+                tm.median_ms, tm.min_ms, tm.max_ms
+            );
+        }
     }
 }
 
@@ -235,16 +298,19 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     let r = bench::vae_bench(device, g, DType::BF16, a.tiles, a.runs)?;
     let [t, h, w] = r.latent;
     if a.json {
-        println!(
-            "{{\"part\":\"vae\",\"preset\":\"{}\",\"tiles\":{},\"median_ms\":{:.1},\
-             \"min_ms\":{:.1},\"max_ms\":{:.1},\"peak_bytes\":{}}}",
-            g.name,
-            a.tiles,
-            r.decode.median_ms,
-            r.decode.min_ms,
-            r.decode.max_ms,
-            r.peak_bytes.map_or("null".into(), |b| b.to_string())
-        );
+        emit(json!({
+            "part": "vae",
+            "preset": g.name,
+            "latent": r.latent,
+            "video": [r.frames, r.height, r.width],
+            "tiles": a.tiles,
+            "median_ms": r.decode.median_ms,
+            "min_ms": r.decode.min_ms,
+            "max_ms": r.decode.max_ms,
+            "runs": r.decode.runs,
+            "peak_bytes": r.peak_bytes,
+            "steady_peak_bytes": r.steady_peak_bytes,
+        }));
     } else {
         println!(
             "vae {}: latent {t}x{h}x{w} → {}x{}x{} frames, {} tile(s), bf16: decode median {:.0} ms \
@@ -265,20 +331,21 @@ fn vae(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     Ok(())
 }
 
-fn audio(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::audio_bench(device, g, DType::BF16, a.runs)?;
+fn audio(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::audio_bench(device, g, cfg.base_fps, DType::BF16, a.runs)?;
     if a.json {
-        println!(
-            "{{\"part\":\"audio\",\"preset\":\"{}\",\"steps\":{},\"samples\":{},\
-             \"median_ms\":{:.1},\"min_ms\":{:.1},\"max_ms\":{:.1},\"peak_bytes\":{}}}",
-            g.name,
-            r.steps,
-            r.samples,
-            r.decode.median_ms,
-            r.decode.min_ms,
-            r.decode.max_ms,
-            r.peak_bytes.map_or("null".into(), |b| b.to_string())
-        );
+        emit(json!({
+            "part": "audio",
+            "preset": g.name,
+            "steps": r.steps,
+            "channels": r.channels,
+            "samples": r.samples,
+            "median_ms": r.decode.median_ms,
+            "min_ms": r.decode.min_ms,
+            "max_ms": r.decode.max_ms,
+            "runs": r.decode.runs,
+            "peak_bytes": r.peak_bytes,
+        }));
     } else {
         println!(
             "audio {}: latent 64x{} → {}x{} samples, bf16: decode median {:.1} ms \
@@ -297,16 +364,15 @@ fn audio(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     Ok(())
 }
 
-fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::e2e_bench(
-        device,
-        g,
-        a.steps,
-        a.guidance,
-        a.layers,
-        DType::BF16,
-        a.sound,
-    )?;
+fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let opts = bench::E2eOptions {
+        steps: a.steps,
+        guidance: a.guidance,
+        layers: a.layers,
+        dtype: DType::BF16,
+        sound: a.sound,
+    };
+    let r = bench::e2e_bench(device, cfg, g, opts)?;
     let stage = |name: &str| {
         r.stages
             .iter()
@@ -314,33 +380,7 @@ fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
             .map_or(0.0, |s| s.1)
     };
     if a.json {
-        let stages: Vec<String> = r
-            .stages
-            .iter()
-            .map(|(k, v)| format!("\"{k}_ms\":{v:.1}"))
-            .collect();
-        println!(
-            "{{\"part\":\"e2e\",\"preset\":\"{}\",\"layers\":{},\"steps\":{},\"guidance\":{},\
-             \"total_ms\":{:.1},{},\"peak_bytes\":{},\"video\":{:?},\"min\":{},\"max\":{},\
-             \"mean\":{},\"non_finite\":{},\"audio\":{}}}",
-            g.name,
-            r.layers,
-            r.steps,
-            r.guidance,
-            r.total_ms,
-            stages.join(","),
-            r.peak_bytes.map_or("null".into(), |b| b.to_string()),
-            r.video,
-            r.min,
-            r.max,
-            r.mean,
-            r.non_finite,
-            r.audio
-                .as_ref()
-                .map_or("null".into(), |(d, peak, bad)| format!(
-                    "{{\"dims\":{d:?},\"peak\":{peak},\"non_finite\":{bad}}}"
-                ))
-        );
+        emit(e2e_json(g.name, &r));
     } else {
         println!(
             "e2e {}: {} layers, {} steps, guidance {}, bf16: total {:.2} s (text {:.2} s, denoise \
@@ -373,27 +413,56 @@ fn e2e(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
     Ok(())
 }
 
-fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::gen_bench(device, g, a.layers, DType::BF16, a.runs)?;
+/// The JSON line of one end-to-end run: the engine's stages as `<stage>_ms`; `min`,
+/// `max` and `mean` of the video (and the sound's `peak`) are `null` when not finite.
+fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
+    let mut v = json!({
+        "part": "e2e",
+        "preset": preset,
+        "layers": r.layers,
+        "steps": r.steps,
+        "guidance": r.guidance,
+        "total_ms": r.total_ms,
+    });
+    for (stage, ms) in &r.stages {
+        v[format!("{stage}_ms")] = json!(ms);
+    }
+    v["peak_bytes"] = json!(r.peak_bytes);
+    v["video"] = json!(r.video);
+    v["min"] = json!(r.min);
+    v["max"] = json!(r.max);
+    v["mean"] = json!(r.mean);
+    v["non_finite"] = json!(r.non_finite);
+    v["audio"] = match &r.audio {
+        Some((dims, peak, bad)) => json!({"dims": dims, "peak": peak, "non_finite": bad}),
+        None => Value::Null,
+    };
+    v
+}
+
+fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
+    let r = bench::gen_bench(device, cfg, g, a.layers, DType::BF16, a.runs)?;
+    let full_layers = cfg.num_hidden_layers;
     if a.json {
-        println!(
-            "{{\"part\":\"gen\",\"preset\":\"{}\",\"tokens\":{},\"layers\":{},\
-             \"und_ms\":{:.2},\"gen_median_ms\":{:.2},\"gen_min_ms\":{:.2},\
-             \"gen_max_ms\":{:.2},\"gen_36_layers_ms\":{:.1},\"tflops\":{:.1}}}",
-            g.name,
-            r.tokens,
-            r.layers,
-            r.und.median_ms,
-            r.gen.median_ms,
-            r.gen.min_ms,
-            r.gen.max_ms,
-            r.gen_full_ms,
-            r.tflops
-        );
+        emit(json!({
+            "part": "gen",
+            "preset": g.name,
+            "tokens": r.tokens,
+            "layers": r.layers,
+            "full_layers": full_layers,
+            "und_ms": r.und.median_ms,
+            "gen_median_ms": r.gen.median_ms,
+            "gen_min_ms": r.gen.min_ms,
+            "gen_max_ms": r.gen.max_ms,
+            "gen_full_ms": r.gen_full_ms,
+            "tflops": r.tflops,
+            "peak_bytes": r.peak_bytes,
+        }));
     } else {
         println!(
             "gen {}: {} tokens, {} layers, bf16: text tower {:.1} ms; generation forward median \
-             {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; 36 layers ≈ {:.0} ms; peak {}",
+             {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; {full_layers} layers ≈ {:.0} ms; \
+             peak {}",
             g.name,
             r.tokens,
             r.layers,
@@ -407,4 +476,60 @@ fn gen(device: &Device, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(ms: f64) -> bench::Timing {
+        bench::Timing {
+            median_ms: ms,
+            min_ms: ms,
+            max_ms: ms,
+            runs: 1,
+        }
+    }
+
+    #[test]
+    fn non_finite_numbers_are_valid_json_nulls() {
+        let s = AttentionSpec::text(&TransformerConfig::nano(), 64, DType::BF16);
+        let r = bench::AttentionReport {
+            timing: timing(1.5),
+            tflops: f64::INFINITY,
+            check_rel_err: f32::NAN,
+        };
+        let line = attention_json("x", &s, &r).to_string();
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["check_rel_err"], Value::Null, "{line}");
+        assert_eq!(back["tflops"], Value::Null, "{line}");
+        assert_eq!(back["median_ms"], 1.5);
+        assert_eq!(back["heads"], 32);
+        assert_eq!(back["queries"], 64);
+
+        let e = bench::E2eReport {
+            layers: 2,
+            steps: 3,
+            guidance: 6.0,
+            total_ms: 10.0,
+            stages: vec![("text".into(), 1.0), ("denoise".into(), 8.0)],
+            peak_bytes: None,
+            video: vec![1, 3, 5, 64, 96],
+            min: f32::NAN,
+            max: f32::INFINITY,
+            mean: f32::NEG_INFINITY,
+            non_finite: 7,
+            audio: Some((vec![1, 2, 100], f32::NAN, 100)),
+        };
+        let line = e2e_json("tiny", &e).to_string();
+        let back: Value = serde_json::from_str(&line).unwrap();
+        for key in ["min", "max", "mean", "peak_bytes"] {
+            assert_eq!(back[key], Value::Null, "{key} in {line}");
+        }
+        assert_eq!(back["audio"]["peak"], Value::Null, "{line}");
+        assert_eq!(back["audio"]["non_finite"], 100);
+        assert_eq!(back["denoise_ms"], 8.0);
+        assert_eq!(back["non_finite"], 7);
+        assert_eq!(back["video"], json!([1, 3, 5, 64, 96]));
+    }
 }

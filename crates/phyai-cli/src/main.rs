@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod generate;
 mod progress;
+mod serve;
 
 use clap::Parser;
 
@@ -21,6 +22,7 @@ fn main() {
     let result = match cli.command {
         args::Command::Generate(a) => generate::run(&a),
         args::Command::Bench(a) => bench::run(&a),
+        args::Command::Serve(a) => serve::run(&a),
         args::Command::DemoCheckpoint { dir } => {
             phyai::models::cosmos3::demo::write_demo_checkpoint(&dir).map(|()| {
                 eprintln!(

@@ -346,7 +346,7 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
     assert_eq!(summary["frames"], 17);
     let mp4 = tmp.path().join("demo.mp4");
     assert!(mp4.exists() && tmp.path().join("demo.wav").exists());
-    let probe = match Command::new("ffprobe")
+    let probe = Command::new("ffprobe")
         .args([
             "-v",
             "error",
@@ -357,13 +357,12 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
         ])
         .arg(&mp4)
         .output()
-    {
-        Ok(p) => p,
-        Err(_) => {
-            eprintln!("ffprobe not installed: skipping the container checks");
-            return;
-        }
-    };
+        .unwrap_or_else(|e| panic!("ffprobe (from ffmpeg) is needed to check the mp4: {e}"));
+    assert!(
+        probe.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
     let streams = j["streams"].as_array().unwrap();
     let video = streams

@@ -1,7 +1,7 @@
 //! The sound decode of a T2AV request: the shipped audio VAE decoder (Oobleck, 320 base
 //! channels, strides 8·6·5·4·2 applied in that order) with random weights, on the latent a
-//! request of the preset's frame count gets (W720: 189 frames at 24 fps → 197 steps →
-//! 378,240 samples per channel).
+//! request of the preset's frame count gets at the model's frame rate (W720: 189 frames at
+//! 24 fps → 197 steps → 378,240 samples per channel).
 
 use std::sync::Arc;
 
@@ -23,10 +23,12 @@ pub struct AudioReport {
     pub peak_bytes: Option<usize>,
 }
 
-/// Decodes a random sound latent of `spec`'s duration `runs` times after one warm-up.
+/// Decodes a random sound latent of `spec`'s duration at `fps` `runs` times after one
+/// warm-up.
 pub fn audio_bench(
     device: &Device,
     spec: GenSpec,
+    fps: f64,
     dtype: DType,
     runs: usize,
 ) -> Result<AudioReport> {
@@ -35,7 +37,7 @@ pub fn audio_bench(
         "bench-audio",
     )));
     let decoder = AudioDecoder::new(&cfg, &Weights::new(store, dtype, device))?;
-    let steps = spec.sound_steps(&cfg);
+    let steps = spec.sound_steps(&cfg, fps);
     let latent =
         Tensor::randn(0f32, 1.0, (1, cfg.vocoder_input_dim, steps), device)?.to_dtype(dtype)?;
     let mut dims = Vec::new();
@@ -53,9 +55,9 @@ pub fn audio_bench(
     })
 }
 
-/// Where the W720 sound decode goes: each up-block alone at its input shape (320·2⁴⁻ⁱ
-/// output channels), then the pieces of the last block (320 channels, 378,240 samples).
-pub fn audio_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing)>> {
+/// Where the W720 sound decode (at `fps`) goes: each up-block of the shipped decoder alone
+/// at its input shape, then the pieces of the last block (320 channels, 378,240 samples).
+pub fn audio_ops_bench(device: &Device, fps: f64, runs: usize) -> Result<Vec<(String, Timing)>> {
     use crate::models::cosmos3::vae::audio::{Conv1d, Snake, UpBlock};
     let dt = DType::BF16;
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new(
@@ -70,9 +72,14 @@ pub fn audio_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timi
         out.push((name, time_runs(device, 1, runs, f)?));
         Ok(())
     };
-    let (mut c, mut t) = (320 * 16, 197);
-    for (i, s) in [8usize, 6, 5, 4, 2].into_iter().enumerate() {
-        let o = if i == 4 { c } else { c / 2 };
+    let cfg = AudioVaeConfig::default();
+    let mut mults = vec![1];
+    mults.extend(cfg.dec_c_mults.iter());
+    let n = cfg.dec_strides.len();
+    let mut t = super::W720.sound_steps(&cfg, fps);
+    let mut c = cfg.dec_dim * mults[n];
+    for (i, &s) in cfg.dec_strides.iter().rev().enumerate() {
+        let o = cfg.dec_dim * mults[n - i - 1];
         let block = UpBlock::new(&w.pp("block").pp(i), c, o, s)?;
         let x = rand(c, t)?;
         time(

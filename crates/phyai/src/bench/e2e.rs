@@ -40,27 +40,45 @@ pub struct E2eReport {
     pub audio: Option<(Vec<usize>, f32, usize)>,
 }
 
-/// Builds the model (all 36 layers unless `layers` says fewer) and decodes with the full
-/// VAE, then times one `steps`-step request at `spec` with guidance `guidance` (two
-/// branches per step when above 1). With `sound`, the request is text to audio and video:
-/// sound tokens for the clip's duration join the generation tower and the shipped audio
-/// decoder makes the waveform.
+/// What one end-to-end run does besides the model and preset.
+#[derive(Debug, Clone, Copy)]
+pub struct E2eOptions {
+    pub steps: usize,
+    /// Classifier-free guidance scale (two branches per step when above 1).
+    pub guidance: f64,
+    /// Build only this many of the config's layers.
+    pub layers: Option<usize>,
+    pub dtype: DType,
+    /// Text to audio and video.
+    pub sound: bool,
+}
+
+/// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
+/// decodes with the full VAE, then times one `steps`-step request at `spec` and the
+/// config's base frame rate with guidance `guidance`. With `sound`, the request is text to
+/// audio and video: sound tokens for the clip's duration join the generation tower and the
+/// shipped audio decoder makes the waveform.
 pub fn e2e_bench(
     device: &Device,
+    config: &TransformerConfig,
     spec: GenSpec,
-    steps: usize,
-    guidance: f64,
-    layers: Option<usize>,
-    dtype: DType,
-    sound: bool,
+    opts: E2eOptions,
 ) -> Result<E2eReport> {
-    let mut cfg = TransformerConfig::default();
+    let E2eOptions {
+        steps,
+        guidance,
+        layers,
+        dtype,
+        sound,
+    } = opts;
+    let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
+    let acfg = AudioVaeConfig::default();
     if sound {
-        // The shipped Nano checkpoint generates sound: 64-channel sound latents.
+        // The shipped checkpoints generate sound in the audio decoder's latent width.
         cfg.sound_gen = true;
-        cfg.sound_dim = Some(64);
+        cfg.sound_dim = Some(acfg.vocoder_input_dim);
     }
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
@@ -75,23 +93,18 @@ pub fn e2e_bench(
     let mut plugin = Cosmos3Plugin::from_parts(transformer, vae, device.clone(), dtype)?;
     let [_, h, wd] = spec.latent;
     if sound {
-        let acfg = AudioVaeConfig::default();
         plugin = plugin.with_audio(AudioDecoder::new(&acfg, &w.pp("sound"))?);
     }
-    let ids = |salt: u32| -> Vec<u32> {
-        (0..spec.text_tokens as u32)
-            .map(|i| (i * 7919 + salt) % 150_000)
-            .collect()
-    };
     let mut request = Cosmos3Request::new(
         Prompt::Tokens {
-            pos: ids(0),
-            neg: ids(17),
+            pos: spec.text_ids(&cfg, 0),
+            neg: spec.text_ids(&cfg, 17),
         },
         spec.frames(),
         h * 16,
         wd * 16,
     );
+    request.fps = cfg.base_fps;
     request.steps = steps;
     request.guidance_scale = guidance;
     request.seed = 0;

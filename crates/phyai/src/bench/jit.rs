@@ -25,9 +25,9 @@ pub fn jit_bench(device: &Device) -> Result<Vec<(String, f64)>> {
             ("candle sort", candle_kernels::SORT.ptx()),
             ("candle ternary", candle_kernels::TERNARY.ptx()),
             ("candle unary", candle_kernels::UNARY.ptx()),
-            ("phyai glue", crate::layers::glue_cuda::PTX),
-            ("phyai video", crate::layers::video_cuda::PTX),
-            ("phyai audio", crate::layers::audio_cuda::PTX),
+            ("phyai glue", crate::layers::cuda::glue::PTX),
+            ("phyai video", crate::layers::cuda::video::PTX),
+            ("phyai audio", crate::layers::cuda::audio::PTX),
         ];
         let mut out = Vec::new();
         for (name, ptx) in modules {

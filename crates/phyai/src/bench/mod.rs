@@ -1,8 +1,10 @@
 //! Measurements behind `phyai bench`: timing with CUDA events (wall clock plus a device
 //! synchronisation on CPU), the attention kernel at the generation shape, and one
-//! generation-tower forward of the Nano config with random weights at the W480/W720 token
-//! counts, the VAE decode, and a whole generation at real size ([`e2e`]). Every figure is a
-//! median after warm-up runs, except the end-to-end run, which is one request.
+//! generation-tower forward of a transformer config (the Nano architecture unless a
+//! checkpoint's config is given) with random weights at the W480/W720 token counts, the VAE
+//! decode, and a whole generation at real size ([`e2e`]). Every model dimension and the
+//! request frame rate come from that config. Every figure is a median after warm-up runs,
+//! except the end-to-end run, which is one request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,8 +20,10 @@ pub mod audio;
 pub mod e2e;
 pub mod jit;
 pub mod vae_tiles;
+/// The benchmarks' memory figures (kept here so callers of `bench` need no other path).
+pub use crate::layers::memory::{peak_memory, reset_peak_memory};
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
-pub use e2e::{e2e_bench, E2eReport};
+pub use e2e::{e2e_bench, E2eOptions, E2eReport};
 pub use jit::jit_bench;
 pub use vae_tiles::{vae_tiles_bench, TileReport};
 
@@ -95,6 +99,34 @@ pub struct AttentionSpec {
 }
 
 impl AttentionSpec {
+    /// The generation tower's attention at `spec`: every video token over the video and
+    /// text keys, with `cfg`'s heads.
+    pub fn generation(cfg: &TransformerConfig, spec: GenSpec, dtype: DType) -> Self {
+        let queries = spec.tokens(cfg);
+        Self {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            queries,
+            keys: queries + spec.text_tokens,
+            causal: false,
+            dtype,
+        }
+    }
+
+    /// The text tower's causal pass over `tokens` text tokens, with `cfg`'s heads.
+    pub fn text(cfg: &TransformerConfig, tokens: usize, dtype: DType) -> Self {
+        Self {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            queries: tokens,
+            keys: tokens,
+            causal: true,
+            dtype,
+        }
+    }
+
     /// Multiply-adds ×2 of both products; a causal square pass does about half.
     pub fn flops(&self) -> f64 {
         let full = 4.0 * (self.heads * self.queries * self.keys * self.head_dim) as f64;
@@ -124,12 +156,10 @@ pub fn attention_bench(
     let make = |h: usize, s: usize| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 1.0, (h, s, spec.head_dim), device)?.to_dtype(spec.dtype)?)
     };
-    // Agreement first, on a shape whose lengths are not multiples of the kernel's tiles.
-    let (cq, ck) = if spec.causal {
-        (1000, 1000)
-    } else {
-        (1000, 1237)
-    };
+    // Agreement first, on a shape whose lengths are not multiples of the kernel's tiles
+    // (no larger than the measured shape).
+    let cq = spec.queries.min(1000);
+    let ck = if spec.causal { cq } else { spec.keys.min(1237) };
     let (q, k, v) = (
         make(spec.heads, cq)?,
         make(spec.kv_heads, ck)?,
@@ -176,14 +206,34 @@ impl GenSpec {
         (self.latent[0] - 1) * 4 + 1
     }
 
-    /// Sound latent steps a text-to-audio-video request of this preset gets at 24 fps.
-    pub fn sound_steps(&self, audio: &crate::models::cosmos3::vae::AudioVaeConfig) -> usize {
+    /// Video tokens of the preset after `cfg`'s spatial patch.
+    pub fn tokens(&self, cfg: &TransformerConfig) -> usize {
+        let [t, h, w] = self.latent;
+        let p = cfg.latent_patch_size;
+        t * h.div_ceil(p) * w.div_ceil(p)
+    }
+
+    /// Sound latent steps a text-to-audio-video request of this preset gets at `fps`.
+    pub fn sound_steps(
+        &self,
+        audio: &crate::models::cosmos3::vae::AudioVaeConfig,
+        fps: f64,
+    ) -> usize {
         crate::models::cosmos3::sound_latent_frames(
             self.frames(),
-            24.0,
+            fps,
             audio.sampling_rate as u32,
             audio.hop(),
         )
+    }
+
+    /// Text token ids of the preset's length for `cfg`'s vocabulary (deterministic; `salt`
+    /// tells the branches apart).
+    pub fn text_ids(&self, cfg: &TransformerConfig, salt: u32) -> Vec<u32> {
+        let vocab = cfg.vocab_size as u64;
+        (0..self.text_tokens as u64)
+            .map(|i| ((i * 7919 + salt as u64) % vocab) as u32)
+            .collect()
     }
 }
 
@@ -199,6 +249,13 @@ pub const W720: GenSpec = GenSpec {
     latent: [48, 45, 80],
     text_tokens: 512,
 };
+/// 96×64, 5 frames: 2×4×6 latents, 12 tokens; for checking the command on a CPU with a
+/// small config.
+pub const TINY: GenSpec = GenSpec {
+    name: "tiny",
+    latent: [2, 4, 6],
+    text_tokens: 16,
+};
 
 #[derive(Debug, Clone)]
 pub struct GenReport {
@@ -212,25 +269,24 @@ pub struct GenReport {
     pub peak_bytes: Option<usize>,
 }
 
-/// Builds the Nano transformer config (optionally fewer layers) with random bf16 weights
-/// on `device` and times the text tower and one generation-tower forward at `spec`.
+/// Builds the transformer of `config` (optionally fewer layers) with random weights on
+/// `device` and times the text tower and one generation-tower forward at `spec`, at the
+/// config's base frame rate.
 pub fn gen_bench(
     device: &Device,
+    config: &TransformerConfig,
     spec: GenSpec,
     layers: Option<usize>,
     dtype: DType,
     runs: usize,
 ) -> Result<GenReport> {
-    let nano = TransformerConfig::default();
-    let full_layers = nano.num_hidden_layers;
+    let full_layers = config.num_hidden_layers;
     let layers = layers.unwrap_or(full_layers).clamp(1, full_layers);
-    let mut cfg = nano.clone();
+    let mut cfg = config.clone();
     cfg.num_hidden_layers = layers;
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new("bench")));
     let model = Cosmos3Transformer::new(&cfg, Weights::new(store, dtype, device))?;
-    let ids: Vec<u32> = (0..spec.text_tokens as u32)
-        .map(|i| (i * 7919) % 150_000)
-        .collect();
+    let ids = spec.text_ids(&cfg, 0);
     let und_timing = time_runs(device, 1, runs, || model.und(&ids).map(drop))?;
     let und = model.und(&ids)?;
     let [t, h, w] = spec.latent;
@@ -242,13 +298,12 @@ pub fn gen_bench(
         sound: None,
         timestep: 999.0,
         noisy_frames: &noisy,
-        fps: 24.0,
+        fps: cfg.base_fps,
     };
     reset_peak_memory(device);
     let gen = time_runs(device, 1, runs, || model.velocity(&und, &inputs).map(drop))?;
     let peak_bytes = peak_memory(device);
-    let p = cfg.latent_patch_size;
-    let tokens = t * h.div_ceil(p) * w.div_ceil(p);
+    let tokens = spec.tokens(&cfg);
     let full = gen.median_ms * full_layers as f64 / layers as f64;
     Ok(GenReport {
         layers,
@@ -275,73 +330,91 @@ pub fn gen_flops(cfg: &TransformerConfig, tokens: usize, text: usize) -> f64 {
     per_layer * cfg.num_hidden_layers as f64
 }
 
-/// The pieces of one Nano generation layer at `tokens` tokens, timed alone (bf16): which
-/// part of the layer time is matrix products, attention, and memory-bound glue.
+/// The pieces of one generation layer of `cfg` at `tokens` tokens, timed alone (bf16):
+/// which part of the layer time is matrix products, attention, and memory-bound glue.
 pub fn layer_ops_bench(
     device: &Device,
+    cfg: &TransformerConfig,
     tokens: usize,
     runs: usize,
 ) -> Result<Vec<(String, Timing)>> {
-    let (n, h, inter) = (tokens, 4096usize, 12288usize);
+    let (n, h, inter) = (tokens, cfg.hidden_size, cfg.intermediate_size);
+    let (heads, kv_heads, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let q_dim = heads * hd;
+    let eps = cfg.rms_norm_eps;
+    let qkv_heads = heads + 2 * kv_heads;
     let dt = DType::BF16;
     let r = |shape: &[usize]| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dt)?)
     };
     let x = r(&[n, h])?;
-    let w_qkv = r(&[6144, h])?;
-    let w_out = r(&[h, h])?;
+    let w_qkv = r(&[qkv_heads * hd, h])?;
+    let w_out = r(&[h, q_dim])?;
     let w_gu = r(&[2 * inter, h])?;
     let w_down = r(&[h, inter])?;
     let gu = r(&[n, 2 * inter])?;
     let act = r(&[n, inter])?;
+    let attn = r(&[n, q_dim])?;
     let norm_w = r(&[h])?;
-    let q = r(&[n, 32, 128])?;
-    let (cos, sin) = (r(&[n, 64])?, r(&[n, 64])?);
+    let q = r(&[n, heads, hd])?;
+    let (cos, sin) = (r(&[n, hd / 2])?, r(&[n, hd / 2])?);
     let mut out = Vec::new();
     let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         out.push((name.to_string(), time_runs(device, 2, runs, f)?));
         Ok(())
     };
-    time("gemm qkv [N,4096]x[4096,6144]", &mut || {
-        x.broadcast_matmul(&w_qkv.t()?)
+    time(
+        &format!("gemm qkv [N,{h}]x[{h},{}]", qkv_heads * hd),
+        &mut || {
+            x.broadcast_matmul(&w_qkv.t()?)
+                .map(drop)
+                .map_err(Into::into)
+        },
+    )?;
+    time(&format!("gemm out [N,{q_dim}]x[{q_dim},{h}]"), &mut || {
+        attn.broadcast_matmul(&w_out.t()?)
             .map(drop)
             .map_err(Into::into)
     })?;
-    time("gemm out [N,4096]x[4096,4096]", &mut || {
-        x.broadcast_matmul(&w_out.t()?)
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    time("gemm gate|up [N,4096]x[4096,24576]", &mut || {
-        x.broadcast_matmul(&w_gu.t()?).map(drop).map_err(Into::into)
-    })?;
-    time("gemm down [N,12288]x[12288,4096]", &mut || {
+    time(
+        &format!("gemm gate|up [N,{h}]x[{h},{}]", 2 * inter),
+        &mut || x.broadcast_matmul(&w_gu.t()?).map(drop).map_err(Into::into),
+    )?;
+    time(&format!("gemm down [N,{inter}]x[{inter},{h}]"), &mut || {
         act.broadcast_matmul(&w_down.t()?)
             .map(drop)
             .map_err(Into::into)
     })?;
-    time("silu(gate)*up, halves of [N,24576]", &mut || {
-        let g = gu.narrow(1, 0, inter)?;
-        let u = gu.narrow(1, inter, inter)?;
-        (candle_nn::ops::silu(&g)? * u)
+    time(
+        &format!("silu(gate)*up, halves of [N,{}]", 2 * inter),
+        &mut || {
+            let g = gu.narrow(1, 0, inter)?;
+            let u = gu.narrow(1, inter, inter)?;
+            (candle_nn::ops::silu(&g)? * u)
+                .map(drop)
+                .map_err(Into::into)
+        },
+    )?;
+    time(&format!("rmsnorm [N,{h}]"), &mut || {
+        candle_nn::ops::rms_norm(&x, &norm_w, eps as f32)
             .map(drop)
             .map_err(Into::into)
     })?;
-    time("rmsnorm [N,4096]", &mut || {
-        candle_nn::ops::rms_norm(&x, &norm_w, 1e-6)
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    time("residual add [N,4096]", &mut || {
+    time(&format!("residual add [N,{h}]"), &mut || {
         (&x + &x).map(drop).map_err(Into::into)
     })?;
-    time("rope q [N,32,128] token-major", &mut || {
+    time(&format!("rope q [N,{heads},{hd}] token-major"), &mut || {
         candle_nn::rotary_emb::rope_thd(&q.unsqueeze(0)?, &cos, &sin)
             .map(drop)
             .map_err(Into::into)
     })?;
-    time("copy q out of [N,48,128]", &mut || {
-        q.narrow(1, 0, 24)?
+    let qkv = r(&[n, qkv_heads, hd])?;
+    time(&format!("copy q out of [N,{qkv_heads},{hd}]"), &mut || {
+        qkv.narrow(1, 0, heads)?
             .contiguous()
             .map(drop)
             .map_err(Into::into)
@@ -349,28 +422,35 @@ pub fn layer_ops_bench(
     // The fused replacements (`layers::glue`).
     let norm = crate::layers::norm::RmsNorm::new(
         norm_w.clone(),
-        1e-6,
+        eps,
         crate::layers::norm::RmsScale::AfterCast,
     );
-    let head_norm = crate::layers::norm::RmsNorm::new(
-        r(&[128])?,
-        1e-6,
-        crate::layers::norm::RmsScale::AfterCast,
-    );
-    let qkv = r(&[n, 48, 128])?;
-    time("fused silu·mul of [N,24576]", &mut || {
-        crate::layers::glue::silu_mul(&gu).map(drop)
-    })?;
-    time("fused residual add + rmsnorm [N,4096]", &mut || {
-        crate::layers::glue::add_rms_norm(&x, &x, &norm).map(drop)
-    })?;
-    time("fused rmsnorm [N,4096]", &mut || {
+    let head_norm =
+        crate::layers::norm::RmsNorm::new(r(&[hd])?, eps, crate::layers::norm::RmsScale::AfterCast);
+    time(
+        &format!("fused silu·mul of [N,{}]", 2 * inter),
+        &mut || crate::layers::glue::silu_mul(&gu).map(drop),
+    )?;
+    time(
+        &format!("fused residual add + rmsnorm [N,{h}]"),
+        &mut || crate::layers::glue::add_rms_norm(&x, &x, &norm).map(drop),
+    )?;
+    time(&format!("fused rmsnorm [N,{h}]"), &mut || {
         crate::layers::glue::rms_norm(&x, &norm).map(drop)
     })?;
-    time("fused qk norm + rope of [N,48,128]", &mut || {
-        crate::layers::glue::qk_norm_rope(&qkv, (32, 8), Some((&head_norm, &head_norm)), &cos, &sin)
+    time(
+        &format!("fused qk norm + rope of [N,{qkv_heads},{hd}]"),
+        &mut || {
+            crate::layers::glue::qk_norm_rope(
+                &qkv,
+                (heads, kv_heads),
+                Some((&head_norm, &head_norm)),
+                &cos,
+                &sin,
+            )
             .map(drop)
-    })?;
+        },
+    )?;
     Ok(out)
 }
 
@@ -445,54 +525,6 @@ pub fn vae_bench(
     })
 }
 
-/// Peak bytes allocated on `device` since the last [`reset_peak_memory`], read from the
-/// stream-ordered pool every tensor comes from (what torch reports as max allocated).
-/// `None` on CPU.
-pub fn peak_memory(device: &Device) -> Option<usize> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        use cudarc::driver::sys;
-        let cu = dev.cuda_stream().context().cu_device();
-        let mut pool = std::ptr::null_mut();
-        let mut high = 0u64;
-        // SAFETY: plain queries of the device's default pool; both out-pointers are live.
-        let ok = unsafe {
-            sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuMemPoolGetAttribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                    (&mut high as *mut u64).cast(),
-                ) == sys::CUresult::CUDA_SUCCESS
-        };
-        return ok.then_some(high as usize);
-    }
-    let _ = device;
-    None
-}
-
-/// Restarts the peak of [`peak_memory`] from the bytes in use now.
-pub fn reset_peak_memory(device: &Device) {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        use cudarc::driver::sys;
-        let _ = device.synchronize();
-        let cu = dev.cuda_stream().context().cu_device();
-        let mut pool = std::ptr::null_mut();
-        let mut zero = 0u64;
-        // SAFETY: as above; zero is the only value this attribute accepts.
-        unsafe {
-            if sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS {
-                sys::cuMemPoolSetAttribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                    (&mut zero as *mut u64).cast(),
-                );
-            }
-        }
-    }
-    let _ = device;
-}
-
 /// The pieces of one decoder stage of the Wan2.2 VAE at 720p (the last stage: 256 channels
 /// at 360×640, four frames a chunk), timed alone in bf16 in the device's VAE layout: where
 /// decode time goes.
@@ -515,7 +547,7 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     let x6 = frames(6, c, h, wd)?;
     let low = frames(4, 2 * c, h / 2, wd / 2)?;
     #[cfg(feature = "cuda")]
-    let k3cl = crate::layers::cudnn_conv::weight_channels_last(
+    let k3cl = crate::layers::cuda::cudnn_conv::weight_channels_last(
         &Tensor::randn(0f32, 0.02, (c, c, 3, 3, 3), device)?.to_dtype(dt)?,
     )?;
     let norm = ChannelRmsNorm::new(&w.pp("norm"), c, false, layout)?;
@@ -534,7 +566,8 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
     #[cfg(feature = "cuda")]
     if layout == Layout::ChannelsLast {
         time("conv3d 3x3x3 256->256 (cuDNN, one call)", &mut || {
-            crate::layers::cudnn_conv::conv_frames(&x6, &k3cl, None, None, 1, [1, 1]).map(drop)
+            crate::layers::cuda::cudnn_conv::conv_frames(&x6, &k3cl, None, None, 1, [1, 1])
+                .map(drop)
         })?;
     }
     time("channel rms norm + silu", &mut || {
@@ -553,10 +586,10 @@ pub fn vae_ops_bench(device: &Device, runs: usize) -> Result<Vec<(String, Timing
             .map_err(Into::into)
     })?;
     time("upsample nearest 2x of 512ch 180x320", &mut || {
-        layout.upsample(&low, 1).map(drop)
+        crate::layers::video::upsample(&low, layout, 1).map(drop)
     })?;
     time("y + dup_up(512ch 180x320 -> 256ch 360x640)", &mut || {
-        layout.add_dup_up(&x, &low, c, 1, 2, false).map(drop)
+        crate::layers::video::add_dup_up(&x, &low, layout, c, 1, 2, false).map(drop)
     })?;
     Ok(out)
 }

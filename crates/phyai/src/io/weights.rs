@@ -1,6 +1,7 @@
 //! Safetensors weights: one file or a sharded `*.safetensors.index.json`, memory-mapped,
 //! converted to the compute dtype on load, optionally sliced along one dimension so a
-//! tensor-parallel rank reads only its shard.
+//! tensor-parallel rank reads only its shard. F8_E4M3 tensors are read only as raw codes
+//! by the FP8 layers ([`crate::layers::fp8`]), never converted without their scale.
 //!
 //! Model code sees a [`Weights`] handle whose `pp` prefixes mirror the checkpoint keys
 //! (`vb.pp("layers").pp(3).pp("self_attn")`), the candle `VarBuilder` idiom. Every name
@@ -16,6 +17,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
 
+use crate::layers::fp8::Fp8Context;
 use crate::{Error, Result};
 
 /// One memory-mapped safetensors file with its parsed header.
@@ -133,6 +135,7 @@ fn st_dtype(d: StDtype, file: &Path, name: &str) -> Result<DType> {
         StDtype::I64 => DType::I64,
         StDtype::U32 => DType::U32,
         StDtype::U8 => DType::U8,
+        StDtype::F8_E4M3 => DType::F8E4M3,
         other => {
             return Err(Error::weights(
                 file,
@@ -140,6 +143,20 @@ fn st_dtype(d: StDtype, file: &Path, name: &str) -> Result<DType> {
             ))
         }
     })
+}
+
+/// FP8 codes mean nothing without their scale: only the FP8 loader may read them, so
+/// converting them to another dtype is an error naming the tensor, never silent garbage.
+fn refuse_fp8(src: DType, want: DType, file: &Path, name: &str) -> Result<()> {
+    if src == DType::F8E4M3 && want != DType::F8E4M3 {
+        return Err(Error::weights(
+            file,
+            format!(
+                "tensor {name} is F8_E4M3 (FP8-quantized) but this module reads only unquantized weights"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl WeightStore {
@@ -375,6 +392,7 @@ impl WeightStore {
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let (f, info) = self.locate(name)?;
         let src = st_dtype(info.dtype, &f.path, name)?;
+        refuse_fp8(src, dtype, &f.path, name)?;
         self.used.lock().unwrap().insert(name.to_string());
         let t = Tensor::from_raw_buffer(f.bytes(info), src, &info.shape, &Device::Cpu)
             .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
@@ -392,9 +410,28 @@ impl WeightStore {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        let (out, new_shape, src) = self.slice_bytes(name, Some((dim, range)))?;
+        let (f, _) = self.locate(name)?;
+        refuse_fp8(src, dtype, &f.path, name)?;
+        let t = Tensor::from_raw_buffer(&out, src, &new_shape, &Device::Cpu)?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// The stored bytes of a tensor, or of `range` of its dimension `dim`, with the shape of
+    /// what is returned and the stored dtype. Marks the tensor used.
+    fn slice_bytes(
+        &self,
+        name: &str,
+        slice: Option<(usize, Range<usize>)>,
+    ) -> Result<(Vec<u8>, Vec<usize>, DType)> {
         let (f, info) = self.locate(name)?;
         let src = st_dtype(info.dtype, &f.path, name)?;
         let shape = &info.shape;
+        let bytes = f.bytes(info);
+        let Some((dim, range)) = slice else {
+            self.used.lock().unwrap().insert(name.to_string());
+            return Ok((bytes.to_vec(), shape.clone(), src));
+        };
         if dim >= shape.len() || range.start > range.end || range.end > shape[dim] {
             return Err(Error::weights(
                 &f.path,
@@ -406,7 +443,6 @@ impl WeightStore {
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product::<usize>() * elem;
         let row = shape[dim] * inner;
-        let bytes = f.bytes(info);
         let mut out = Vec::with_capacity(outer * range.len() * inner);
         for o in 0..outer {
             let base = o * row;
@@ -414,8 +450,36 @@ impl WeightStore {
         }
         let mut new_shape = shape.clone();
         new_shape[dim] = range.len();
-        let t = Tensor::from_raw_buffer(&out, src, &new_shape, &Device::Cpu)?;
-        Ok(t.to_dtype(dtype)?.to_device(device)?)
+        Ok((out, new_shape, src))
+    }
+
+    /// The raw E4M3 codes of an F8_E4M3 tensor (whole, or `range` of dimension `dim`) and
+    /// their shape; an error naming the tensor when it is stored in another dtype.
+    pub fn load_fp8_codes(
+        &self,
+        name: &str,
+        slice: Option<(usize, Range<usize>)>,
+    ) -> Result<(Vec<u8>, Vec<usize>)> {
+        let (f, info) = self.locate(name)?;
+        if info.dtype != StDtype::F8_E4M3 {
+            return Err(Error::weights(
+                &f.path,
+                format!(
+                    "tensor {name}: stored as {:?}, expected F8_E4M3",
+                    info.dtype
+                ),
+            ));
+        }
+        let (codes, shape, _) = self.slice_bytes(name, slice)?;
+        Ok((codes, shape))
+    }
+
+    /// The file that stores `name` (for error messages), else the store's origin.
+    pub fn file_of(&self, name: &str) -> &Path {
+        match self.locate(name) {
+            Ok((f, _)) => &f.path,
+            Err(_) => &self.origin,
+        }
     }
 
     /// Names stored in the files that no `load`/`load_slice` has asked for.
@@ -461,6 +525,8 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Set when the linear layers below may be FP8 (a quantized checkpoint, or `--quantize`).
+    fp8: Option<Fp8Context>,
 }
 
 impl Weights {
@@ -470,7 +536,47 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            fp8: None,
         }
+    }
+
+    /// The same view whose linear layers load as FP8 per `ctx`.
+    pub fn with_fp8(&self, ctx: Option<Fp8Context>) -> Self {
+        Self {
+            fp8: ctx,
+            ..self.clone()
+        }
+    }
+
+    pub fn fp8(&self) -> Option<&Fp8Context> {
+        self.fp8.as_ref()
+    }
+
+    /// The dotted module path this view addresses (`layers.0.self_attn.to_q`).
+    pub fn module_path(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stored dtype of `name`, `None` when the file does not have it (or the store is
+    /// synthetic).
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        if self.store.synthetic.is_some() {
+            return None;
+        }
+        self.store.info(&self.full_name(name)).ok().map(|i| i.dtype)
+    }
+
+    /// The E4M3 codes of `name` (full shape `shape`; whole, or `range` of dimension `dim`)
+    /// and the shape returned.
+    pub fn get_fp8_codes<S: Into<Shape>>(
+        &self,
+        shape: S,
+        name: &str,
+        slice: Option<(usize, Range<usize>)>,
+    ) -> Result<(Vec<u8>, Vec<usize>)> {
+        let full = self.full_name(name);
+        self.check_shape(&full, &shape.into())?;
+        self.store.load_fp8_codes(&full, slice)
     }
 
     /// Pushes one path component: `w.pp("layers").pp(0)` addresses `layers.0.*`.

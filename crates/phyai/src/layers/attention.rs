@@ -23,7 +23,7 @@ const TILE_K: usize = 1024;
 pub enum Backend {
     /// Tiled online-softmax attention from tensor ops (CPU, and any device as a fallback).
     Tiled,
-    /// cuDNN's fused flash attention for bf16/f16 on CUDA ([`super::cudnn_sdpa`]); f32 and
+    /// cuDNN's fused flash attention for bf16/f16 on CUDA ([`super::cuda::cudnn_sdpa`]); f32 and
     /// shapes without a cuDNN engine run the tiled path on the GPU.
     #[cfg(feature = "cuda")]
     FusedCuda,
@@ -64,7 +64,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     match Backend::for_device(q.device()) {
         Backend::Tiled => tiled(q, k, v, causal, TILE_Q, TILE_K),
         #[cfg(feature = "cuda")]
-        Backend::FusedCuda => match super::cudnn_sdpa::attention(q, k, v, causal) {
+        Backend::FusedCuda => match super::cuda::cudnn_sdpa::attention(q, k, v, causal) {
             Ok(out) => Ok(out),
             // f32, or a shape cuDNN has no engine for (already logged once per shape).
             Err(_) => tiled(q, k, v, causal, TILE_Q, TILE_K),

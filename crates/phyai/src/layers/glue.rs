@@ -33,7 +33,7 @@ pub fn silu_mul(gu: &Tensor) -> Result<Tensor> {
         let rows = gu.elem_count() / width;
         let mut shape = gu.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = inter;
-        return super::glue_cuda::silu_mul(gu, rows, inter)?
+        return super::cuda::glue::silu_mul(gu, rows, inter)?
             .reshape(shape)
             .map_err(Into::into);
     }
@@ -49,7 +49,7 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, norm: &RmsNorm) -> Result<(Tensor, T
         if fusable(y) && y.dims() == x.dims() && y.dtype() == x.dtype() {
             let (rows, dim) = rows_dim;
             let w = norm.weight().to_device(x.device())?.to_dtype(x.dtype())?;
-            let both = super::glue_cuda::add_rms_norm(
+            let both = super::cuda::glue::add_rms_norm(
                 x,
                 Some(y),
                 &w,
@@ -73,7 +73,7 @@ pub fn rms_norm(x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Some((rows, dim)) = norm_fast_path(x, norm) {
         let w = norm.weight().to_device(x.device())?.to_dtype(x.dtype())?;
-        let n = super::glue_cuda::add_rms_norm(
+        let n = super::cuda::glue::add_rms_norm(
             x,
             None,
             &w,
@@ -159,7 +159,7 @@ fn qk_norm_rope_fused(
         Some((a, b)) => Some((on_device(a.weight())?, on_device(b.weight())?, a)),
         None => None,
     };
-    let out = super::glue_cuda::qk_norm_rope(
+    let out = super::cuda::glue::qk_norm_rope(
         qkv,
         weights
             .as_ref()

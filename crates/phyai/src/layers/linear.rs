@@ -6,21 +6,23 @@
 
 use candle_core::Tensor;
 
+use super::fp8::LinearWeight;
 use super::tp::{ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding};
 use crate::io::weights::Weights;
 use crate::parallel::Group;
 use crate::Result;
 
-/// `y = x·Wᵀ + b` with `W` `[out, in]` (torch layout), the same on every rank.
+/// `y = x·Wᵀ + b` with `W` `[out, in]` (torch layout), the same on every rank; `W` is
+/// 16-bit or FP8 as the checkpoint and [`Weights::fp8`] decide.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = w.get((out_dim, in_dim), "weight")?;
+        let weight = LinearWeight::load(w, out_dim, in_dim, None)?;
         let bias = if bias {
             Some(w.get(out_dim, "bias")?)
         } else {
@@ -31,7 +33,7 @@ impl Linear {
 
     /// `x` `[.., in]` → `[.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let y = self.weight.matmul_t(x, None)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -1,23 +1,23 @@
 //! Building blocks shared by the models: attention, norms, rotary embedding, MLP, linear
-//! layers (plain and tensor-parallel) and the sequence-parallel exchange.
+//! layers (plain and tensor-parallel), the sequence-parallel exchange, and the device
+//! dispatch of the fused steps (`glue` for the transformer, `frame_conv`/`video` for the
+//! video VAE, `audio` for the audio decoder, `memory` for peak-memory queries): each picks
+//! a CUDA kernel or a tensor-op formula by the tensor's device, so nothing outside
+//! `layers` names a CUDA-only module.
 
 pub mod attention;
+pub mod audio;
 #[cfg(feature = "cuda")]
-pub(crate) mod audio_cuda;
-#[cfg(feature = "cuda")]
-pub mod cudnn_conv;
-#[cfg(feature = "cuda")]
-mod cudnn_handle;
-#[cfg(feature = "cuda")]
-pub mod cudnn_sdpa;
+pub mod cuda;
+pub mod fp8;
+pub mod frame_conv;
+pub mod frames;
 pub mod glue;
-#[cfg(feature = "cuda")]
-pub(crate) mod glue_cuda;
 pub mod linear;
+pub mod memory;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
 pub mod sp;
 pub mod tp;
-#[cfg(feature = "cuda")]
-pub(crate) mod video_cuda;
+pub mod video;

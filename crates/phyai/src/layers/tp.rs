@@ -12,20 +12,17 @@ use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
 
+use super::fp8::LinearWeight;
 use crate::io::weights::Weights;
 use crate::parallel::Communicator;
 use crate::{Error, Result};
 
 use crate::parallel::group::shard_range;
 
-fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_matmul(&w.t()?)?)
-}
-
 /// `y = x·Wᵀ + b` over this rank's rows of `W`: output features sharded, no collective.
 #[derive(Clone, Debug)]
 pub struct ColumnParallelLinear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
@@ -38,7 +35,7 @@ impl ColumnParallelLinear {
         bias: bool,
         range: Range<usize>,
     ) -> Result<Self> {
-        let weight = w.get_slice((out_dim, in_dim), "weight", 0, range.clone())?;
+        let weight = LinearWeight::load(w, out_dim, in_dim, Some((0, range.clone())))?;
         let bias = if bias {
             Some(w.get_slice(out_dim, "bias", 0, range)?)
         } else {
@@ -63,8 +60,13 @@ impl ColumnParallelLinear {
                 bs.push(b);
             }
         }
+        let what = parts
+            .iter()
+            .map(|(w, _, _)| w.module_path())
+            .collect::<Vec<_>>()
+            .join(" + ");
         Ok(Self {
-            weight: Tensor::cat(&ws, 0)?,
+            weight: LinearWeight::cat_rows(ws, &what)?,
             bias: if bias {
                 Some(Tensor::cat(&bs, 0)?)
             } else {
@@ -74,11 +76,11 @@ impl ColumnParallelLinear {
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.dim(0).unwrap_or(0)
+        self.weight.out_features()
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul_t(x, &self.weight)?;
+        let y = self.weight.matmul_t(x, None)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -89,7 +91,7 @@ impl ColumnParallelLinear {
 /// `y = Σ_ranks x_r·W_rᵀ + b` with `x` sharded on its last dim; all-reduced over `comm`.
 #[derive(Clone)]
 pub struct RowParallelLinear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
     comm: Arc<dyn Communicator>,
 }
@@ -104,7 +106,7 @@ impl RowParallelLinear {
         range: Range<usize>,
         comm: Arc<dyn Communicator>,
     ) -> Result<Self> {
-        let weight = w.get_slice((out_dim, in_dim), "weight", 1, range)?;
+        let weight = LinearWeight::load(w, out_dim, in_dim, Some((1, range)))?;
         let bias = if bias {
             Some(w.get(out_dim, "bias")?)
         } else {
@@ -114,7 +116,7 @@ impl RowParallelLinear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let partial = matmul_t(x, &self.weight)?;
+        let partial = self.weight.matmul_t(x, Some(self.comm.as_ref()))?;
         let y = if self.comm.size() > 1 {
             self.comm.all_reduce_sum(&partial)?
         } else {

@@ -22,6 +22,7 @@ use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv
 use super::vae::{AudioDecoder, WanVae};
 use crate::engine::{EngineConfig, Plugin, Progress};
 use crate::io::json::read_json;
+use crate::layers::fp8::Quantize;
 use crate::parallel::RankMesh;
 use crate::{Error, Result};
 
@@ -49,6 +50,9 @@ pub struct Cosmos3Args {
     /// Which reference's flow-sigma construction to follow.
     pub sigma_schedule: SigmaStyle,
     pub vae_decode: VaeDecode,
+    /// Quantize an unquantized transformer at load (`--quantize fp8`); a checkpoint that is
+    /// already FP8 keeps its own quantization.
+    pub quantize: Option<Quantize>,
 }
 
 impl Cosmos3Args {
@@ -61,6 +65,7 @@ impl Cosmos3Args {
             load_sound: false,
             sigma_schedule: SigmaStyle::default(),
             vae_decode: VaeDecode::default(),
+            quantize: None,
         }
     }
 }
@@ -132,7 +137,8 @@ impl Plugin for Cosmos3Plugin {
         let tdir = require_dir(ckpt, "transformer")?;
         let tcfg = transformer_config(ckpt)?;
         config.parallel.check_heads(tcfg.num_key_value_heads)?;
-        let transformer = Cosmos3Transformer::load(&tdir, &tcfg, dtype, &device, &mesh)?;
+        let transformer =
+            Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
 
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
         let fixed_step = FixedStepSchedule::from_checkpoint(ckpt)?;
@@ -576,6 +582,8 @@ impl VelocityModel for Denoiser<'_> {
             Branch::Uncond => self.uncond.as_ref(),
         }
         .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
+        // FP8 checkpoints switch the precision of their activations by step.
+        self.model.begin_step(step.index, step.count);
         let video_in = video.to_dtype(self.dtype)?;
         let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
         let out = self.model.velocity(

@@ -81,6 +81,10 @@ pub struct TransformerConfig {
     /// Written back by the reference from `rope_scaling.mrope_section`; wins when present.
     #[serde(default)]
     pub rope_axes_dim: Option<Vec<usize>>,
+    /// A quantized checkpoint's `quantization_config` (ModelOpt FP8), parsed by
+    /// [`crate::layers::fp8::QuantConfig::parse`] when the model is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
 }
 
 /// False for NaN as well as for values ≤ 0.
@@ -156,6 +160,12 @@ impl Default for TransformerConfig {
 pub const TIMESTEP_CHANNELS: usize = 256;
 
 impl TransformerConfig {
+    /// The Nano architecture: hidden 4096, 36 layers, 32/8 heads of 128, MLP 12288, base
+    /// frame rate 24 (the reference's constructor defaults; the same as `default()`).
+    pub fn nano() -> Self {
+        Self::default()
+    }
+
     /// mRoPE slots per axis (t, h, w): `rope_axes_dim`, else `rope_scaling.mrope_section`,
     /// else `[24, 20, 20]`.
     pub fn mrope_section(&self) -> Vec<usize> {

@@ -31,6 +31,10 @@ pub use config::TransformerConfig;
 pub use und::UndKv;
 
 use crate::io::weights::{WeightStore, Weights};
+use crate::layers::fp8::{
+    ActivationPrecision, Fp8Context, Fp8Source, ModulePatterns, PrecisionSwitch, QuantConfig,
+    Quantize, StepPolicy,
+};
 use crate::layers::linear::Linear;
 use crate::layers::rope::MultiAxisRope;
 use crate::parallel::Group;
@@ -78,6 +82,9 @@ pub struct Cosmos3Transformer {
     sp: Group,
     dtype: DType,
     device: Device,
+    /// FP8 layers: the generation tower's activation precision and the checkpoint's step
+    /// policy (`None` for a 16-bit model).
+    fp8: Option<Fp8State>,
     /// Rotary tables of the last generation call and the positions they were built for:
     /// every step of a request has the same token layout, so the host-side trigonometry
     /// (millions of angles at 720p) runs once per request, not once per step.
@@ -85,6 +92,47 @@ pub struct Cosmos3Transformer {
 }
 
 type RopeCache = std::sync::Arc<std::sync::Mutex<Option<(Vec<[f32; 3]>, Tensor, Tensor)>>>;
+
+/// The FP8 side of a quantized model.
+struct Fp8State {
+    gen: PrecisionSwitch,
+    policy: Option<StepPolicy>,
+}
+
+/// Where the config of a checkpoint's transformer lives (named in config errors when the
+/// weights do not say).
+const CONFIG_FILE: &str = "transformer/config.json";
+
+/// The FP8 contexts of the text and generation towers: from the checkpoint's
+/// `quantization_config`, else from `--quantize fp8` (published ignore list and step
+/// policy, dynamic activation scales), else none. A checkpoint that is already quantized
+/// keeps its own scheme whatever `quantize` says.
+fn fp8_contexts(
+    cfg: &TransformerConfig,
+    quantize: Option<Quantize>,
+    config_file: &Path,
+) -> Result<Option<(Fp8Context, Fp8Context, Option<StepPolicy>)>> {
+    let (source, ignore, policy) = match (&cfg.quantization_config, quantize) {
+        (Some(q), _) => {
+            let q = QuantConfig::parse(config_file, q)?;
+            (Fp8Source::Checkpoint, q.ignore, q.policy)
+        }
+        (None, Some(Quantize::Fp8)) => (
+            Fp8Source::Online,
+            ModulePatterns::published_ignore(),
+            Some(StepPolicy::PUBLISHED),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let ignore = Arc::new(ignore);
+    let und = policy.map_or(ActivationPrecision::W8A8, |p| p.reasoner);
+    let ctx = |p| Fp8Context {
+        source: source.clone(),
+        ignore: ignore.clone(),
+        precision: PrecisionSwitch::new(p),
+    };
+    Ok(Some((ctx(und), ctx(ActivationPrecision::W8A8), policy)))
+}
 
 impl Cosmos3Transformer {
     /// Builds the model from checkpoint weights (dtype and device of `w`), unsharded.
@@ -105,6 +153,18 @@ impl Cosmos3Transformer {
         tp: &Group,
         sp: Group,
     ) -> Result<Self> {
+        Self::new_quantized(cfg, w, tp, sp, None)
+    }
+
+    /// Like [`Self::new_parallel`]; a checkpoint whose config has a `quantization_config`
+    /// loads its FP8 layers, and `quantize` quantizes a 16-bit one at load.
+    pub fn new_quantized(
+        cfg: &TransformerConfig,
+        w: Weights,
+        tp: &Group,
+        sp: Group,
+        quantize: Option<Quantize>,
+    ) -> Result<Self> {
         sp.local_heads(
             tp.local(cfg.num_key_value_heads, "num_key_value_heads")?,
             "num_key_value_heads",
@@ -123,14 +183,32 @@ impl Cosmos3Transformer {
         })?;
         let pd = cfg.patch_latent_dim;
         let h = cfg.hidden_size;
+        // The config sits next to the weights (named in quantization_config errors).
+        let config_file = match w.store().origin().parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("config.json"),
+            _ => Path::new(CONFIG_FILE).to_path_buf(),
+        };
+        let (und_w, gen_w, fp8) = match fp8_contexts(cfg, quantize, &config_file)? {
+            Some((und, gen, policy)) => {
+                let state = Fp8State {
+                    gen: gen.precision.clone(),
+                    policy,
+                };
+                (w.with_fp8(Some(und)), w.with_fp8(Some(gen)), Some(state))
+            }
+            None => (w.clone(), w.clone(), None),
+        };
+        // The embedders and output heads follow the generation tower's context: they are
+        // on the ignore list, and an FP8 tensor there is reported rather than misread.
+        let w = gen_w.clone();
         let sound = match cfg.sound_channels() {
             Some(c) => Some(SoundHeads::load(&w, c, h)?),
             None => None,
         };
         Ok(Self {
             cfg: cfg.clone(),
-            und: UndTower::load(&w, cfg, tp)?,
-            gen: GenTower::load(&w, cfg, tp)?,
+            und: UndTower::load(&und_w, cfg, tp)?,
+            gen: GenTower::load(&gen_w, cfg, tp)?,
             rope: MultiAxisRope::new(cfg.head_dim, cfg.rope_theta, section)?,
             proj_in: Linear::load(&w.pp("proj_in"), pd, h, true)?,
             proj_out: Linear::load(&w.pp("proj_out"), h, pd, true)?,
@@ -139,6 +217,7 @@ impl Cosmos3Transformer {
             sp,
             dtype: w.dtype(),
             device: w.device().clone(),
+            fp8,
             rope_cache: RopeCache::default(),
         })
     }
@@ -152,14 +231,54 @@ impl Cosmos3Transformer {
         device: &Device,
         mesh: &RankMesh,
     ) -> Result<Self> {
+        Self::load_quantized(dir, cfg, dtype, device, mesh, None)
+    }
+
+    /// [`Self::load`] with optional online quantization (`--quantize`).
+    pub fn load_quantized(
+        dir: &Path,
+        cfg: &TransformerConfig,
+        dtype: DType,
+        device: &Device,
+        mesh: &RankMesh,
+        quantize: Option<Quantize>,
+    ) -> Result<Self> {
         let store = Arc::new(WeightStore::open_dir(dir)?);
         let w = Weights::new(store, dtype, device);
-        Self::new_parallel(
+        Self::new_quantized(
             cfg,
             w,
             &Group::new(mesh.tp.clone()),
             Group::new(mesh.sp.clone()),
+            quantize,
         )
+    }
+
+    /// Whether the linear layers are FP8 (a quantized checkpoint or `--quantize fp8`).
+    pub fn is_fp8(&self) -> bool {
+        self.fp8.is_some()
+    }
+
+    /// The step policy of an FP8 model (`None`: every step W8A8, or a 16-bit model).
+    pub fn step_policy(&self) -> Option<StepPolicy> {
+        self.fp8.as_ref().and_then(|f| f.policy)
+    }
+
+    /// Sets the generation tower's activation precision for the following velocity calls
+    /// (a no-op for a 16-bit model). The text tower's precision is fixed by the policy.
+    pub fn set_activation_precision(&self, p: ActivationPrecision) {
+        if let Some(f) = &self.fp8 {
+            f.gen.set(p);
+        }
+    }
+
+    /// Applies the step policy for loop iteration `index` of `count` (W8A8 when the model
+    /// has no policy): what the denoising loop calls before each step's velocities.
+    pub fn begin_step(&self, index: usize, count: usize) {
+        let p = self
+            .step_policy()
+            .map_or(ActivationPrecision::W8A8, |p| p.precision_at(index, count));
+        self.set_activation_precision(p);
     }
 
     pub fn config(&self) -> &TransformerConfig {

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::AudioVaeConfig;
 use crate::io::json::read_json;
 use crate::io::weights::{WeightStore, Weights};
+use crate::layers::audio::{conv1d, snake};
 use crate::{Error, Result};
 
 /// Precision for folding parameters at load: f32, or f64 when computing in f64.
@@ -38,13 +39,6 @@ fn conv_kernel(w: &Weights, shape: (usize, usize, usize)) -> Result<Tensor> {
     Ok(k.to_dtype(w.dtype())?)
 }
 
-/// Whether `x` takes the GPU path: the project's kernels and cuDNN convolutions (CUDA,
-/// bf16/f16/f32); anything else runs candle's ops.
-#[cfg(feature = "cuda")]
-fn on_gpu(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16 | DType::F32)
-}
-
 /// Snake activation with log-scale parameters: `x + sin²(eᵅ·x) / (eᵝ + 1e-9)`.
 #[derive(Debug, Clone)]
 pub(crate) struct Snake {
@@ -65,16 +59,11 @@ impl Snake {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if on_gpu(x) {
-            return crate::layers::audio_cuda::snake(x, &self.alpha, &self.inv_beta);
-        }
-        let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
-        Ok((x + s.broadcast_mul(&self.inv_beta)?)?)
+        snake(x, &self.alpha, &self.inv_beta)
     }
 }
 
-/// Conv1d with optional bias.
+/// Conv1d with optional bias (evaluated by `layers::audio::conv1d`: cuDNN on a GPU).
 #[derive(Debug, Clone)]
 pub(crate) struct Conv1d {
     kernel: Tensor,
@@ -107,16 +96,7 @@ impl Conv1d {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if on_gpu(x) {
-            let (k, b) = (&self.kernel, self.bias.as_ref());
-            return crate::layers::cudnn_conv::conv_seq(x, k, b, self.pad, self.dilation);
-        }
-        let y = x.conv1d(&self.kernel, self.pad, 1, self.dilation, 1)?;
-        match &self.bias {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, (), 1))?)?),
-            None => Ok(y),
-        }
+        conv1d(x, &self.kernel, self.bias.as_ref(), self.pad, self.dilation)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Building blocks of the Wan2.2 (residual) VAE, on chunks of frames in either [`Layout`]:
-//! residual block, mid-block attention, spatial/temporal resampling and the parameter-free
+//! residual block, mid-block attention and spatial/temporal resampling. The parameter-free
 //! shortcuts (`avg_down` / `dup_up`) that the Wan2.2 up/down blocks add around their
-//! resampling path.
+//! resampling path are in `layers::video`, next to their kernel.
 //!
 //! Every block forward takes the [`FrameCache`] of the whole stream and a `first_chunk` flag:
 //! the first chunk is special in the temporal resamplers (no temporal up/down-sampling of
@@ -12,8 +12,9 @@ use candle_core::Tensor;
 use super::causal_conv::{
     last_frames, CausalConv3d, ChannelRmsNorm, FrameCache, FrameConv2d, VaeBuild,
 };
-use super::layout::Layout;
 use crate::io::weights::Weights;
+use crate::layers::frames::Layout;
+use crate::layers::video::upsample;
 use crate::Result;
 
 /// Norm → silu → causal conv, twice, plus a (1×1×1 conv) shortcut when widths differ.
@@ -175,8 +176,8 @@ impl Upsample {
     pub fn forward(&self, x: Tensor, cache: &mut FrameCache, first_chunk: bool) -> Result<Tensor> {
         // The first chunk keeps its frame count: frame 0 of a Wan video is not doubled.
         let up = match &self.time_conv {
-            Some(tc) if !first_chunk => self.layout.upsample(&tc.forward(&x, cache)?, 2)?,
-            _ => self.layout.upsample(&x, 1)?,
+            Some(tc) if !first_chunk => upsample(&tc.forward(&x, cache)?, self.layout, 2)?,
+            _ => upsample(&x, self.layout, 1)?,
         };
         drop(x);
         self.conv.forward(&up)
@@ -226,50 +227,5 @@ impl Downsample {
         };
         cache.set(*slot, last);
         Ok(out)
-    }
-}
-
-/// Parameter-free shortcut of a down block: space/time-to-channel fold (factors `ft`, `fs`)
-/// followed by averaging channel groups down to `out_ch`. Pads time at the front with zeros
-/// to a multiple of `ft`, as the first (single-frame) chunk needs. Frame-major.
-pub fn avg_down(x: &Tensor, out_ch: usize, ft: usize, fs: usize) -> Result<Tensor> {
-    let (t, c, h, w) = x.dims4()?;
-    let pad_t = (ft - t % ft) % ft;
-    let x = x.pad_with_zeros(0, pad_t, 0)?;
-    let t2 = (t + pad_t) / ft;
-    let (h2, w2) = (h / fs, w / fs);
-    let group = c * ft * fs * fs / out_ch;
-    let x = x
-        .reshape(vec![t2, ft, c, h2, fs, w2, fs])?
-        .permute(vec![0, 2, 1, 4, 6, 3, 5])?
-        .contiguous()?
-        .reshape((t2, out_ch, group, h2, w2))?;
-    Ok(x.mean(2)?)
-}
-
-/// Parameter-free shortcut of an up block: repeat channels, then unfold channel groups into
-/// `ft` frames and `fs×fs` pixels. On the first chunk the first `ft − 1` frames are dropped,
-/// matching the upsampler that does not double frame 0. Frame-major.
-pub fn dup_up(
-    x: &Tensor,
-    out_ch: usize,
-    ft: usize,
-    fs: usize,
-    first_chunk: bool,
-) -> Result<Tensor> {
-    let (t, c, h, w) = x.dims4()?;
-    let factor = ft * fs * fs;
-    let repeats = out_ch * factor / c;
-    let x = x
-        .unsqueeze(2)?
-        .broadcast_as((t, c, repeats, h, w))?
-        .reshape(vec![t, out_ch, ft, fs, fs, h, w])?
-        .permute(vec![0, 2, 1, 5, 3, 6, 4])?
-        .contiguous()?
-        .reshape((t * ft, out_ch, h * fs, w * fs))?;
-    if first_chunk && ft > 1 {
-        Ok(x.narrow(0, ft - 1, t * ft - (ft - 1))?)
-    } else {
-        Ok(x)
     }
 }

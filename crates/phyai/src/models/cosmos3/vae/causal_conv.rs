@@ -1,9 +1,8 @@
 //! Causal 3-D convolution of the Wan VAE, streamed frame-chunk by frame-chunk.
 //!
 //! Frames are dim 0 of every activation (frame-major `[T, C, H, W]` on the CPU, channels-last
-//! `[T, H, W, C]` on a GPU, see [`Layout`]). On the GPU a causal conv is one cuDNN 3-D
-//! convolution; on the CPU a 3-D conv with temporal kernel `kt` is the sum over its taps of
-//! a 2-D conv of the frame sequence shifted by the tap ([`FrameKernel`]).
+//! `[T, H, W, C]` on a GPU, see [`Layout`]). The convolution itself, and how the device
+//! evaluates it, is `layers::frame_conv`; this file adds what makes it causal and streamed.
 //!
 //! Causality: the time axis is left-padded with `2·pad_t` frames. When a video is processed
 //! in chunks, those frames come from [`FrameCache`] — the last `2·pad_t` input frames seen by
@@ -12,9 +11,10 @@
 
 use candle_core::Tensor;
 
-use super::frame_conv::FrameKernel;
-use super::layout::Layout;
 use crate::io::weights::Weights;
+use crate::layers::frame_conv::{FrameKernel, FramesConv3d};
+use crate::layers::frames::Layout;
+use crate::layers::video::{channel_rms_norm, padded_norm_silu};
 use crate::Result;
 
 /// Per-conv history for streamed (chunked) processing; one slot per temporal conv,
@@ -68,37 +68,11 @@ impl VaeBuild {
     }
 }
 
-/// How the temporal taps are evaluated, chosen by device and layout at load.
-#[derive(Debug, Clone)]
-enum Taps {
-    /// One spatial kernel per temporal tap, oldest frame first, summed (CPU).
-    PerTap(Vec<FrameKernel>),
-    /// The whole kernel, channels last `[O, kt, k, k, I]`, with its spatial padding: one
-    /// cuDNN call per chunk (CUDA).
-    #[cfg(feature = "cuda")]
-    Whole { weight: Tensor, pad: usize },
-}
-
-impl Taps {
-    /// `weight` `[O, I, kt, k, k]`, spatial padding `pad`.
-    fn new(weight: &Tensor, pad: usize, layout: Layout) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if weight.device().is_cuda() && layout == Layout::ChannelsLast {
-            let weight = crate::layers::cudnn_conv::weight_channels_last(weight)?;
-            return Ok(Self::Whole { weight, pad });
-        }
-        Ok(Self::PerTap(split_taps(weight, pad, layout)?))
-    }
-}
-
 /// Conv3d `[O, I, kt, kh, kw]` with causal time padding, symmetric spatial padding
 /// (`kh == kw`, `pad_h == pad_w` in every Wan conv), spatial stride 1 and temporal stride `st`.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    kernel: Taps,
-    bias: Tensor,
-    layout: Layout,
-    t_stride: usize,
+    conv: FramesConv3d,
     pad_t: usize,
     /// Cache slot for convs with a temporal extent; `None` for `kt == 1`.
     slot: Option<usize>,
@@ -118,14 +92,10 @@ impl CausalConv3d {
         let (kt, ks) = kernel;
         let weight = w.get((out_ch, in_ch, kt, ks, ks), "weight")?;
         let bias = w.get(out_ch, "bias")?;
-        let layout = build.layout;
-        let kernel = Taps::new(&weight, pad.1, layout)?;
+        let conv = FramesConv3d::new(&weight, bias, pad.1, t_stride, build.layout)?;
         let slot = (kt > 1 && pad.0 > 0).then(|| build.take_slot());
         Ok(Self {
-            kernel,
-            bias,
-            layout,
-            t_stride,
+            conv,
             pad_t: pad.0,
             slot,
         })
@@ -195,63 +165,8 @@ impl CausalConv3d {
     /// Temporal "valid" conv (no time padding) of `T` frames → `(T−kt)/st + 1` frames, plus
     /// `residual` when given.
     pub fn conv_frames(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let y = match &self.kernel {
-            #[cfg(feature = "cuda")]
-            Taps::Whole { weight, pad } => {
-                use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
-                let stride = [self.t_stride, 1];
-                match conv_frames(x, weight, Some(&self.bias), residual, *pad, stride) {
-                    Ok(y) => return Ok(y),
-                    Err(e) => {
-                        super::frame_conv::warn_fallback(&e);
-                        let taps = split_taps(&weight_channels_first(weight)?, *pad, self.layout)?;
-                        self.sum_taps(x, &taps)?
-                    }
-                }
-            }
-            Taps::PerTap(taps) => self.sum_taps(x, taps)?,
-        };
-        Ok(match residual {
-            Some(r) => (y + r)?,
-            None => y,
-        })
+        self.conv.forward(x, residual)
     }
-
-    /// The temporal conv as a sum over taps of per-frame spatial convs, plus the bias.
-    fn sum_taps(&self, x: &Tensor, taps: &[FrameKernel]) -> Result<Tensor> {
-        let kt = taps.len();
-        let t_in = x.dim(0)?;
-        if t_in < kt {
-            return Err(crate::Error::msg(format!(
-                "causal conv: {t_in} frames for a temporal kernel of {kt}"
-            )));
-        }
-        let t_out = (t_in - kt) / self.t_stride + 1;
-        let mut acc: Option<Tensor> = None;
-        for (k, tap) in taps.iter().enumerate() {
-            let frames = if self.t_stride == 1 {
-                x.narrow(0, k, t_out)?
-            } else {
-                let idx: Vec<u32> = (0..t_out).map(|j| (k + j * self.t_stride) as u32).collect();
-                let idx = Tensor::new(idx.as_slice(), x.device())?;
-                x.index_select(&idx, 0)?
-            };
-            let y = tap.forward(&frames.contiguous()?, None, None)?;
-            acc = Some(match acc {
-                Some(a) => (a + y)?,
-                None => y,
-            });
-        }
-        let out = acc.expect("temporal kernel has at least one tap");
-        Ok(out.broadcast_add(&self.layout.per_channel(&self.bias)?)?)
-    }
-}
-
-/// `[O, I, kt, k, k]` → one spatial kernel per temporal tap.
-fn split_taps(weight: &Tensor, pad: usize, layout: Layout) -> Result<Vec<FrameKernel>> {
-    (0..weight.dim(2)?)
-        .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad, 1, layout))
-        .collect()
 }
 
 /// Conv2d with bias applied per frame, square kernel, symmetric padding.
@@ -284,7 +199,7 @@ impl FrameConv2d {
 }
 
 /// RMS norm over channels as `F.normalize(x)·√C·γ`: `x / max(‖x‖₂, 1e-12)`, computed in f32
-/// whatever the activation dtype.
+/// whatever the activation dtype (formula and kernel: `layers::video`).
 #[derive(Debug, Clone)]
 pub struct ChannelRmsNorm {
     /// `[C]`, already scaled by √C.
@@ -306,11 +221,7 @@ impl ChannelRmsNorm {
 
     /// `silu(self.forward(x))`, in one pass over `x` on a GPU.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if let Some(y) = self.kernel(x, true, 0, None)? {
-            return Ok(y);
-        }
-        silu(&self.forward(x)?)
+        channel_rms_norm(x, &self.scale, self.layout, true)
     }
 
     /// `[zeros; prefix; silu(self.forward(x))]` along the frames: a causal conv's padded
@@ -321,46 +232,11 @@ impl ChannelRmsNorm {
         zeros: usize,
         prefix: Option<&Tensor>,
     ) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if let Some(y) = self.kernel(x, true, zeros, prefix)? {
-            return Ok(y);
-        }
-        let y = self.forward_silu(x)?;
-        let y = match prefix {
-            Some(p) => Tensor::cat(&[p, &y], 0)?,
-            None => y,
-        };
-        Ok(y.pad_with_zeros(0, zeros, 0)?)
-    }
-
-    /// The kernel (`layers::video_cuda::channel_norm`) where it applies: CUDA, channels last.
-    #[cfg(feature = "cuda")]
-    fn kernel(
-        &self,
-        x: &Tensor,
-        with_silu: bool,
-        zeros: usize,
-        prefix: Option<&Tensor>,
-    ) -> Result<Option<Tensor>> {
-        if !x.device().is_cuda() || self.layout != Layout::ChannelsLast {
-            return Ok(None);
-        }
-        let scale = self.scale.to_dtype(x.dtype())?;
-        let x = x.contiguous()?;
-        crate::layers::video_cuda::channel_norm(&x, &scale, with_silu, zeros, prefix).map(Some)
+        padded_norm_silu(x, &self.scale, self.layout, zeros, prefix)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if let Some(y) = self.kernel(x, false, 0, None)? {
-            return Ok(y);
-        }
-        let dtype = x.dtype();
-        let cd = self.layout.channel_dim();
-        let xf = x.to_dtype(candle_core::DType::F32)?;
-        let norm = xf.sqr()?.sum_keepdim(cd)?.sqrt()?.maximum(1e-12)?;
-        let y = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
-        Ok(y.broadcast_mul(&self.layout.per_channel(&self.scale)?)?)
+        channel_rms_norm(x, &self.scale, self.layout, false)
     }
 }
 
@@ -370,9 +246,4 @@ pub fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
     let t = x.dim(0)?;
     let keep = n.min(t);
     Ok(x.narrow(0, t - keep, keep)?.copy()?)
-}
-
-/// Silu in the activation dtype.
-pub fn silu(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::silu(x)?)
 }

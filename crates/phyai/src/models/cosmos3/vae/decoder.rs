@@ -11,8 +11,9 @@ use candle_core::{DType, Tensor};
 use super::blocks::{MidBlock, ResidualBlock, Upsample};
 use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, VaeBuild};
 use super::config::VaeConfig;
-use super::layout::Layout;
 use crate::io::weights::Weights;
+use crate::layers::frames::Layout;
+use crate::layers::video::add_dup_up;
 use crate::{Error, Result};
 
 /// Up block of the residual decoder: `num_res_blocks + 1` residual blocks, an optional
@@ -40,7 +41,7 @@ impl UpBlock {
             y = up.forward(y, cache, first_chunk)?;
         }
         if let (Some((out_ch, ft)), Some(x)) = (self.shortcut, x) {
-            y = self.layout.add_dup_up(&y, &x, out_ch, ft, 2, first_chunk)?;
+            y = add_dup_up(&y, &x, self.layout, out_ch, ft, 2, first_chunk)?;
         }
         Ok(y)
     }

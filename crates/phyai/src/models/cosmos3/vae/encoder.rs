@@ -7,12 +7,13 @@
 
 use candle_core::Tensor;
 
-use super::blocks::{avg_down, Downsample, MidBlock, ResidualBlock};
+use super::blocks::{Downsample, MidBlock, ResidualBlock};
 use super::causal_conv::{CausalConv3d, ChannelRmsNorm, FrameCache, VaeBuild};
 use super::config::VaeConfig;
 use super::decoder::{latent_stats, patchify};
-use super::layout::Layout;
 use crate::io::weights::Weights;
+use crate::layers::frames::Layout;
+use crate::layers::video::avg_down;
 use crate::{Error, Result};
 
 /// Down block of the residual encoder: residual blocks, optional downsampler, and the

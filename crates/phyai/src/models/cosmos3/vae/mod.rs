@@ -12,8 +12,6 @@ pub mod causal_conv;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
-pub mod frame_conv;
-pub mod layout;
 pub mod parallel;
 pub mod tiles;
 
@@ -22,11 +20,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
+pub use crate::layers::frames::Layout;
 pub use audio::AudioDecoder;
 pub use config::{AudioVaeConfig, VaeConfig};
 pub use decoder::WanDecoder;
 pub use encoder::WanEncoder;
-pub use layout::Layout;
 pub use parallel::decode_parallel;
 pub use tiles::{decode_tile, decode_tiled, tile_grid, TileGrid, TilePlan};
 

@@ -676,7 +676,7 @@ impl CustomOp3 for Sdpa {
 }
 
 /// Fused attention, or an error when cuDNN cannot run this shape/dtype (the caller then uses
-/// the tiled path). Shapes as in [`super::attention::attention`].
+/// the tiled path). Shapes as in [`crate::layers::attention::attention`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     if !matches!(q.dtype(), DType::BF16 | DType::F16) {
         return Err(Error::msg("fused attention needs bf16 or f16"));

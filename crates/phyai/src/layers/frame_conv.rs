@@ -1,8 +1,10 @@
-//! Square-kernel 2-D convolution of a frame stack, the one kernel every VAE conv is built
-//! from.
+//! Convolutions of a frame stack, what every video VAE conv is built from: a square-kernel
+//! 2-D convolution of each frame ([`FrameKernel`]) and a 3-D convolution over time and
+//! space ([`FramesConv3d`]). Which implementation runs is chosen by device and [`Layout`] at
+//! load; the model code only holds the result.
 //!
-//! Equivalent evaluations, chosen by device and [`Layout`] at load:
-//! - `Cudnn` (CUDA, channels last): one cuDNN call over all frames (`layers::cudnn_conv`).
+//! Equivalent evaluations of the 2-D kernel:
+//! - `Cudnn` (CUDA, channels last): one cuDNN call over all frames (`cuda::cudnn_conv`).
 //! - `Conv2d`: candle's conv2d (cuDNN on CUDA). On CPU it lowers to im2col, a buffer k²
 //!   times the input, which at 720p and 512–1024 channels is tens of GB.
 //! - `Shifted` (CPU, stride 1): the conv as a sum over the k² spatial taps of a 1×1 conv
@@ -14,7 +16,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::layout::Layout;
+use super::frames::Layout;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ enum Kernel {
     Shifted(Vec<Tensor>),
 }
 
+/// Square-kernel 2-D convolution of every frame of a stack (no bias of its own: callers
+/// pass it to [`Self::forward`], where cuDNN adds it in place).
 #[derive(Debug, Clone)]
 pub struct FrameKernel {
     kernel: Kernel,
@@ -48,7 +52,7 @@ impl FrameKernel {
         #[cfg(feature = "cuda")]
         if weight.device().is_cuda() && layout == Layout::ChannelsLast {
             return Ok(Self {
-                kernel: Kernel::Cudnn(crate::layers::cudnn_conv::weight_channels_last(
+                kernel: Kernel::Cudnn(super::cuda::cudnn_conv::weight_channels_last(
                     &weight.unsqueeze(2)?,
                 )?),
                 k,
@@ -91,7 +95,7 @@ impl FrameKernel {
         let y = match &self.kernel {
             #[cfg(feature = "cuda")]
             Kernel::Cudnn(w) => {
-                use crate::layers::cudnn_conv::{conv_frames, weight_channels_first};
+                use super::cuda::cudnn_conv::{conv_frames, weight_channels_first};
                 match conv_frames(x, w, bias, residual, self.pad, [1, self.stride]) {
                     Ok(y) => return Ok(y),
                     Err(e) => {
@@ -152,9 +156,121 @@ impl FrameKernel {
 
 /// Says once per process that a cuDNN convolution failed and the slower path is used.
 #[cfg(feature = "cuda")]
-pub(crate) fn warn_fallback(e: &crate::Error) {
+fn warn_fallback(e: &crate::Error) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tracing::warn!("cuDNN video convolution unavailable ({e}); using per-frame conv2d")
     });
+}
+
+/// How the temporal taps of a [`FramesConv3d`] are evaluated, chosen by device and layout at
+/// load.
+#[derive(Debug, Clone)]
+enum Taps {
+    /// One spatial kernel per temporal tap, oldest frame first, summed (CPU).
+    PerTap(Vec<FrameKernel>),
+    /// The whole kernel, channels last `[O, kt, k, k, I]`, with its spatial padding: one
+    /// cuDNN call per chunk (CUDA).
+    #[cfg(feature = "cuda")]
+    Whole { weight: Tensor, pad: usize },
+}
+
+/// Conv3d `[O, I, kt, k, k]` over a frame stack, "valid" in time (no temporal padding: the
+/// caller prepends whatever history it needs), temporal stride `t_stride`, symmetric spatial
+/// padding and spatial stride 1, with a bias.
+#[derive(Debug, Clone)]
+pub struct FramesConv3d {
+    taps: Taps,
+    bias: Tensor,
+    layout: Layout,
+    t_stride: usize,
+}
+
+impl FramesConv3d {
+    /// `weight` `[O, I, kt, k, k]`, `bias` `[O]`, spatial padding `pad`.
+    pub fn new(
+        weight: &Tensor,
+        bias: Tensor,
+        pad: usize,
+        t_stride: usize,
+        layout: Layout,
+    ) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if weight.device().is_cuda() && layout == Layout::ChannelsLast {
+            let weight = super::cuda::cudnn_conv::weight_channels_last(weight)?;
+            return Ok(Self {
+                taps: Taps::Whole { weight, pad },
+                bias,
+                layout,
+                t_stride,
+            });
+        }
+        Ok(Self {
+            taps: Taps::PerTap(split_taps(weight, pad, layout)?),
+            bias,
+            layout,
+            t_stride,
+        })
+    }
+
+    /// `T` frames → `(T−kt)/t_stride + 1` frames, plus `residual` (the output's shape) when
+    /// given (with cuDNN, bias and residual are added in one pass right after the conv).
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let y = match &self.taps {
+            #[cfg(feature = "cuda")]
+            Taps::Whole { weight, pad } => {
+                use super::cuda::cudnn_conv::{conv_frames, weight_channels_first};
+                let stride = [self.t_stride, 1];
+                match conv_frames(x, weight, Some(&self.bias), residual, *pad, stride) {
+                    Ok(y) => return Ok(y),
+                    Err(e) => {
+                        warn_fallback(&e);
+                        let taps = split_taps(&weight_channels_first(weight)?, *pad, self.layout)?;
+                        self.sum_taps(x, &taps)?
+                    }
+                }
+            }
+            Taps::PerTap(taps) => self.sum_taps(x, taps)?,
+        };
+        Ok(match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        })
+    }
+
+    /// The temporal conv as a sum over taps of per-frame spatial convs, plus the bias.
+    fn sum_taps(&self, x: &Tensor, taps: &[FrameKernel]) -> Result<Tensor> {
+        let kt = taps.len();
+        let t_in = x.dim(0)?;
+        if t_in < kt {
+            return Err(crate::Error::msg(format!(
+                "causal conv: {t_in} frames for a temporal kernel of {kt}"
+            )));
+        }
+        let t_out = (t_in - kt) / self.t_stride + 1;
+        let mut acc: Option<Tensor> = None;
+        for (k, tap) in taps.iter().enumerate() {
+            let frames = if self.t_stride == 1 {
+                x.narrow(0, k, t_out)?
+            } else {
+                let idx: Vec<u32> = (0..t_out).map(|j| (k + j * self.t_stride) as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), x.device())?;
+                x.index_select(&idx, 0)?
+            };
+            let y = tap.forward(&frames.contiguous()?, None, None)?;
+            acc = Some(match acc {
+                Some(a) => (a + y)?,
+                None => y,
+            });
+        }
+        let out = acc.expect("temporal kernel has at least one tap");
+        Ok(out.broadcast_add(&self.layout.per_channel(&self.bias)?)?)
+    }
+}
+
+/// `[O, I, kt, k, k]` → one spatial kernel per temporal tap.
+fn split_taps(weight: &Tensor, pad: usize, layout: Layout) -> Result<Vec<FrameKernel>> {
+    (0..weight.dim(2)?)
+        .map(|k| FrameKernel::new(&weight.narrow(2, k, 1)?.squeeze(2)?, pad, 1, layout))
+        .collect()
 }

@@ -5,7 +5,7 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{CudaDevice, DType, Shape, Tensor};
 
-use super::glue_cuda::{addr, device, dtype_suffix, output};
+use super::buffer::{addr, device, dtype_suffix, output};
 use crate::{Error, Result};
 
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/audio.ptx"));

@@ -23,8 +23,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use cudarc::cudnn::sys as dnn;
 
+use super::buffer::addr;
 use super::cudnn_handle::handle_for;
-use super::glue_cuda::addr;
 use crate::{Error, Result};
 
 fn check(status: dnn::cudnnStatus_t, what: &str) -> Result<()> {
@@ -423,7 +423,7 @@ pub fn conv_frames(
     let n = to * ho * wo * o;
     let (storage, yp) = forward(&dev, &x, w, Geometry::Frames(g), n)?;
     if bias.is_some() || residual.is_some() {
-        super::video_cuda::bias_residual_raw(&dev, x.dtype(), yp, bias, residual, n, o)?;
+        super::video::bias_residual_raw(&dev, x.dtype(), yp, bias, residual, n, o)?;
     }
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),
@@ -463,7 +463,7 @@ pub fn conv_seq(
     let n = out.iter().product();
     let (storage, yp) = forward(&dev, &x, w, Geometry::Seq(g), n)?;
     if let Some(bias) = bias {
-        super::audio_cuda::bias_rows_raw(&dev, x.dtype(), yp, bias, b * o, out[2])?;
+        super::audio::bias_rows_raw(&dev, x.dtype(), yp, bias, b * o, out[2])?;
     }
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),

@@ -1,7 +1,7 @@
-//! Where the channel axis of the VAE's frame stacks sits, and the few operations whose
+//! Where the channel axis of a stack of video frames sits, and the few operations whose
 //! indexing depends on it.
 //!
-//! On the CPU the VAE works frame-major, `[T, C, H, W]` (frames are the conv batch). On a
+//! On the CPU the video VAE works frame-major, `[T, C, H, W]` (frames are the conv batch). On a
 //! GPU it works channels-last, `[T, H, W, C]`, end to end: that is the layout cuDNN's fast
 //! half-precision convolutions read and write, so no convolution pays for a transpose, and
 //! every pixel's channels are one contiguous row for the norm. The time axis is dim 0 in
@@ -9,7 +9,6 @@
 
 use candle_core::{Device, Tensor};
 
-use super::blocks::dup_up;
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,52 +77,5 @@ impl Layout {
             Self::ChannelsLast => (1, 2),
         };
         Ok(x.pad_with_zeros(hd, 0, 1)?.pad_with_zeros(wd, 0, 1)?)
-    }
-
-    /// Nearest ×2 upsampling in space, after splitting the channels into `split` blocks
-    /// that become consecutive frames (`[T, split·C, …]` → `[split·T, C, …]`, block `a` of
-    /// frame `i` becoming frame `split·i + a`): the temporal upsampler's output order.
-    pub fn upsample(self, x: &Tensor, split: usize) -> Result<Tensor> {
-        let (t, sc, h, w) = self.dims(x)?;
-        let c = sc / split;
-        match self {
-            Self::FrameMajor => {
-                let x = x.reshape((t * split, c, h, w))?;
-                Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
-            }
-            Self::ChannelsLast => {
-                #[cfg(feature = "cuda")]
-                if x.device().is_cuda() {
-                    return crate::layers::video_cuda::upsample(&x.contiguous()?, split);
-                }
-                Ok(x.reshape(vec![t, h, 1, w, 1, split, c])?
-                    .broadcast_as(vec![t, h, 2, w, 2, split, c])?
-                    .permute(vec![0, 5, 1, 2, 3, 4, 6])?
-                    .contiguous()?
-                    .reshape((t * split, 2 * h, 2 * w, c))?)
-            }
-        }
-    }
-
-    /// `y + dup_up(x, …)`: the up block's parameter-free shortcut added to its output.
-    pub fn add_dup_up(
-        self,
-        y: &Tensor,
-        x: &Tensor,
-        out_ch: usize,
-        ft: usize,
-        fs: usize,
-        first_chunk: bool,
-    ) -> Result<Tensor> {
-        if self == Self::ChannelsLast {
-            #[cfg(feature = "cuda")]
-            if x.device().is_cuda() {
-                let drop = if first_chunk { ft - 1 } else { 0 };
-                let (y, x) = (y.contiguous()?, x.contiguous()?);
-                return crate::layers::video_cuda::dup_up_add(&y, &x, ft, fs, drop);
-            }
-        }
-        let d = dup_up(&self.to_frame_major(x)?, out_ch, ft, fs, first_chunk)?;
-        Ok((y + self.from_frame_major(&d)?)?)
     }
 }

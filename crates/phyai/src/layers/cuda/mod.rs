@@ -1,0 +1,14 @@
+//! Everything that exists only in CUDA builds: launchers for the project's own kernels
+//! (`kernels/*.cu`), the cuDNN convolution and fused attention, and driver queries. The
+//! model code never calls these directly; the device-neutral layers (`glue`, `attention`,
+//! `frame_conv`, `video`, `audio`, `memory`) pick them when a tensor is on a CUDA device
+//! and fall back to tensor-op formulas elsewhere.
+
+pub(crate) mod audio;
+mod buffer;
+pub mod cudnn_conv;
+mod cudnn_handle;
+pub mod cudnn_sdpa;
+pub(crate) mod glue;
+pub(crate) mod memory;
+pub(crate) mod video;
