@@ -16,7 +16,17 @@ from pathlib import Path
 
 import torch
 
-AREAS = ["ref_pipeline", "ref_seeded", "ref_vae", "ref_sampler", "ref_processor", "ref_fp8"]
+AREAS = [
+    "ref_pipeline",
+    "ref_seeded",
+    "ref_vae",
+    "ref_sampler",
+    "ref_processor",
+    "ref_fp8",
+    "ref_v2v",
+    "ref_distilled",
+    "ref_t2i",
+]
 
 
 def main() -> int:

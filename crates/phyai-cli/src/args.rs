@@ -104,6 +104,20 @@ pub struct GenerateArgs {
     /// Conditioning image (PNG/JPEG) for image-to-video.
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// Video-to-video continuation: an mp4 or a folder of PNG frames, at the request size,
+    /// whose leading (or, with --condition-video-keep last, trailing) frames condition the clip.
+    #[arg(long, conflicts_with = "image")]
+    pub video: Option<PathBuf>,
+    /// Latent frames kept from --video, comma-separated (frame k uses pixel frames up to 4k).
+    #[arg(long, default_value = "0,1")]
+    pub condition_frames: String,
+    /// Which end of a longer --video conditions the clip: first or last.
+    #[arg(long, default_value = "first")]
+    pub condition_video_keep: String,
+    /// Long rollouts: N further chunks, each conditioned on the end of the video so far
+    /// (--condition-frames), appended to the output.
+    #[arg(long, default_value_t = 0)]
+    pub extend: usize,
     /// Also generate the soundtrack (needs sound_tokenizer/ in the checkpoint).
     #[arg(long)]
     pub sound: bool,
@@ -122,9 +136,13 @@ pub struct GenerateArgs {
     /// Denoising steps [default: 35; demo 8].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (≤ 1 disables the unconditional branch).
-    #[arg(long, default_value_t = 6.0)]
-    pub guidance_scale: f64,
+    /// Classifier-free guidance scale (≤ 1 disables the unconditional branch) [default: 6;
+    /// 1 on distilled checkpoints, whose guidance is in the weights].
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
+    /// Guide only steps whose timestep (0-1000) lies in LO,HI, e.g. 400,1000 [default: every step].
+    #[arg(long)]
+    pub guidance_interval: Option<String>,
     /// Seed of the initial noise (numpy RandomState-compatible, as the original: 0 to 2^32 − 1).
     #[arg(long, default_value_t = 42)]
     pub seed: u32,

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
+use phyai::io::still::StillFormat;
+use phyai::models::cosmos3::continuation::{extend, VideoCondition, VideoKeep};
 use phyai::models::cosmos3::processor::PromptStyle;
-use phyai::models::cosmos3::sampler::SigmaStyle;
+use phyai::models::cosmos3::sampler::{FixedStepSchedule, GuidanceInterval, SigmaStyle};
 use phyai::models::cosmos3::{
     demo, postprocess, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise,
-    Prompt, VaeDecode,
+    Prompt, VaeDecode, VideoInput,
 };
 use phyai::parallel::rendezvous::LaunchEnv;
 use phyai::parallel::MeshShape;
@@ -97,7 +99,29 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let frames = a.num_frames.unwrap_or(d.frames);
     let height = a.height.unwrap_or(d.height);
     let width = a.width.unwrap_or(d.width);
-    let steps = a.steps.unwrap_or(d.steps);
+    // Distilled checkpoints fix the step count and bake guidance in: their defaults.
+    let fixed_step = if is_demo {
+        None
+    } else {
+        FixedStepSchedule::from_checkpoint(&ckpt)?
+    };
+    let steps = a
+        .steps
+        .unwrap_or(fixed_step.as_ref().map_or(d.steps, |f| f.steps()));
+    let guidance_scale = a
+        .guidance_scale
+        .unwrap_or(if fixed_step.is_some() { 1.0 } else { 6.0 });
+    // One frame is a still image: PNG, or JPEG when --out ends in .jpg/.jpeg.
+    let out_still = match StillFormat::from_path(&a.out) {
+        Some(_) => a.out.clone(),
+        None => with_suffix(&a.out, "png"),
+    };
+    if frames == 1 && a.sound {
+        return Err(Error::invalid(
+            "sound",
+            "a one-frame image has no soundtrack",
+        ));
+    }
     let style = match a.prompt_style {
         PromptStyleArg::Phyai => PromptStyle::Phyai,
         PromptStyleArg::Diffusers => PromptStyle::Diffusers,
@@ -114,7 +138,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     );
     request.fps = a.fps;
     request.steps = steps;
-    request.guidance_scale = a.guidance_scale;
+    request.guidance_scale = guidance_scale;
+    request.guidance_interval = match &a.guidance_interval {
+        Some(t) => Some(GuidanceInterval::parse(t, "guidance_interval")?),
+        None => None,
+    };
     request.seed = a.seed;
     request.sound = a.sound;
     // Everything that needs no model is checked before the model loads.
@@ -128,14 +156,58 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         }
     }
     if let Some(p) = &a.init_noise {
-        request.init_noise = Some(read_init_noise(p)?);
+        let (noise, step_noise) = read_init_noise(p)?;
+        request.init_noise = Some(noise);
+        request.step_noise = step_noise;
+    }
+    let condition = VideoCondition {
+        indexes: parse_indexes(&a.condition_frames)?,
+        keep: VideoKeep::parse(&a.condition_video_keep, "condition_video_keep")?,
+    };
+    if let Some(v) = &a.video {
+        if !v.exists() {
+            return Err(Error::invalid(
+                "video",
+                format!("{} does not exist", v.display()),
+            ));
+        }
+        request.video = Some(VideoInput {
+            frames: phyai::io::frames::load_video(v, height, width, "video")?,
+            condition: condition.clone(),
+        });
+        Cosmos3Plugin::validate(&request)?;
+    }
+    if a.extend > 0 {
+        if frames == 1 {
+            return Err(Error::invalid(
+                "extend",
+                "a one-frame image cannot be extended",
+            ));
+        }
+        let latent_t = (frames - 1) / 4 + 1;
+        condition.validate(latent_t)?;
+        if condition.pixel_frames() >= frames {
+            return Err(Error::invalid(
+                "extend",
+                format!(
+                    "chunks of {frames} frames conditioned on {} frames add nothing",
+                    condition.pixel_frames()
+                ),
+            ));
+        }
+        if a.sound {
+            return Err(Error::invalid(
+                "extend",
+                "extended rollouts have no soundtrack",
+            ));
+        }
     }
 
-    if lead && a.cfg == 2 && a.guidance_scale <= 1.0 {
+    if lead && a.cfg == 2 && guidance_scale <= 1.0 {
         eprintln!(
             "warning: --cfg 2 with --guidance-scale {} ≤ 1: there is no unconditional branch, \
              so the second CFG group idles",
-            a.guidance_scale
+            guidance_scale
         );
     }
     let karras = match (a.karras, a.no_karras) {
@@ -175,8 +247,29 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     })?;
     timings.push(("load".into(), t.elapsed()));
 
-    let output = engine.step_with_progress(&request, &bars)?;
+    let mut output = engine.step_with_progress(&request, &bars)?;
     timings.extend(output.timings.iter().cloned());
+    if a.extend > 0 {
+        // Each chunk: a fresh draw (seed + chunk index), conditioned on the video so far.
+        let mut chunk = 0u32;
+        let mut next = |running: &Tensor| -> Result<Tensor> {
+            chunk += 1;
+            let mut r = request.clone();
+            r.image = None;
+            r.init_noise = None;
+            r.step_noise = None;
+            r.seed = a.seed.wrapping_add(chunk);
+            r.video = Some(VideoInput {
+                frames: running.clone(),
+                condition: VideoCondition {
+                    keep: VideoKeep::Last,
+                    ..condition.clone()
+                },
+            });
+            Ok(engine.step_with_progress(&r, &bars)?.video)
+        };
+        output.video = extend(output.video.clone(), a.extend, &condition, &mut next)?;
+    }
     // In a multi-process job rank 0 writes only once every rank has finished.
     engine.finish();
     if !engine.writes_outputs() {
@@ -186,6 +279,23 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     // Outputs: temp files renamed into place, so a failure leaves nothing partial.
     let t = Instant::now();
     let rgb = postprocess::video_to_rgb8(&output.video)?;
+    if frames == 1 {
+        phyai::io::still::write_still(&out_still, &rgb.data, rgb.height, rgb.width)?;
+        if let Some(dir) = &a.dump_dir {
+            dump(dir, &output)?;
+        }
+        if !quiet {
+            eprintln!("wrote {}", out_still.display());
+        }
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"image": out_still, "height": height, "width": width,
+                    "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed})
+            );
+        }
+        return Ok(());
+    }
     let audio = match &output.audio {
         Some((wave, rate)) => Some((postprocess::interleave_audio(wave)?, *rate)),
         None => None,
@@ -222,8 +332,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let j = serde_json::json!({
             "video": out_mp4,
             "audio": audio.as_ref().map(|_| out_wav.clone()),
-            "frames": frames, "height": height, "width": width, "fps": a.fps,
-            "steps": steps, "guidance_scale": a.guidance_scale, "seed": a.seed,
+            "frames": rgb.frames, "height": height, "width": width, "fps": a.fps,
+            "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed,
             "demo_checkpoint": is_demo,
             "seconds": stages,
             "total_seconds": started.elapsed().as_secs_f64(),
@@ -258,7 +368,22 @@ fn check_output_dir(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_init_noise(path: &Path) -> Result<InitNoise> {
+/// `--condition-frames 0,1` → latent frame indexes.
+fn parse_indexes(text: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(|i| {
+            i.trim().parse::<usize>().map_err(|_| {
+                Error::invalid(
+                    "condition_frames",
+                    format!("expected comma-separated frame indexes, got {text:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The initial noise, and the per-step noise of distilled checkpoints when the file has it.
+fn read_init_noise(path: &Path) -> Result<(InitNoise, Option<Tensor>)> {
     let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         Error::invalid(
             "init_noise",
@@ -278,7 +403,11 @@ fn read_init_noise(path: &Path) -> Result<InitNoise> {
         Some(s) => Some(s.to_dtype(DType::F32)?),
         None => None,
     };
-    Ok(InitNoise { video, sound })
+    let step_noise = match map.get("step_noise") {
+        Some(s) => Some(s.to_dtype(DType::F32)?),
+        None => None,
+    };
+    Ok((InitNoise { video, sound }, step_noise))
 }
 
 fn dump(dir: &Path, out: &Cosmos3Output) -> Result<()> {

@@ -381,3 +381,126 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
     let adur: f64 = audio["duration"].as_str().unwrap().parse().unwrap();
     assert!((adur - 17.0 / 24.0).abs() < 0.05, "audio duration {adur}");
 }
+
+/// Distilled checkpoints, text-to-image and video continuation from the command line: the
+/// still is written as PNG (or JPEG by extension), bad inputs are one line and leave no file.
+#[test]
+fn variants_write_stills_and_refuse_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let distilled = fixtures().join("tiny_distilled");
+    let d = distilled.to_str().unwrap();
+    let prefix = dir.path().join("t2i");
+    let p = prefix.to_str().unwrap();
+    let small = ["--height", "32", "--width", "48", "--quiet"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--prompt", "A drone over a field"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&small);
+        phyai(&args)
+    };
+    let o = run(&["--checkpoint", d, "--num-frames", "1", "--out", p]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = image::open(dir.path().join("t2i.png")).unwrap().to_rgb8();
+    assert_eq!((png.width(), png.height()), (48, 32));
+    assert!(!dir.path().join("t2i.mp4").exists());
+    let jpg = dir.path().join("still.jpg");
+    let o = run(&[
+        "--checkpoint",
+        d,
+        "--num-frames",
+        "1",
+        "--out",
+        jpg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success() && jpg.exists());
+
+    let bad = dir.path().join("bad");
+    let b = bad.to_str().unwrap();
+    let tiny_dir = tiny();
+    let t = tiny_dir.to_str().unwrap();
+    let frames_dir = fixtures().join("refs/v2v_frames");
+    let f = frames_dir.to_str().unwrap();
+    for (extra, needle) in [
+        (
+            vec!["--checkpoint", d, "--num-frames", "5", "--steps", "35"],
+            "--steps",
+        ),
+        (
+            vec![
+                "--checkpoint",
+                d,
+                "--num-frames",
+                "5",
+                "--guidance-scale",
+                "6",
+            ],
+            "--guidance-scale",
+        ),
+        (
+            vec!["--checkpoint", d, "--num-frames", "5", "--sound"],
+            "--sound",
+        ),
+        (
+            vec![
+                "--checkpoint",
+                t,
+                "--num-frames",
+                "9",
+                "--video",
+                "/nonexistent.mp4",
+            ],
+            "--video",
+        ),
+        (
+            vec![
+                "--checkpoint",
+                t,
+                "--num-frames",
+                "9",
+                "--video",
+                f,
+                "--condition-frames",
+                "0,5",
+            ],
+            "--condition-frames",
+        ),
+        (
+            vec![
+                "--checkpoint",
+                t,
+                "--num-frames",
+                "9",
+                "--video",
+                f,
+                "--condition-video-keep",
+                "middle",
+            ],
+            "--condition-video-keep",
+        ),
+        (
+            vec![
+                "--checkpoint",
+                t,
+                "--num-frames",
+                "5",
+                "--video",
+                f,
+                "--extend",
+                "1",
+                "--condition-frames",
+                "0,1",
+            ],
+            "--extend",
+        ),
+    ] {
+        let mut args = extra.clone();
+        args.extend_from_slice(&["--out", b]);
+        let o = run(&args);
+        assert_one_line_error(&o, needle, &bad, &extra.join(" "));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "{extra:?} left a file"
+        );
+    }
+}

@@ -1,10 +1,14 @@
-//! Reading and writing files: checkpoint weights and configs, media output.
+//! Reading and writing files: checkpoint weights and configs, media output (mp4, wav, still
+//! images).
 
 pub mod atomic;
 pub mod audio;
+pub mod frames;
 pub mod image;
 pub mod json;
 pub mod mp4;
+pub mod mp4_read;
+pub mod still;
 pub mod video;
 pub mod weights;
 

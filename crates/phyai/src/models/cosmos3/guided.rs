@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::sampler::{cfg_combine, uses_cfg};
+use super::sampler::{cfg_combine, guided_at, uses_cfg, GuidanceInterval};
 use crate::parallel::Communicator;
 use crate::Result;
 
@@ -60,6 +60,8 @@ pub struct Branches {
 pub struct GuidedVelocity<'a> {
     model: &'a dyn VelocityModel,
     guidance_scale: f64,
+    /// Steps whose timestep lies outside run the conditional branch alone.
+    interval: Option<GuidanceInterval>,
     cfg: Arc<dyn Communicator>,
 }
 
@@ -73,8 +75,16 @@ impl<'a> GuidedVelocity<'a> {
         Self {
             model,
             guidance_scale,
+            interval: None,
             cfg,
         }
+    }
+
+    /// Guides only the steps whose timestep lies in `interval` (the others take the
+    /// conditional velocity alone, as a scale of 1 would).
+    pub fn with_interval(mut self, interval: Option<GuidanceInterval>) -> Self {
+        self.interval = interval;
+        self
     }
 
     /// The branches a rank of cfg group `group` (of `groups`) evaluates at this scale:
@@ -103,7 +113,11 @@ impl<'a> GuidedVelocity<'a> {
         step: StepInfo,
         noisy: &[bool],
     ) -> Result<Velocity> {
-        let g = self.guidance_scale;
+        let g = if guided_at(self.guidance_scale, self.interval.as_ref(), step.timestep) {
+            self.guidance_scale
+        } else {
+            1.0
+        };
         let mine = Self::branches(g, self.cfg.rank(), self.cfg.size());
         let eval = |b| self.model.velocity(b, video, sound, step, noisy);
         if self.cfg.size() == 1 {

@@ -2,8 +2,10 @@
 //! guidance, sampler, decoders and prompt processing.
 
 pub mod config;
+pub mod continuation;
 pub mod demo;
 pub mod denoise;
+pub mod distilled;
 pub mod guided;
 pub mod plugin;
 pub mod postprocess;
@@ -16,5 +18,5 @@ pub mod vae;
 pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
 pub use request::{
     pixel_to_latent_shape, sound_latent_frames, Cosmos3Output, Cosmos3Request, InitNoise,
-    LatentShape, Prompt,
+    LatentShape, Prompt, VideoInput,
 };

@@ -10,10 +10,14 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelIndex;
 use super::denoise::{self, Conditioning, Start};
+use super::distilled::denoise_fixed_step;
 use super::guided::{Branch, GuidedVelocity, StepInfo, Velocity, VelocityModel};
 use super::processor::{Processor, PromptInputs};
-use super::request::{sound_latent_frames, Cosmos3Output, Cosmos3Request, Prompt};
-use super::sampler::{Schedule, ScheduleOptions, SchedulerConfig, SigmaStyle};
+use super::request::{sound_latent_frames, Cosmos3Output, Cosmos3Request, Prompt, VideoInput};
+use super::sampler::noise::RandomState;
+use super::sampler::{
+    FixedStepSchedule, Schedule, ScheduleOptions, SchedulerConfig, SigmaStyle, StepNoise,
+};
 use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv};
 use super::vae::{AudioDecoder, WanVae};
 use crate::engine::{EngineConfig, Plugin, Progress};
@@ -70,6 +74,8 @@ pub struct Cosmos3Plugin {
     args: Cosmos3Args,
     index: ModelIndex,
     scheduler: SchedulerConfig,
+    /// Distilled checkpoints: their fixed few-step SDE schedule (`scheduler` is unused).
+    fixed_step: Option<FixedStepSchedule>,
     transformer: Cosmos3Transformer,
     vae: WanVae,
     audio: Option<AudioDecoder>,
@@ -123,9 +129,7 @@ impl Plugin for Cosmos3Plugin {
 
     fn load(args: &Cosmos3Args, config: &EngineConfig, mesh: RankMesh) -> Result<Self> {
         let ckpt = &args.checkpoint_dir;
-        let index_file = checkpoint_dir(ckpt)?.join("model_index.json");
-        let index: ModelIndex = read_json(&index_file)?;
-        index.validate(&index_file)?;
+        let (index, _) = ModelIndex::from_checkpoint(checkpoint_dir(ckpt)?)?;
 
         let device = config.device.target.device()?;
         let dtype = config.device.dtype;
@@ -137,7 +141,11 @@ impl Plugin for Cosmos3Plugin {
             Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
 
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
-        let scheduler = SchedulerConfig::from_file(&sfile)?;
+        let fixed_step = FixedStepSchedule::from_checkpoint(ckpt)?;
+        let scheduler = match fixed_step {
+            Some(_) => SchedulerConfig::default(),
+            None => SchedulerConfig::from_file(&sfile)?,
+        };
 
         let vae = WanVae::load(&require_dir(ckpt, "vae")?, dtype, &device, true)?;
         let audio = if args.load_sound {
@@ -159,6 +167,7 @@ impl Plugin for Cosmos3Plugin {
             args: args.clone(),
             index,
             scheduler,
+            fixed_step,
             transformer,
             vae,
             audio,
@@ -174,7 +183,13 @@ impl Plugin for Cosmos3Plugin {
     }
 
     fn step(&mut self, request: &Cosmos3Request, progress: &dyn Progress) -> Result<Cosmos3Output> {
+        if let Some(fs) = &self.fixed_step {
+            fs.check_request(Some(request.steps), Some(request.guidance_scale))?;
+        }
         request.validate()?;
+        if let Some(fs) = self.fixed_step.clone() {
+            return self.step_distilled(request, &fs, progress);
+        }
         let latent = request.latent()?;
         let sound = match (request.sound, &self.audio) {
             (false, _) => None,
@@ -206,14 +221,20 @@ impl Plugin for Cosmos3Plugin {
             timings.push(("tokenize".to_string(), t.elapsed()));
         }
 
-        let conditioning = match &request.image {
-            Some(px) => {
+        let conditioning = match (&request.image, &request.video) {
+            (Some(px), _) => {
                 let t = Instant::now();
                 let c = self.encode_image(px)?;
                 timings.push(("encode".to_string(), t.elapsed()));
                 Some(c)
             }
-            None => None,
+            (None, Some(v)) => {
+                let t = Instant::now();
+                let c = self.encode_video(v)?;
+                timings.push(("encode".to_string(), t.elapsed()));
+                Some(c)
+            }
+            (None, None) => None,
         };
 
         let t = Instant::now();
@@ -255,7 +276,8 @@ impl Plugin for Cosmos3Plugin {
             fps: request.fps,
             dtype: self.dtype,
         };
-        let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone());
+        let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone())
+            .with_interval(request.guidance_interval);
         let latents = denoise::denoise(&guided, &schedule, start, conditioning.as_ref(), progress)?;
         timings.push(("denoise".to_string(), t.elapsed()));
 
@@ -286,6 +308,121 @@ impl Plugin for Cosmos3Plugin {
 }
 
 impl Cosmos3Plugin {
+    /// The fixed schedule of a distilled checkpoint (`None` for a base checkpoint): its
+    /// step count is the only one requests may ask for, with guidance 1.
+    pub fn fixed_step(&self) -> Option<&FixedStepSchedule> {
+        self.fixed_step.as_ref()
+    }
+
+    /// A request on a distilled checkpoint: one branch, the fixed SDE schedule, clean
+    /// frames re-anchored after every step (see [`super::distilled`]).
+    fn step_distilled(
+        &mut self,
+        request: &Cosmos3Request,
+        fs: &FixedStepSchedule,
+        progress: &dyn Progress,
+    ) -> Result<Cosmos3Output> {
+        fs.check_request(Some(request.steps), Some(request.guidance_scale))?;
+        if request.sound {
+            return Err(Error::invalid(
+                "sound",
+                "distilled checkpoints generate video only",
+            ));
+        }
+        let latent = request.latent()?;
+        let mut timings = Vec::new();
+        let t = Instant::now();
+        let (pos, _) = self.token_ids(request)?;
+        timings.push(("tokenize".to_string(), t.elapsed()));
+        let conditioning = match (&request.image, &request.video) {
+            (Some(px), _) => Some(self.encode_image(px)?),
+            (None, Some(v)) => Some(self.encode_video(v)?),
+            (None, None) => None,
+        };
+
+        let t = Instant::now();
+        let here = GuidedVelocity::branches(1.0, self.mesh.cfg.rank(), self.mesh.cfg.size());
+        progress.stage("text", here.cond as usize);
+        let cond = if here.cond {
+            let kv = self.transformer.und(&pos)?;
+            progress.step();
+            Some(kv)
+        } else {
+            None
+        };
+        progress.done("text", t.elapsed());
+        timings.push(("text".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        let start = denoise::initial_latents(
+            &Start {
+                latent,
+                channels: self.transformer.config().latent_channel,
+                sound: None,
+                seed: request.seed,
+                init_noise: request.init_noise.as_ref(),
+                conditioning: conditioning.as_ref(),
+            },
+            &self.device,
+        )?;
+        // Step noise: given, or the seed's generator continued after the initial noise
+        // (a fresh one when the initial noise was given).
+        let noise = match (&request.step_noise, &request.init_noise) {
+            (Some(s), _) => StepNoise::given(s.clone(), fs.steps(), start.video.dims())?,
+            (None, None) => {
+                StepNoise::seeded(request.seed as u64, start.video.dims(), &self.device)?.1
+            }
+            (None, Some(_)) => StepNoise::Seeded(Box::new(RandomState::new(request.seed))),
+        };
+        let noisy: Vec<bool> = (0..latent.t)
+            .map(|f| {
+                conditioning
+                    .as_ref()
+                    .is_none_or(|c| !c.frame_indexes.contains(&f))
+            })
+            .collect();
+        let model = Denoiser {
+            model: &self.transformer,
+            cond,
+            uncond: None,
+            fps: request.fps,
+            dtype: self.dtype,
+        };
+        let guided = GuidedVelocity::new(&model, 1.0, self.mesh.cfg.clone());
+        let count = fs.steps();
+        let mut velocity = |x: &Tensor, timestep: f64, index: usize| -> Result<Tensor> {
+            let step = StepInfo {
+                index,
+                count,
+                timestep,
+            };
+            Ok(guided.velocity(x, None, step, &noisy)?.video)
+        };
+        let latents = denoise_fixed_step(
+            fs,
+            start.video,
+            conditioning.as_ref(),
+            noise,
+            &mut velocity,
+            progress,
+        )?;
+        timings.push(("denoise".to_string(), t.elapsed()));
+
+        let t = Instant::now();
+        progress.stage("decode", 1);
+        let video = self.decode_video(&latents)?;
+        progress.step();
+        progress.done("decode", t.elapsed());
+        timings.push(("decode".to_string(), t.elapsed()));
+        Ok(Cosmos3Output {
+            video,
+            audio: None,
+            latents,
+            sound_latents: None,
+            timings,
+        })
+    }
+
     /// A single-rank plugin from components already built, with the checkpoints' default
     /// scheduler and no audio decoder: the benchmark's random-weight model at full size.
     pub fn from_parts(
@@ -299,6 +436,7 @@ impl Cosmos3Plugin {
             index: serde_json::from_str("{}")
                 .map_err(|e| Error::msg(format!("default model index: {e}")))?,
             scheduler: SchedulerConfig::default(),
+            fixed_step: None,
             transformer,
             vae,
             audio: None,
@@ -378,6 +516,26 @@ impl Cosmos3Plugin {
         Ok(Conditioning {
             latents,
             frame_indexes: vec![0],
+        })
+    }
+
+    /// Encodes a continuation video's conditioning frames (see [`super::continuation`]) into
+    /// the clean latent frames it fixes.
+    pub fn encode_video(&self, video: &VideoInput) -> Result<Conditioning> {
+        let enc = self
+            .vae
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::msg("the VAE encoder is not loaded"))?;
+        let clip = video
+            .condition
+            .clip(&video.frames)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
+        let encoded = enc.encode(&clip)?.to_dtype(DType::F32)?;
+        Ok(Conditioning {
+            latents: video.condition.select(&encoded)?,
+            frame_indexes: video.condition.indexes.clone(),
         })
     }
 

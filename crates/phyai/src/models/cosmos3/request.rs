@@ -5,8 +5,9 @@
 
 use candle_core::Tensor;
 
+use super::continuation::VideoCondition;
 use super::processor::PromptStyle;
-use super::sampler::uses_cfg;
+use super::sampler::{uses_cfg, GuidanceInterval};
 use crate::{Error, Result};
 
 /// Latent grid of a video: `t = (frames−1)/4+1`, `h = H/16`, `w = W/16`.
@@ -86,6 +87,15 @@ pub struct InitNoise {
     pub sound: Option<Tensor>,
 }
 
+/// Video-to-video continuation: the video whose frames condition the request.
+#[derive(Debug, Clone)]
+pub struct VideoInput {
+    /// `[1, 3, F, height, width]` in [−1, 1] (see `io::frames::load_video`).
+    pub frames: Tensor,
+    /// Which latent frames it fixes and from which end of the video.
+    pub condition: VideoCondition,
+}
+
 /// One generation: text (and optionally an image) to a clip (and optionally its sound).
 #[derive(Debug, Clone)]
 pub struct Cosmos3Request {
@@ -99,6 +109,8 @@ pub struct Cosmos3Request {
     pub steps: usize,
     /// Classifier-free guidance scale; > 1 runs the unconditional branch too.
     pub guidance_scale: f64,
+    /// Guide only the steps whose timestep lies in this interval (default: every step).
+    pub guidance_interval: Option<GuidanceInterval>,
     /// Seed of the initial noise (numpy `RandomState`, whose seeds are 32-bit).
     pub seed: u32,
     /// Also generate the soundtrack (the plugin must be loaded with the audio decoder).
@@ -106,7 +118,12 @@ pub struct Cosmos3Request {
     /// Image-to-video: `[1, 3, height, width]` in [−1, 1] (see `io::image::load_image`),
     /// kept as the clean first latent frame.
     pub image: Option<Tensor>,
+    /// Video-to-video continuation (exclusive with `image`).
+    pub video: Option<VideoInput>,
     pub init_noise: Option<InitNoise>,
+    /// Distilled checkpoints only: the per-step SDE noise `[steps, 1, C, t, h, w]`, used in
+    /// order instead of drawing it from the seed.
+    pub step_noise: Option<Tensor>,
 }
 
 impl Cosmos3Request {
@@ -121,10 +138,13 @@ impl Cosmos3Request {
             fps: 24.0,
             steps: 35,
             guidance_scale: 6.0,
+            guidance_interval: None,
             seed: 42,
             sound: false,
             image: None,
+            video: None,
             init_noise: None,
+            step_noise: None,
         }
     }
 
@@ -173,6 +193,30 @@ impl Cosmos3Request {
                 "guidance_scale",
                 format!("must be ≥ 0, got {}", self.guidance_scale),
             ));
+        }
+        if let Some(v) = &self.video {
+            if self.image.is_some() {
+                return Err(Error::invalid(
+                    "video",
+                    "give either an image or a video, not both",
+                ));
+            }
+            let d = v.frames.dims();
+            if d.len() != 5
+                || d[0] != 1
+                || d[1] != 3
+                || d[2] == 0
+                || d[3..] != [self.height, self.width]
+            {
+                return Err(Error::invalid(
+                    "video",
+                    format!(
+                        "frames have shape {d:?}, the request needs [1, 3, F, {}, {}]",
+                        self.height, self.width
+                    ),
+                ));
+            }
+            v.condition.validate(self.latent()?.t)?;
         }
         if let Some(img) = &self.image {
             let want = [1, 3, self.height, self.width];

@@ -209,14 +209,19 @@ fn captions(inputs: &PromptInputs) -> Result<(String, String)> {
 }
 
 /// `default_use_system_prompt` of the pipeline config next to the tokenizer folder
-/// (`<checkpoint>/model_index.json`); true, the pipeline default, when absent.
+/// (`<checkpoint>/model_index.json`, or `modular_model_index.json` for a distilled
+/// checkpoint); true, the pipeline default, when absent.
 fn default_use_system_prompt(dir: &Path) -> Result<bool> {
-    let Some(index) = dir.parent().map(|p| p.join("model_index.json")) else {
+    let Some(root) = dir.parent() else {
         return Ok(true);
     };
-    if !index.exists() {
+    let Some(index) = ["model_index.json", "modular_model_index.json"]
+        .iter()
+        .map(|name| root.join(name))
+        .find(|p| p.exists())
+    else {
         return Ok(true);
-    }
+    };
     match read_json_value(&index)?.get("default_use_system_prompt") {
         None | Some(Value::Null) => Ok(true),
         Some(Value::Bool(b)) => Ok(*b),
