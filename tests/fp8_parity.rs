@@ -21,12 +21,12 @@ use phyai::layers::fp8::{e4m3, is_quantizer_state, ActivationPrecision, Quantize
 use phyai::models::cosmos3::transformer::{
     Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig,
 };
-use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VaeDecode};
+use phyai::models::cosmos3::VaeDecode;
 use phyai::parallel::local::run_ranks;
 use phyai::parallel::{MeshShape, RankMesh};
 
 mod support;
-use support::{engine_on, fixtures, ids, load_ref, rel_err};
+use support::{engine_on, fixtures, ids, load_ref, ref_request, rel_err};
 
 const TOL: f64 = 1e-4;
 
@@ -183,24 +183,7 @@ fn quantizer_state_is_the_only_unread_fp8_data() {
 /// The one place the pipeline test touches the engine API.
 fn generate_latents(checkpoint: &Path, r: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
     let mut engine = engine_on(checkpoint, true, MeshShape::single(), VaeDecode::Full);
-    let init = &r["init_video"];
-    let (_, _, t, h, w) = init.dims5().unwrap();
-    let mut req = Cosmos3Request::new(
-        Prompt::Tokens {
-            pos: ids(&r["pos_ids"]),
-            neg: ids(&r["neg_ids"]),
-        },
-        (t - 1) * 4 + 1,
-        h * 16,
-        w * 16,
-    );
-    req.steps = 3;
-    req.seed = 0;
-    req.sound = true;
-    req.init_noise = Some(InitNoise {
-        video: init.clone(),
-        sound: Some(r["init_sound"].clone()),
-    });
+    let req = ref_request(r, 24.0, true, true);
     let out = engine.step(&req).unwrap();
     (out.latents, out.sound_latents.unwrap())
 }

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use phyai::engine::{Engine, EngineArgs, EngineConfig, Plugin};
 use phyai::models::cosmos3::{
-    Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise, Prompt, VaeDecode,
+    Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, Prompt, VaeDecode,
 };
 use phyai::parallel::MeshShape;
 
 mod support;
-use support::{engine_on, fixtures, ids, load_ref, rel_err, tiled_decode};
+use support::{engine_on, fixtures, load_ref, ref_request, rel_err, tiled_decode};
 
 struct Case {
     name: &'static str,
@@ -22,26 +22,7 @@ struct Case {
 }
 
 fn request(case: &Case, r: &HashMap<String, Tensor>) -> Cosmos3Request {
-    let init = &r["init_video"];
-    let (_, _, t, h, w) = init.dims5().unwrap();
-    let mut req = Cosmos3Request::new(
-        Prompt::Tokens {
-            pos: ids(&r["pos_ids"]),
-            neg: ids(&r["neg_ids"]),
-        },
-        (t - 1) * 4 + 1,
-        h * 16,
-        w * 16,
-    );
-    req.fps = case.fps;
-    req.steps = 3;
-    req.seed = 0;
-    req.sound = case.sound;
-    req.init_noise = Some(InitNoise {
-        video: init.clone(),
-        sound: r.get("init_sound").cloned(),
-    });
-    req
+    ref_request(r, case.fps, case.sound, true)
 }
 
 fn run(

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use phyai::models::cosmos3::sampler::noise;
-use phyai::models::cosmos3::{Cosmos3Request, Prompt, VaeDecode};
+use phyai::models::cosmos3::VaeDecode;
 use phyai::parallel::MeshShape;
 
 mod support;
-use support::{engine_on, fixtures, ids, rel_err};
+use support::{engine_on, fixtures, ref_request, rel_err};
 
 const REF: &str = "trajectory_seeded_t2av.safetensors";
 
@@ -44,19 +44,8 @@ fn seeded_noise_is_the_reference_start() {
 #[test]
 fn seeded_t2av_matches_diffusers() {
     let (r, seed) = load();
-    let (_, _, t, h, w) = r["init_video"].dims5().unwrap();
-    let mut req = Cosmos3Request::new(
-        Prompt::Tokens {
-            pos: ids(&r["pos_ids"]),
-            neg: ids(&r["neg_ids"]),
-        },
-        (t - 1) * 4 + 1,
-        h * 16,
-        w * 16,
-    );
-    req.steps = 3;
+    let mut req = ref_request(&r, 24.0, true, false);
     req.seed = seed;
-    req.sound = true;
     let out = engine_on(
         &fixtures().join("tiny"),
         true,

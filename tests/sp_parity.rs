@@ -16,12 +16,12 @@ use phyai::io::weights::{WeightStore, Weights};
 use phyai::models::cosmos3::transformer::{
     Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig,
 };
-use phyai::models::cosmos3::{Cosmos3Output, Cosmos3Request, InitNoise, Prompt, VaeDecode};
+use phyai::models::cosmos3::{Cosmos3Output, Cosmos3Request, Prompt, VaeDecode};
 use phyai::parallel::local::run_ranks;
 use phyai::parallel::MeshShape;
 
 mod support;
-use support::{engine_on, fixtures, ids, load_ref as load, rel_err, tiled_decode};
+use support::{engine_on, fixtures, ids, load_ref as load, ref_request, rel_err, tiled_decode};
 
 const TOL: f64 = 1e-5;
 
@@ -168,24 +168,7 @@ fn compare(what: &str, many: &Cosmos3Output, one: &Cosmos3Output, tiled: &Tensor
 #[test]
 fn tiny_sp2_and_cfg2_sp2_match_one_rank() {
     let r = load("trajectory_t2av.safetensors");
-    let init = &r["init_video"];
-    let (_, _, t, h, w) = init.dims5().unwrap();
-    let mut req = Cosmos3Request::new(
-        Prompt::Tokens {
-            pos: ids(&r["pos_ids"]),
-            neg: ids(&r["neg_ids"]),
-        },
-        (t - 1) * 4 + 1,
-        h * 16,
-        w * 16,
-    );
-    req.steps = 3;
-    req.seed = 0;
-    req.sound = true;
-    req.init_noise = Some(InitNoise {
-        video: init.clone(),
-        sound: Some(r["init_sound"].clone()),
-    });
+    let req = ref_request(&r, 24.0, true, true);
     let dir = fixtures().join("tiny");
     let run = |p: MeshShape| {
         engine_on(&dir, true, p, VaeDecode::Tiled)

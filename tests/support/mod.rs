@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
-use phyai::models::cosmos3::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
+use phyai::models::cosmos3::{
+    Cosmos3Args, Cosmos3Plugin, Cosmos3Request, InitNoise, Prompt, VaeDecode,
+};
 use phyai::parallel::MeshShape;
 
 pub fn fixtures() -> PathBuf {
@@ -88,4 +90,41 @@ pub fn tiled_decode(checkpoint: &Path, latents: &Tensor, tiles: usize) -> Tensor
     )
     .unwrap();
     phyai::models::cosmos3::vae::decode_tiled(&vae.decoder, latents, tiles).unwrap()
+}
+
+/// The request a reference trajectory (`refs/trajectory_*`) was made with: its token ids and
+/// latent grid, 3 steps, guidance 6, seed 0; started from its stored initial noise when
+/// `init` (else from the seed).
+pub fn ref_request(
+    r: &HashMap<String, Tensor>,
+    fps: f64,
+    sound: bool,
+    init: bool,
+) -> Cosmos3Request {
+    let video = &r["init_video"];
+    let (_, _, t, h, w) = video.dims5().unwrap();
+    let mut req = Cosmos3Request::new(
+        Prompt::Tokens {
+            pos: ids(&r["pos_ids"]),
+            neg: ids(&r["neg_ids"]),
+        },
+        (t - 1) * 4 + 1,
+        h * 16,
+        w * 16,
+    );
+    req.fps = fps;
+    req.steps = 3;
+    req.seed = 0;
+    req.sound = sound;
+    if init {
+        req.init_noise = Some(InitNoise {
+            video: video.clone(),
+            sound: if sound {
+                r.get("init_sound").cloned()
+            } else {
+                None
+            },
+        });
+    }
+    req
 }
