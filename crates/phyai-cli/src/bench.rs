@@ -45,6 +45,8 @@ pub enum BenchPart {
 pub enum Preset {
     W480,
     W720,
+    /// One 1280×720 frame: text-to-image.
+    I720,
     /// 5 frames at 96×64 and 16 text tokens: for checking the command on the CPU with a
     /// small `--config`.
     Tiny,
@@ -94,6 +96,7 @@ fn spec(p: Preset) -> GenSpec {
     match p {
         Preset::W480 => bench::W480,
         Preset::W720 => bench::W720,
+        Preset::I720 => bench::I720,
         Preset::Tiny => bench::TINY,
     }
 }

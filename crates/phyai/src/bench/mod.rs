@@ -249,6 +249,12 @@ pub const W720: GenSpec = GenSpec {
     latent: [48, 45, 80],
     text_tokens: 512,
 };
+/// 1280×720, one frame (text-to-image): 1×45×80 latents, 3,600 tokens.
+pub const I720: GenSpec = GenSpec {
+    name: "I720",
+    latent: [1, 45, 80],
+    text_tokens: 512,
+};
 /// 96×64, 5 frames: 2×4×6 latents, 12 tokens; for checking the command on a CPU with a
 /// small config.
 pub const TINY: GenSpec = GenSpec {
