@@ -14,8 +14,8 @@ use phyai::models::cosmos3::continuation::{extend, VideoCondition, VideoKeep};
 use phyai::models::cosmos3::processor::PromptStyle;
 use phyai::models::cosmos3::sampler::{FixedStepSchedule, GuidanceInterval, SigmaStyle};
 use phyai::models::cosmos3::{
-    demo, postprocess, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, InitNoise,
-    Prompt, VaeDecode, VideoInput,
+    demo, postprocess, ClipDefaults, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request,
+    InitNoise, Prompt, VaeDecode, VideoInput,
 };
 use phyai::parallel::rendezvous::LaunchEnv;
 use phyai::parallel::MeshShape;
@@ -25,30 +25,6 @@ use crate::args::{
     DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, QuantizeArg, SigmaScheduleArg, VaeDecodeArg,
 };
 use crate::progress::{summary, Bars, StallHook};
-
-/// Sizes used when the flags leave them out.
-struct Defaults {
-    frames: usize,
-    height: usize,
-    width: usize,
-    steps: usize,
-}
-
-/// The reference's defaults (720p, 189 frames, 35 steps).
-const REFERENCE: Defaults = Defaults {
-    frames: 189,
-    height: 720,
-    width: 1280,
-    steps: 35,
-};
-
-/// Small enough for the random-weight demo to finish in seconds on a laptop CPU.
-const DEMO: Defaults = Defaults {
-    frames: 17,
-    height: 128,
-    width: 224,
-    steps: 8,
-};
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
     let started = Instant::now();
@@ -95,8 +71,12 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             ckpt.display()
         );
     }
-    let d = if is_demo { &DEMO } else { &REFERENCE };
-    let frames = a.num_frames.unwrap_or(d.frames);
+    let d = if is_demo {
+        ClipDefaults::DEMO
+    } else {
+        ClipDefaults::REFERENCE
+    };
+    let frames = a.num_frames.unwrap_or(d.num_frames);
     let height = a.height.unwrap_or(d.height);
     let width = a.width.unwrap_or(d.width);
     // Distilled checkpoints fix the step count and bake guidance in: their defaults.

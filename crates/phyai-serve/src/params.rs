@@ -8,39 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::ApiError;
 
-/// Sizes used when a request leaves them out.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Defaults {
-    pub width: usize,
-    pub height: usize,
-    pub num_frames: usize,
-    pub steps: usize,
-    pub fps: f64,
-    pub guidance_scale: f64,
-    pub seed: u32,
-}
+/// Sizes used when a request leaves them out: the library's, shared with `phyai generate`.
+pub use phyai::models::cosmos3::ClipDefaults as Defaults;
 
 /// The reference's defaults (720p, 189 frames, 35 steps), for real checkpoints.
-pub const REFERENCE: Defaults = Defaults {
-    width: 1280,
-    height: 720,
-    num_frames: 189,
-    steps: 35,
-    fps: 24.0,
-    guidance_scale: 6.0,
-    seed: 42,
-};
+pub const REFERENCE: Defaults = Defaults::REFERENCE;
 
 /// Small enough for the random-weight demo checkpoint to answer in seconds on a CPU.
-pub const DEMO: Defaults = Defaults {
-    width: 224,
-    height: 128,
-    num_frames: 17,
-    steps: 8,
-    fps: 24.0,
-    guidance_scale: 6.0,
-    seed: 42,
-};
+pub const DEMO: Defaults = Defaults::DEMO;
 
 /// Upper bounds that keep one request from occupying the server for days.
 const MAX_SIDE: usize = 4096;

@@ -79,18 +79,18 @@ pub fn initial_latents(start: &Start, device: &Device) -> Result<Latents> {
         }
     };
     if let Some(c) = start.conditioning {
-        video = overwrite_frames(&video, &c.latents, &c.frame_indexes)?;
+        video = reanchor(&video, c)?;
     }
     Ok(Latents { video, sound })
 }
 
-/// Replaces latent frames `idx` of `video` `[1,C,t,h,w]` with `clean` `[1,C,k,h,w]`.
-fn overwrite_frames(video: &Tensor, clean: &Tensor, idx: &[usize]) -> Result<Tensor> {
+/// Writes the clean conditioning latents into their frames of `video` `[1,C,t,h,w]`.
+pub fn reanchor(video: &Tensor, c: &Conditioning) -> Result<Tensor> {
     let t = video.dim(2)?;
-    let clean = clean.to_dtype(DType::F32)?.to_device(video.device())?;
+    let clean = c.latents.to_dtype(DType::F32)?.to_device(video.device())?;
     let mut frames = Vec::with_capacity(t);
     for f in 0..t {
-        match idx.iter().position(|&i| i == f) {
+        match c.frame_indexes.iter().position(|&i| i == f) {
             Some(k) => frames.push(clean.narrow(2, k, 1)?),
             None => frames.push(video.narrow(2, f, 1)?),
         }
@@ -98,8 +98,21 @@ fn overwrite_frames(video: &Tensor, clean: &Tensor, idx: &[usize]) -> Result<Ten
     Ok(Tensor::cat(&frames, 2)?)
 }
 
+/// Which of `t` latent frames are denoised: all but the conditioning's clean ones.
+pub fn noisy_frames(t: usize, conditioning: Option<&Conditioning>) -> Result<Vec<bool>> {
+    let mut noisy = vec![true; t];
+    if let Some(c) = conditioning {
+        for &i in &c.frame_indexes {
+            *noisy.get_mut(i).ok_or_else(|| {
+                Error::invalid("conditioning", "frame index beyond the latent length")
+            })? = false;
+        }
+    }
+    Ok(noisy)
+}
+
 /// Zeroes the velocity of clean frames (the reference masks predictions the same way).
-fn mask_clean(v: &Tensor, noisy: &[bool]) -> Result<Tensor> {
+pub fn mask_clean(v: &Tensor, noisy: &[bool]) -> Result<Tensor> {
     if noisy.iter().all(|&n| n) {
         return Ok(v.clone());
     }
@@ -117,12 +130,7 @@ pub fn denoise(
     conditioning: Option<&Conditioning>,
     progress: &dyn Progress,
 ) -> Result<Latents> {
-    let mut noisy = vec![true; start.video.dim(2)?];
-    if let Some(c) = conditioning {
-        for &i in &c.frame_indexes {
-            noisy[i] = false;
-        }
-    }
+    let noisy = noisy_frames(start.video.dim(2)?, conditioning)?;
     let mut video_sampler = UniPc::new(schedule);
     let mut sound_sampler = start.sound.as_ref().map(|_| UniPc::new(schedule));
     let Latents {
@@ -148,7 +156,7 @@ pub fn denoise(
         if let Some(c) = conditioning {
             // Zero velocity keeps clean frames in exact arithmetic; rewrite them so rounding
             // in the sampler cannot drift them either.
-            video = overwrite_frames(&video, &c.latents, &c.frame_indexes)?;
+            video = reanchor(&video, c)?;
         }
         if let (Some(sampler), Some(cur), Some(vs)) =
             (sound_sampler.as_mut(), sound.as_ref(), v.sound)

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use super::denoise::Conditioning;
+pub use super::denoise::reanchor;
+use super::denoise::{mask_clean, noisy_frames, Conditioning};
 use super::sampler::{FixedStepSchedule, SdeSampler, StepNoise};
 use crate::engine::Progress;
 use crate::{Error, Result};
@@ -26,15 +27,7 @@ pub fn denoise_fixed_step(
     velocity: &mut dyn FnMut(&Tensor, f64, usize) -> Result<Tensor>,
     progress: &dyn Progress,
 ) -> Result<Tensor> {
-    let t = start.dim(2)?;
-    let mut noisy = vec![true; t];
-    if let Some(c) = conditioning {
-        for &i in &c.frame_indexes {
-            *noisy.get_mut(i).ok_or_else(|| {
-                Error::invalid("conditioning", "frame index beyond the latent length")
-            })? = false;
-        }
-    }
+    let noisy = noisy_frames(start.dim(2)?, conditioning)?;
     let mut sampler = SdeSampler::new(schedule, noise);
     let mut x = start.to_dtype(DType::F32)?;
     let started = Instant::now();
@@ -44,7 +37,7 @@ pub fn denoise_fixed_step(
             return Err(Error::Cancelled);
         }
         let v = velocity(&x, timestep, i)?.to_dtype(DType::F32)?;
-        let v = zero_clean(&v, &noisy)?;
+        let v = mask_clean(&v, &noisy)?;
         x = sampler.step(&v, &x)?;
         if let Some(c) = conditioning {
             x = reanchor(&x, c)?;
@@ -53,30 +46,6 @@ pub fn denoise_fixed_step(
     }
     progress.done("denoise", started.elapsed());
     Ok(x)
-}
-
-/// Zeroes the velocity of clean frames, as the reference masks the model's predictions.
-fn zero_clean(v: &Tensor, noisy: &[bool]) -> Result<Tensor> {
-    if noisy.iter().all(|&n| n) {
-        return Ok(v.clone());
-    }
-    let mask: Vec<f32> = noisy.iter().map(|&n| if n { 1.0 } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (1, 1, noisy.len(), 1, 1), v.device())?;
-    Ok(v.broadcast_mul(&mask)?)
-}
-
-/// Writes the clean latents back into their frames (`mask·clean + (1−mask)·x` with a 0/1
-/// mask, i.e. a copy).
-pub fn reanchor(x: &Tensor, c: &Conditioning) -> Result<Tensor> {
-    let clean = c.latents.to_dtype(DType::F32)?.to_device(x.device())?;
-    let mut frames = Vec::with_capacity(x.dim(2)?);
-    for f in 0..x.dim(2)? {
-        match c.frame_indexes.iter().position(|&i| i == f) {
-            Some(k) => frames.push(clean.narrow(2, k, 1)?),
-            None => frames.push(x.narrow(2, f, 1)?),
-        }
-    }
-    Ok(Tensor::cat(&frames, 2)?)
 }
 
 #[cfg(test)]

@@ -17,6 +17,6 @@ pub mod vae;
 
 pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
 pub use request::{
-    pixel_to_latent_shape, sound_latent_frames, Cosmos3Output, Cosmos3Request, InitNoise,
-    LatentShape, Prompt, VideoInput,
+    pixel_to_latent_shape, sound_latent_frames, ClipDefaults, Cosmos3Output, Cosmos3Request,
+    InitNoise, LatentShape, Prompt, VideoInput,
 };

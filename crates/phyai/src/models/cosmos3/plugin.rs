@@ -135,8 +135,8 @@ impl Plugin for Cosmos3Plugin {
         let dtype = config.device.dtype;
 
         let tdir = require_dir(ckpt, "transformer")?;
+        // The topology was checked against this config before any rank loaded (`check`).
         let tcfg = transformer_config(ckpt)?;
-        config.parallel.check_heads(tcfg.num_key_value_heads)?;
         let transformer =
             Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
         if transformer.is_fp8() && !device.is_cpu() && mesh.rank == 0 {
@@ -228,21 +228,7 @@ impl Plugin for Cosmos3Plugin {
             timings.push(("tokenize".to_string(), t.elapsed()));
         }
 
-        let conditioning = match (&request.image, &request.video) {
-            (Some(px), _) => {
-                let t = Instant::now();
-                let c = self.encode_image(px)?;
-                timings.push(("encode".to_string(), t.elapsed()));
-                Some(c)
-            }
-            (None, Some(v)) => {
-                let t = Instant::now();
-                let c = self.encode_video(v)?;
-                timings.push(("encode".to_string(), t.elapsed()));
-                Some(c)
-            }
-            (None, None) => None,
-        };
+        let conditioning = self.conditioning(request, &mut timings)?;
 
         let t = Instant::now();
         let here = GuidedVelocity::branches(
@@ -288,12 +274,7 @@ impl Plugin for Cosmos3Plugin {
         let latents = denoise::denoise(&guided, &schedule, start, conditioning.as_ref(), progress)?;
         timings.push(("denoise".to_string(), t.elapsed()));
 
-        let t = Instant::now();
-        progress.stage("decode", 1);
-        let video = self.decode_video(&latents.video)?;
-        progress.step();
-        progress.done("decode", t.elapsed());
-        timings.push(("decode".to_string(), t.elapsed()));
+        let video = self.decode_stage(&latents.video, progress, &mut timings)?;
 
         let audio = match (&self.audio, &latents.sound) {
             (Some(dec), Some(s)) => {
@@ -329,7 +310,6 @@ impl Cosmos3Plugin {
         fs: &FixedStepSchedule,
         progress: &dyn Progress,
     ) -> Result<Cosmos3Output> {
-        fs.check_request(Some(request.steps), Some(request.guidance_scale))?;
         if request.sound {
             return Err(Error::invalid(
                 "sound",
@@ -341,11 +321,7 @@ impl Cosmos3Plugin {
         let t = Instant::now();
         let (pos, _) = self.token_ids(request)?;
         timings.push(("tokenize".to_string(), t.elapsed()));
-        let conditioning = match (&request.image, &request.video) {
-            (Some(px), _) => Some(self.encode_image(px)?),
-            (None, Some(v)) => Some(self.encode_video(v)?),
-            (None, None) => None,
-        };
+        let conditioning = self.conditioning(request, &mut timings)?;
 
         let t = Instant::now();
         let here = GuidedVelocity::branches(1.0, self.mesh.cfg.rank(), self.mesh.cfg.size());
@@ -381,13 +357,7 @@ impl Cosmos3Plugin {
             }
             (None, Some(_)) => StepNoise::Seeded(Box::new(RandomState::new(request.seed))),
         };
-        let noisy: Vec<bool> = (0..latent.t)
-            .map(|f| {
-                conditioning
-                    .as_ref()
-                    .is_none_or(|c| !c.frame_indexes.contains(&f))
-            })
-            .collect();
+        let noisy = denoise::noisy_frames(latent.t, conditioning.as_ref())?;
         let model = Denoiser {
             model: &self.transformer,
             cond,
@@ -415,12 +385,7 @@ impl Cosmos3Plugin {
         )?;
         timings.push(("denoise".to_string(), t.elapsed()));
 
-        let t = Instant::now();
-        progress.stage("decode", 1);
-        let video = self.decode_video(&latents)?;
-        progress.step();
-        progress.done("decode", t.elapsed());
-        timings.push(("decode".to_string(), t.elapsed()));
+        let video = self.decode_stage(&latents, progress, &mut timings)?;
         Ok(Cosmos3Output {
             video,
             audio: None,
@@ -544,6 +509,39 @@ impl Cosmos3Plugin {
             latents: video.condition.select(&encoded)?,
             frame_indexes: video.condition.indexes.clone(),
         })
+    }
+
+    /// The clean latents of an image- or video-conditioned request (none for text only),
+    /// timed as the `encode` stage.
+    fn conditioning(
+        &self,
+        request: &Cosmos3Request,
+        timings: &mut Vec<(String, std::time::Duration)>,
+    ) -> Result<Option<Conditioning>> {
+        let t = Instant::now();
+        let c = match (&request.image, &request.video) {
+            (Some(px), _) => self.encode_image(px)?,
+            (None, Some(v)) => self.encode_video(v)?,
+            (None, None) => return Ok(None),
+        };
+        timings.push(("encode".to_string(), t.elapsed()));
+        Ok(Some(c))
+    }
+
+    /// The `decode` stage: latents to pixels, reported and timed.
+    fn decode_stage(
+        &self,
+        latents: &Tensor,
+        progress: &dyn Progress,
+        timings: &mut Vec<(String, std::time::Duration)>,
+    ) -> Result<Tensor> {
+        let t = Instant::now();
+        progress.stage("decode", 1);
+        let video = self.decode_video(latents)?;
+        progress.step();
+        progress.done("decode", t.elapsed());
+        timings.push(("decode".to_string(), t.elapsed()));
+        Ok(video)
     }
 
     fn decode_video(&self, latents: &Tensor) -> Result<Tensor> {

@@ -49,6 +49,41 @@ pub fn sound_latent_frames(frames: usize, fps: f64, sample_rate: u32, hop: usize
     samples.div_ceil(hop)
 }
 
+/// What a front end fills in when a request leaves the clip and sampling settings out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipDefaults {
+    pub width: usize,
+    pub height: usize,
+    pub num_frames: usize,
+    pub steps: usize,
+    pub fps: f64,
+    pub guidance_scale: f64,
+    pub seed: u32,
+}
+
+impl ClipDefaults {
+    /// The reference's defaults (1280×720, 189 frames at 24 fps, 35 steps, guidance 6,
+    /// seed 42), for real checkpoints.
+    pub const REFERENCE: Self = Self {
+        width: 1280,
+        height: 720,
+        num_frames: 189,
+        steps: 35,
+        fps: 24.0,
+        guidance_scale: 6.0,
+        seed: 42,
+    };
+
+    /// Small enough for the random-weight demo checkpoint to finish in seconds on a CPU.
+    pub const DEMO: Self = Self {
+        width: 224,
+        height: 128,
+        num_frames: 17,
+        steps: 8,
+        ..Self::REFERENCE
+    };
+}
+
 /// The text of a request: a prompt for the plugin's processor to format and tokenize, or
 /// token ids already made (tests replaying a reference's exact ids).
 #[derive(Debug, Clone)]
