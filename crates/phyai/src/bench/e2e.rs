@@ -38,6 +38,8 @@ pub struct E2eReport {
     pub non_finite: usize,
     /// With sound: the waveform `[1, 2, N]`, its largest magnitude and non-finite samples.
     pub audio: Option<(Vec<usize>, f32, usize)>,
+    /// The video itself, on the host (for comparing precisions).
+    pub pixels: Tensor,
 }
 
 /// What one end-to-end run does besides the model and preset.
@@ -51,6 +53,11 @@ pub struct E2eOptions {
     pub dtype: DType,
     /// Text to audio and video.
     pub sound: bool,
+    /// Quantize the transformer at load (`--quantize fp8`).
+    pub quantize: Option<crate::layers::fp8::Quantize>,
+    /// Seed the device generator before drawing the weights (`None`: as it stands), so
+    /// two runs can share their random weights.
+    pub weight_seed: Option<u64>,
 }
 
 /// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
@@ -70,7 +77,12 @@ pub fn e2e_bench(
         layers,
         dtype,
         sound,
+        quantize,
+        weight_seed,
     } = opts;
+    if let Some(s) = weight_seed {
+        device.set_seed(s)?;
+    }
     let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
@@ -82,7 +94,9 @@ pub fn e2e_bench(
     }
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
-    let transformer = Cosmos3Transformer::new(&cfg, w.clone())?;
+    let single = crate::parallel::Group::single();
+    let transformer =
+        Cosmos3Transformer::new_quantized(&cfg, w.clone(), &single, single.clone(), quantize)?;
     let vcfg = wan22_vae_config();
     let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
     let vae = WanVae {
@@ -149,5 +163,6 @@ pub fn e2e_bench(
         mean: stat(flat.mean(0)?)?,
         non_finite,
         audio,
+        pixels: video,
     })
 }
