@@ -93,6 +93,17 @@ pub struct BenchArgs {
     /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
     #[arg(long, default_value_t = 1)]
     pub tiles: usize,
+    /// A published workload (with --resolution, --precision): the whole request at NVIDIA's
+    /// published settings on the full-size model, beside NVIDIA's published seconds, the
+    /// ratio, peak memory and the FLOP floor. Replaces --part.
+    #[arg(long, value_enum)]
+    pub workload: Option<crate::bench_cell::WorkloadArg>,
+    /// Resolution of --workload (repeatable; default 720p).
+    #[arg(long = "resolution", value_enum)]
+    pub resolutions: Vec<crate::bench_cell::ResolutionArg>,
+    /// Precision of --workload: bf16, or fp8 (= --quantize fp8).
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: crate::bench_cell::PrecisionArg,
     /// Quantize the transformer at load (gen, e2e): fp8 = E4M3 weights and activations with
     /// per-tensor scales, as `phyai generate --quantize fp8`.
     #[arg(long, value_enum)]
@@ -138,22 +149,29 @@ fn transformer_config(a: &BenchArgs) -> phyai::Result<TransformerConfig> {
     }
 }
 
+/// The CPU with --cpu, else CUDA device 0.
+fn device(a: &BenchArgs) -> phyai::Result<Device> {
+    if a.cpu {
+        return Ok(Device::Cpu);
+    }
+    Device::new_cuda(0).map_err(|e| {
+        phyai::Error::msg(format!(
+            "--cpu not given and no CUDA device: {e} (this binary needs the `cuda` feature)"
+        ))
+    })
+}
+
 /// Prints one measurement as a JSON line.
-fn emit(v: Value) {
+pub(crate) fn emit(v: Value) {
     println!("{v}");
 }
 
 pub fn run(a: &BenchArgs) -> phyai::Result<()> {
     let cfg = transformer_config(a)?;
-    let device = if a.cpu {
-        Device::Cpu
-    } else {
-        Device::new_cuda(0).map_err(|e| {
-            phyai::Error::msg(format!(
-                "--cpu not given and no CUDA device: {e} (this binary needs the `cuda` feature)"
-            ))
-        })?
-    };
+    if let Some(w) = a.workload {
+        return crate::bench_cell::run(a, w, &cfg, &device(a)?);
+    }
+    let device = device(a)?;
     let parts = if a.parts.is_empty() {
         vec![BenchPart::Attention, BenchPart::Gen]
     } else {
@@ -318,7 +336,7 @@ fn print_ops(label: &str, ops: &[(String, bench::Timing)], as_json: bool) {
     }
 }
 
-fn gib(b: Option<usize>) -> String {
+pub(crate) fn gib(b: Option<usize>) -> String {
     b.map_or("n/a".into(), |b| {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
     })
@@ -403,6 +421,7 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         sound: a.sound,
         quantize: quantize(a),
         weight_seed: None,
+        conditioning: bench::Conditioning::Text,
     };
     let r = bench::e2e_bench(device, cfg, g, opts)?;
     let stage = |name: &str| {
@@ -450,7 +469,7 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
 
 /// The JSON line of one end-to-end run: the engine's stages as `<stage>_ms`; `min`,
 /// `max` and `mean` of the video (and the sound's `peak`) are `null` when not finite.
-fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
+pub(crate) fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
     let mut v = json!({
         "part": "e2e",
         "preset": preset,
@@ -578,6 +597,7 @@ fn fp8_quality(
         sound: false,
         quantize: None,
         weight_seed: None,
+        conditioning: bench::Conditioning::Text,
     };
     let q = bench::fp8_quality_bench(device, cfg, g, opts)?;
     if a.json {
