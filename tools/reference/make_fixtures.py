@@ -27,6 +27,7 @@ AREAS = [
     "ref_distilled",
     "ref_t2i",
     "ref_action",
+    "ref_super",
 ]
 
 
