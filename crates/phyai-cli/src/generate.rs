@@ -327,7 +327,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let j = serde_json::json!({
             "video": out_mp4,
             "audio": audio.as_ref().map(|_| out_wav.clone()),
-            "frames": rgb.frames, "height": height, "width": width, "fps": a.fps,
+            "frames": rgb.frames, "height": rgb.height, "width": rgb.width, "fps": a.fps,
+            "actions": action_files.as_ref().map(|(npy, json)| [npy, json]),
             "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed,
             "demo_checkpoint": is_demo,
             "seconds": stages,

@@ -143,7 +143,14 @@ fn bad_action_inputs_give_one_line() {
         ),
         (
             &action_ckpt,
-            vec!["--action-mode", "policy", "--domain", "fractal", "--num-frames", "9"],
+            vec![
+                "--action-mode",
+                "policy",
+                "--domain",
+                "fractal",
+                "--num-frames",
+                "9",
+            ],
             "--num-frames: not with --action-mode",
         ),
         (

@@ -116,9 +116,12 @@ impl Embodiment {
     }
 }
 
+/// The canvases of one tier: `(aspect ratio h/w, (height, width))`.
+type TierBins = [(f64, (usize, usize)); 5];
+
 /// Canvases `(height, width)` per resolution tier, keyed by aspect ratio h/w, in the
 /// reference's order (the first of equally close ratios wins).
-const TIERS: &[(usize, [(f64, (usize, usize)); 5])] = &[
+const TIERS: &[(usize, TierBins)] = &[
     (
         256,
         [
