@@ -26,6 +26,8 @@ AREAS = [
     "ref_v2v",
     "ref_distilled",
     "ref_t2i",
+    "ref_action",
+    "ref_super",
 ]
 
 

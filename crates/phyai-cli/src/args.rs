@@ -118,6 +118,23 @@ pub struct GenerateArgs {
     /// (--condition-frames), appended to the output.
     #[arg(long, default_value_t = 0)]
     pub extend: usize,
+    /// Action-conditioned generation (checkpoints trained with action_gen): policy (actions
+    /// and video from --image), forward-dynamics (video from --image and --actions) or
+    /// inverse-dynamics (actions from --video).
+    #[arg(long)]
+    pub action_mode: Option<String>,
+    /// Embodiment of the actions (e.g. bridge_orig_lerobot, fractal, pusht).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Actions per chunk (a multiple of 4; the clip has N + 1 frames).
+    #[arg(long)]
+    pub action_chunk: Option<usize>,
+    /// Canvas tier of the conditioning input: 256, 480, 704 or 720 [default: 480].
+    #[arg(long)]
+    pub resolution_tier: Option<usize>,
+    /// Forward dynamics: the actions [n, width of the domain], a .npy or JSON file.
+    #[arg(long)]
+    pub actions: Option<PathBuf>,
     /// Also generate the soundtrack (needs sound_tokenizer/ in the checkpoint).
     #[arg(long)]
     pub sound: bool,

@@ -125,6 +125,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     };
     request.seed = a.seed;
     request.sound = a.sound;
+    request.action = crate::action::request(a)?;
+    let acting = request.action.is_some();
+    if acting {
+        crate::action::load_pixels(&mut request, a.image.as_deref(), a.video.as_deref())?;
+    }
     // Everything that needs no model is checked before the model loads.
     Cosmos3Plugin::validate(&request)?;
     if let Some(img) = &a.image {
@@ -139,12 +144,15 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let (noise, step_noise) = read_init_noise(p)?;
         request.init_noise = Some(noise);
         request.step_noise = step_noise;
+        if let Some(act) = request.action.as_mut() {
+            act.init_noise = crate::action::init_noise(p)?;
+        }
     }
     let condition = VideoCondition {
         indexes: parse_indexes(&a.condition_frames)?,
         keep: VideoKeep::parse(&a.condition_video_keep, "condition_video_keep")?,
     };
-    if let Some(v) = &a.video {
+    if let (Some(v), false) = (&a.video, acting) {
         if !v.exists() {
             return Err(Error::invalid(
                 "video",
@@ -198,7 +206,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let bars = StallHook::from_env(Bars::new(quiet))?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
 
-    if let Some(path) = &a.image {
+    if let (Some(path), false) = (&a.image, acting) {
         request.image = Some(phyai::io::image::load_image(path, height, width)?);
     }
 
@@ -292,6 +300,10 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     if let Some((samples, rate)) = &audio {
         phyai::io::audio::write_wav(&out_wav, samples, 2, *rate)?;
     }
+    let action_files = match (&output.actions, &request.action) {
+        (Some(x), Some(ar)) => Some(crate::action::write(&a.out, x, ar)?),
+        _ => None,
+    };
     if let Some(dir) = &a.dump_dir {
         dump(dir, &output)?;
     }
@@ -301,6 +313,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         eprintln!("wrote {}", out_mp4.display());
         if audio.is_some() {
             eprintln!("wrote {}", out_wav.display());
+        }
+        if let Some((npy, json)) = &action_files {
+            eprintln!("wrote {} and {}", npy.display(), json.display());
         }
         eprintln!("{}", summary(&timings));
     }
@@ -312,7 +327,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let j = serde_json::json!({
             "video": out_mp4,
             "audio": audio.as_ref().map(|_| out_wav.clone()),
-            "frames": rgb.frames, "height": height, "width": width, "fps": a.fps,
+            "frames": rgb.frames, "height": rgb.height, "width": rgb.width, "fps": a.fps,
+            "actions": action_files.as_ref().map(|(npy, json)| [npy, json]),
             "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed,
             "demo_checkpoint": is_demo,
             "seconds": stages,
@@ -401,6 +417,9 @@ fn dump(dir: &Path, out: &Cosmos3Output) -> Result<()> {
     pixels.insert("video".into(), out.video.clone());
     if let Some((a, _)) = &out.audio {
         pixels.insert("audio".into(), a.clone());
+    }
+    if let Some(x) = &out.actions {
+        pixels.insert("action".into(), x.clone());
     }
     for (name, map) in [("latents", latents), ("output", pixels)] {
         let path = dir.join(format!("{name}.safetensors"));

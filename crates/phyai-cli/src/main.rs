@@ -1,5 +1,6 @@
 //! `phyai`: generate Cosmos3 videos from the command line.
 
+mod action;
 mod args;
 mod bench;
 mod bench_cell;
@@ -73,6 +74,11 @@ fn flag_of(field: &str) -> Option<String> {
         "out",
         "dump_dir",
         "vae_decode",
+        "action_mode",
+        "domain",
+        "action_chunk",
+        "resolution_tier",
+        "actions",
     ];
     let parts: Vec<&str> = field.split('/').collect();
     if !parts.iter().all(|p| FLAGS.contains(p)) {

@@ -104,6 +104,45 @@ pub fn load_video(path: &Path, height: usize, width: usize, field: &str) -> Resu
     )?)
 }
 
+/// Loads conditioning pixels at their own size as `[1, 3, F, H, W]` f32 in [−1, 1]: a
+/// folder of PNG frames (all the size of the first), an mp4, or one image file (PNG/JPEG,
+/// `F` = 1), with no resampling.
+pub fn load_native(path: &Path, field: &str) -> Result<Tensor> {
+    let is_mp4 = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4"));
+    let first = if path.is_dir() {
+        png_frames(path, field)?.swap_remove(0)
+    } else if is_mp4 {
+        let v = super::mp4_read::read_mp4(path, field)?;
+        return load_video(path, v.height, v.width, field);
+    } else {
+        path.to_path_buf()
+    };
+    let (w, h) = image::image_dimensions(&first)
+        .map_err(|e| Error::invalid(field, format!("{}: {e}", first.display())))?;
+    let (h, w) = (h as usize, w as usize);
+    if path.is_dir() {
+        return load_png_frames(path, h, w, field);
+    }
+    let img = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::invalid(field, format!("{}: {e}", path.display())))?
+        .to_rgb8();
+    let plane = h * w;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = px[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, 1, h, w), &Device::Cpu)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

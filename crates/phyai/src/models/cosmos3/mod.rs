@@ -1,6 +1,8 @@
 //! Cosmos3 (Nano, Super): the `cosmos3_wn` plugin, its request, configs, denoiser,
 //! guidance, sampler, decoders and prompt processing.
 
+pub mod action;
+pub mod action_loop;
 pub mod config;
 pub mod continuation;
 pub mod demo;
@@ -15,6 +17,7 @@ pub mod sampler;
 pub mod transformer;
 pub mod vae;
 
+pub use action::{ActionMode, ActionRequest};
 pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
 pub use request::{
     pixel_to_latent_shape, sound_latent_frames, ClipDefaults, Cosmos3Output, Cosmos3Request,

@@ -5,6 +5,7 @@
 
 use candle_core::Tensor;
 
+use super::action::{ActionMode, ActionRequest};
 use super::continuation::VideoCondition;
 use super::processor::PromptStyle;
 use super::sampler::{uses_cfg, GuidanceInterval};
@@ -159,6 +160,10 @@ pub struct Cosmos3Request {
     /// Distilled checkpoints only: the per-step SDE noise `[steps, 1, C, t, h, w]`, used in
     /// order instead of drawing it from the seed.
     pub step_noise: Option<Tensor>,
+    /// Action-conditioned generation (checkpoints with `action_gen`). The conditioning
+    /// pixels are `image` or `video` at their own size; `num_frames`, `height` and `width`
+    /// are derived from them and the chunk (see [`super::action`]) and not read.
+    pub action: Option<ActionRequest>,
 }
 
 impl Cosmos3Request {
@@ -180,6 +185,7 @@ impl Cosmos3Request {
             video: None,
             init_noise: None,
             step_noise: None,
+            action: None,
         }
     }
 
@@ -195,7 +201,9 @@ impl Cosmos3Request {
 
     /// Every check that needs no model.
     pub fn validate(&self) -> Result<()> {
-        self.latent()?;
+        if self.action.is_none() {
+            self.latent()?;
+        }
         match &self.prompt {
             Prompt::Text { prompt, .. } => {
                 if prompt.trim().is_empty() {
@@ -228,6 +236,9 @@ impl Cosmos3Request {
                 "guidance_scale",
                 format!("must be ≥ 0, got {}", self.guidance_scale),
             ));
+        }
+        if let Some(a) = &self.action {
+            return self.validate_action(a);
         }
         if let Some(v) = &self.video {
             if self.image.is_some() {
@@ -269,6 +280,46 @@ impl Cosmos3Request {
     }
 }
 
+impl Cosmos3Request {
+    /// The conditioning pixels `[1, 3, F, H, W]` of an action request and the field they
+    /// came from.
+    pub fn action_pixels(&self) -> Result<(Tensor, &'static str)> {
+        match (&self.image, &self.video) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "video",
+                "give either an image or a video, not both",
+            )),
+            (Some(px), None) => Ok((px.unsqueeze(2)?, "image")),
+            (None, Some(v)) => Ok((v.frames.clone(), "video")),
+            (None, None) => Err(Error::invalid(
+                "image",
+                "action modes need an image or a video to start from",
+            )),
+        }
+    }
+
+    fn validate_action(&self, a: &ActionRequest) -> Result<()> {
+        if self.sound {
+            return Err(Error::invalid("sound", "action modes generate no sound"));
+        }
+        if self.step_noise.is_some() {
+            return Err(Error::invalid(
+                "step_noise",
+                "is for distilled checkpoints, not action modes",
+            ));
+        }
+        let (pixels, field) = self.action_pixels()?;
+        if a.mode == ActionMode::InverseDynamics && field != "video" {
+            return Err(Error::invalid(
+                "video",
+                "inverse dynamics needs the video whose actions it infers",
+            ));
+        }
+        a.validate(&pixels, field)?;
+        Ok(())
+    }
+}
+
 /// What one request produces.
 #[derive(Debug, Clone)]
 pub struct Cosmos3Output {
@@ -279,6 +330,8 @@ pub struct Cosmos3Output {
     /// Final latents `[1, C, t, h, w]` (and sound `[1, 64, T]`), f32.
     pub latents: Tensor,
     pub sound_latents: Option<Tensor>,
+    /// Policy and inverse dynamics: the predicted actions `[chunk, raw_dim]`, f32.
+    pub actions: Option<Tensor>,
     /// Wall time per stage, in order.
     pub timings: Vec<(String, std::time::Duration)>,
 }

@@ -132,6 +132,27 @@ impl Processor {
         ))
     }
 
+    /// Token ids of two user texts taken as they are (no metadata sentences), as the
+    /// reference tokenizes action captions: its system prompt when the checkpoint enables
+    /// it (the image one for one frame, else the video one).
+    pub fn encode_raw_pair(
+        &self,
+        pos: &str,
+        neg: &str,
+        num_frames: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let system = match (self.diffusers_system_prompt, num_frames) {
+            (false, _) => None,
+            (true, 1) => Some(SYSTEM_PROMPT_IMAGE),
+            (true, _) => Some(SYSTEM_PROMPT_VIDEO),
+        };
+        let extra = &[("add_vision_id", false)];
+        Ok((
+            self.encode_turn(system, pos, extra)?,
+            self.encode_turn(system, neg, extra)?,
+        ))
+    }
+
     /// One conversation (optional system turn + user turn) → ids + [eos, vision_start].
     fn encode_turn(
         &self,

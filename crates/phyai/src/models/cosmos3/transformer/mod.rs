@@ -7,7 +7,7 @@
 //! [`UndKv`] — the same velocity as recomputing the whole joint sequence every step.
 //!
 //! Sequence parallelism (Ulysses, over the mesh's sp axis) splits the generation tokens —
-//! video then sound — contiguously over the sp ranks: each embeds, transforms and final-norms
+//! video, sound, then action — contiguously over the sp ranks: each embeds, transforms and final-norms
 //! only its shard, the tower exchanges heads for tokens around attention, and the shards are
 //! gathered before the output projections, so every rank returns the whole velocity. The
 //! text tower is not split (it runs once per prompt).
@@ -15,6 +15,7 @@
 //! Unused for generation: `lm_head` and the text tower's final `norm` (see
 //! [`UNUSED_WEIGHT_PREFIXES`]).
 
+pub mod action;
 pub mod block;
 pub mod config;
 pub mod embed;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use action::{ActionHeads, ActionTokens};
 pub use config::TransformerConfig;
 pub use und::UndKv;
 
@@ -78,6 +80,8 @@ pub struct Cosmos3Transformer {
     proj_out: Linear,
     time: TimestepEmbedder,
     sound: Option<SoundHeads>,
+    /// Checkpoints trained with `action_gen`: the action token projections.
+    action: Option<ActionHeads>,
     /// The sequence-parallel group the generation tokens are split over.
     sp: Group,
     dtype: DType,
@@ -205,6 +209,10 @@ impl Cosmos3Transformer {
             Some(c) => Some(SoundHeads::load(&w, c, h)?),
             None => None,
         };
+        let action = match (cfg.action_gen, cfg.action_dim) {
+            (true, Some(d)) => Some(ActionHeads::load(&w, d, h, cfg.num_embodiment_domains)?),
+            _ => None,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             und: UndTower::load(&und_w, cfg, tp)?,
@@ -214,6 +222,7 @@ impl Cosmos3Transformer {
             proj_out: Linear::load(&w.pp("proj_out"), h, pd, true)?,
             time: TimestepEmbedder::load(&w.pp("time_embedder"), h)?,
             sound,
+            action,
             sp,
             dtype: w.dtype(),
             device: w.device().clone(),
@@ -279,6 +288,11 @@ impl Cosmos3Transformer {
             .step_policy()
             .map_or(ActivationPrecision::W8A8, |p| p.precision_at(index, count));
         self.set_activation_precision(p);
+    }
+
+    /// The action heads, when the checkpoint was trained with `action_gen`.
+    pub fn action_heads(&self) -> Option<&ActionHeads> {
+        self.action.as_ref()
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -353,7 +367,30 @@ impl Cosmos3Transformer {
 
     /// The velocity of one step for one CFG branch.
     pub fn velocity(&self, und: &UndKv, inputs: &GenInputs) -> Result<GenOutput> {
+        Ok(self.velocity_with_action(und, inputs, None)?.0)
+    }
+
+    /// [`Self::velocity`] with the action tokens of an action-conditioned request after the
+    /// video and sound tokens; also returns the action velocity `[chunk, action_dim]`
+    /// (zeros at clean steps).
+    pub fn velocity_with_action(
+        &self,
+        und: &UndKv,
+        inputs: &GenInputs,
+        action: Option<&ActionTokens>,
+    ) -> Result<(GenOutput, Option<Tensor>)> {
         self.check_inputs(inputs)?;
+        let action = match (action, &self.action) {
+            (None, _) => None,
+            (Some(_), None) => return Err(Error::invalid(
+                "action",
+                "this checkpoint has no action heads (its transformer config has action_gen false)",
+            )),
+            (Some(a), Some(heads)) => {
+                heads.check(a)?;
+                Some((a, heads))
+            }
+        };
         let cfg = &self.cfg;
         let p = cfg.latent_patch_size;
         let video = inputs.video;
@@ -373,12 +410,20 @@ impl Cosmos3Transformer {
             Some((s, _)) => s.dim(2)?,
             None => 0,
         };
-        // This rank's block of the joint sequence [video | sound | dummy padding].
-        let shard = self.sp.seq_shard(n_video + n_sound)?;
+        let n_action = action.map_or(0, |(a, _)| a.noisy.len());
+        // This rank's block of the joint sequence [video | sound | action | dummy padding].
+        let shard = self.sp.seq_shard(n_video + n_sound + n_action)?;
         let real = shard.real();
-        let vid = real.start.min(n_video)..real.end.min(n_video);
-        let snd = real.start.max(n_video) - n_video..real.end.max(n_video) - n_video;
-        let mut pieces = Vec::with_capacity(3);
+        // The part of segment [start, start + len) in this shard, relative to the segment.
+        let part = |start: usize, len: usize| {
+            let lo = real.start.clamp(start, start + len);
+            let hi = real.end.clamp(start, start + len);
+            lo - start..hi - start
+        };
+        let vid = part(0, n_video);
+        let snd = part(n_video, n_sound);
+        let act = part(n_video + n_sound, n_action);
+        let mut pieces = Vec::with_capacity(4);
         let mut positions = Vec::with_capacity(shard.len);
         if !vid.is_empty() {
             let mask = noisy_token_mask(
@@ -413,6 +458,16 @@ impl Cosmos3Transformer {
             pieces.push(heads.embed(&s)?.broadcast_add(&temb)?);
             let all = positions::sound_positions(cfg, und.text_len, n_sound);
             positions.extend_from_slice(&all[snd.clone()]);
+        }
+        if let (Some((a, heads)), false) = (action, act.is_empty()) {
+            let latent = a.latent.to_dtype(dtype)?.to_device(&self.device)?;
+            let mask = noisy_token_mask(a.noisy, 1, dtype, &self.device)?;
+            let tokens = heads
+                .embed(&latent.narrow(0, act.start, act.len())?, a.domain)?
+                .broadcast_add(&mask.narrow(0, act.start, act.len())?.broadcast_mul(&temb)?)?;
+            pieces.push(tokens);
+            let all = positions::action_positions(cfg, und.text_len, n_action, inputs.fps);
+            positions.extend_from_slice(&all[act.clone()]);
         }
         if shard.pad() > 0 {
             pieces.push(Tensor::zeros(
@@ -455,14 +510,24 @@ impl Cosmos3Transformer {
         let video_v = Tensor::cat(&frames, 1)?.unsqueeze(0)?;
         let sound_v = match (&self.sound, inputs.sound) {
             (Some(heads), Some(_)) => {
-                let n = hidden.dim(0)? - n_video;
-                Some(heads.project_out(&hidden.narrow(0, n_video, n)?)?)
+                Some(heads.project_out(&hidden.narrow(0, n_video, n_sound)?)?)
             }
             _ => None,
         };
-        Ok(GenOutput {
-            video: video_v,
-            sound: sound_v,
-        })
+        let action_v = match action {
+            Some((a, heads)) => Some(heads.project_out(
+                &hidden.narrow(0, n_video + n_sound, n_action)?,
+                a.domain,
+                a.noisy,
+            )?),
+            None => None,
+        };
+        Ok((
+            GenOutput {
+                video: video_v,
+                sound: sound_v,
+            },
+            action_v,
+        ))
     }
 }

@@ -1,4 +1,4 @@
-//! mRoPE positions `(t, h, w)` of the joint sequence [text | video | sound].
+//! mRoPE positions `(t, h, w)` of the joint sequence [text | video | sound | action].
 //!
 //! Text token `i` sits at `(i, i, i)`. Media start on the time axis at
 //! `text_len + temporal_modality_margin`; video and sound share that offset (they are
@@ -82,6 +82,34 @@ pub fn sound_positions(cfg: &TransformerConfig, text_len: usize, n: usize) -> Ve
     )
 }
 
+/// Positions of `n` action tokens. Action `i` is the transition into video frame `i + 1`,
+/// so with fps modulation it sits at `offset + (i + 1) / fps · base_fps / 4` (the video's
+/// pixel frame rate against the base latent rate), else at `offset + i + 1`.
+pub fn action_positions(
+    cfg: &TransformerConfig,
+    text_len: usize,
+    n: usize,
+    fps: f64,
+) -> Vec<[f32; 3]> {
+    let offset = media_offset(cfg, text_len);
+    let spatial = if cfg.unified_3d_mrope_reset_spatial_ids {
+        0.0
+    } else {
+        offset as f32
+    };
+    let base = cfg.base_fps / VIDEO_TEMPORAL_COMPRESSION as f64;
+    (0..n)
+        .map(|i| {
+            let t = if cfg.enable_fps_modulation && n > 1 {
+                ((i + 1) as f32 / fps as f32) * base as f32 + offset as f32
+            } else {
+                (i + 1 + offset) as f32
+            };
+            [t, spatial, spatial]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +137,13 @@ mod tests {
         off.unified_3d_mrope_reset_spatial_ids = false;
         let p = video_positions(&off, 1, (2, 1, 2), 16.0);
         assert_eq!(p[3], [15002.0, 15001.0, 15002.0]);
+        // Actions at 24 fps against base 24/4: a quarter of a base step apart, from 1/4.
+        let a = action_positions(&cfg, 7, 4, 24.0);
+        assert_eq!(a[0], [15007.25, 0.0, 0.0]);
+        assert_eq!(a[3], [15008.0, 0.0, 0.0]);
+        assert_eq!(
+            action_positions(&off, 1, 2, 24.0)[1],
+            [15003.0, 15001.0, 15001.0]
+        );
     }
 }
