@@ -26,6 +26,7 @@ AREAS = [
     "ref_v2v",
     "ref_distilled",
     "ref_t2i",
+    "ref_transfer",
 ]
 
 
