@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use super::continuation::VideoCondition;
 use super::processor::PromptStyle;
 use super::sampler::{uses_cfg, GuidanceInterval};
+use super::transfer::TransferInput;
 use crate::{Error, Result};
 
 /// Latent grid of a video: `t = (frames−1)/4+1`, `h = H/16`, `w = W/16`.
@@ -159,6 +160,9 @@ pub struct Cosmos3Request {
     /// Distilled checkpoints only: the per-step SDE noise `[steps, 1, C, t, h, w]`, used in
     /// order instead of drawing it from the seed.
     pub step_noise: Option<Tensor>,
+    /// Transfer: a clip following these control maps (exclusive with `image`, `video` and
+    /// `sound`). `num_frames` then caps the output, which is as long as the controls.
+    pub transfer: Option<TransferInput>,
 }
 
 impl Cosmos3Request {
@@ -180,6 +184,7 @@ impl Cosmos3Request {
             video: None,
             init_noise: None,
             step_noise: None,
+            transfer: None,
         }
     }
 
@@ -195,7 +200,12 @@ impl Cosmos3Request {
 
     /// Every check that needs no model.
     pub fn validate(&self) -> Result<()> {
-        self.latent()?;
+        match &self.transfer {
+            Some(t) => self.validate_transfer(t)?,
+            None => {
+                self.latent()?;
+            }
+        }
         match &self.prompt {
             Prompt::Text { prompt, .. } => {
                 if prompt.trim().is_empty() {
@@ -266,6 +276,26 @@ impl Cosmos3Request {
             }
         }
         Ok(())
+    }
+}
+
+impl Cosmos3Request {
+    /// The transfer part and what it excludes.
+    fn validate_transfer(&self, t: &TransferInput) -> Result<()> {
+        let controls = "transfer follows its controls, not an image or a video";
+        let noise = "transfer takes its initial noise per chunk (chunk_noise)";
+        for (given, field, why) in [
+            (self.image.is_some(), "image", controls),
+            (self.video.is_some(), "video", controls),
+            (self.sound, "sound", "transfer generates video only"),
+            (self.init_noise.is_some(), "init_noise", noise),
+            (self.step_noise.is_some(), "step_noise", noise),
+        ] {
+            if given {
+                return Err(Error::invalid(field, why));
+            }
+        }
+        t.validate(self.num_frames, self.height, self.width)
     }
 }
 
