@@ -107,7 +107,7 @@ pub fn reflect_pad(frames: &Tensor, len: usize) -> Result<Tensor> {
         .map(|i| i as u32)
         .collect();
     let idx = Tensor::from_vec(idx, len, frames.device())?;
-    Ok(frames.index_select(&idx, 2)?)
+    Ok(frames.contiguous()?.index_select(&idx, 2)?)
 }
 
 /// A chunk's window of a (padded) control clip: frames `start..end`, stretched by time
