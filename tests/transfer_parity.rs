@@ -13,9 +13,7 @@ use phyai::models::cosmos3::control::{canonical, chunk_window, reflect_pad};
 use phyai::models::cosmos3::processor::Processor;
 use phyai::models::cosmos3::sampler::GuidanceInterval;
 use phyai::models::cosmos3::vae::WanVae;
-use phyai::models::cosmos3::{
-    Control, Cosmos3Request, Hint, Prompt, TransferInput, VaeDecode,
-};
+use phyai::models::cosmos3::{Control, Cosmos3Request, Hint, Prompt, TransferInput, VaeDecode};
 use phyai::parallel::MeshShape;
 
 mod support;
@@ -109,7 +107,11 @@ fn control_latents_per_chunk_match_diffusers() {
     assert_eq!(plan.chunk_frames.to_string(), meta["chunk_frames_resolved"]);
     assert_eq!(plan.num_chunks.to_string(), meta["num_chunks"]);
     let controls = canonical(t.controls.clone(), "controls").unwrap();
-    assert_eq!(controls[0].hint, Hint::Edge, "edge comes first whatever the order given");
+    assert_eq!(
+        controls[0].hint,
+        Hint::Edge,
+        "edge comes first whatever the order given"
+    );
     for k in 0..plan.num_chunks {
         let (start, end) = plan.window(k);
         let want = &r[&format!("control{k}_latents")];
@@ -118,7 +120,11 @@ fn control_latents_per_chunk_match_diffusers() {
             let clip = chunk_window(&padded, start, end, plan.chunk_frames).unwrap();
             let lat = encoder.encode(&clip).unwrap();
             let e = rel_err(&lat, &want.get(i).unwrap());
-            assert!(e <= TOL, "chunk {k}, {}: control latents rel err {e:e}", c.hint);
+            assert!(
+                e <= TOL,
+                "chunk {k}, {}: control latents rel err {e:e}",
+                c.hint
+            );
         }
     }
 }

@@ -21,8 +21,8 @@ use tokenizers::Tokenizer;
 
 pub use metadata::ClipMeta;
 pub use qwen::write_qwen_tokenizer;
-pub use transfer::SYSTEM_PROMPT_TRANSFER;
 use template::{ChatTemplate, Message};
+pub use transfer::SYSTEM_PROMPT_TRANSFER;
 
 use crate::{Error, Result};
 

@@ -383,7 +383,11 @@ impl Cosmos3Transformer {
             if c.dims() != video.dims() {
                 return Err(Error::invalid(
                     "control latent",
-                    format!("shape {:?}, the video latent is {:?}", c.dims(), video.dims()),
+                    format!(
+                        "shape {:?}, the video latent is {:?}",
+                        c.dims(),
+                        video.dims()
+                    ),
                 ));
             }
         }
@@ -423,12 +427,8 @@ impl Cosmos3Transformer {
         let mut pieces = Vec::with_capacity(3);
         let mut positions = Vec::with_capacity(shard.len);
         if !vid.is_empty() {
-            let mask = noisy_token_mask(
-                &noisy_items,
-                grid.tokens_per_frame(),
-                dtype,
-                &self.device,
-            )?;
+            let mask =
+                noisy_token_mask(&noisy_items, grid.tokens_per_frame(), dtype, &self.device)?;
             let (mask, patches) = if vid.len() == n_video {
                 (mask, patches)
             } else {
