@@ -19,12 +19,14 @@ use crate::Result;
 pub mod audio;
 pub mod e2e;
 pub mod jit;
+pub mod transfer;
 pub mod vae_tiles;
 /// The benchmarks' memory figures (kept here so callers of `bench` need no other path).
 pub use crate::layers::memory::{peak_memory, reset_peak_memory};
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
 pub use e2e::{e2e_bench, E2eOptions, E2eReport};
 pub use jit::jit_bench;
+pub use transfer::{transfer_bench, TransferOptions};
 pub use vae_tiles::{vae_tiles_bench, TileReport};
 
 /// Median, min and max of timed runs, in milliseconds.
