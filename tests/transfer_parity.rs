@@ -149,3 +149,25 @@ fn transfer_matches_diffusers() {
         assert!(vid <= TOL, "{case}: video rel err {vid:e}");
     }
 }
+
+#[test]
+fn controls_of_other_sizes_are_resized_as_diffusers_does() {
+    let r = support::load_ref("transfer_resize.safetensors");
+    for name in ["down", "up"] {
+        let dir = fixtures().join(format!("refs/transfer_resize/{name}"));
+        let got = phyai::io::frames::load_video_resized(&dir, 32, 48, "controls").unwrap();
+        let d = (&got - &r[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The same 8-bit levels; only the map to [−1, 1] rounds differently (k/127.5 − 1
+        // against the reference's k/255·2 − 1).
+        assert!(d <= 1e-6, "{name}: max abs diff {d:e}");
+    }
+}

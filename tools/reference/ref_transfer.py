@@ -4,6 +4,9 @@
 with a `modular_model_index.json` and links to tiny/; transfer needs no extra weights: the
 control maps are further clean vision items of the same transformer) and writes
   refs/transfer_<hint>/NNN.png        seeded random 8-bit RGB control frames, 32x48
+  refs/transfer_resize/{down,up}/NNN.png   2 frames each at 45x70 and 20x30, and
+  refs/transfer_resize.safetensors    `down`, `up`: [1,3,2,32,48] what diffusers' video
+                                      processor makes of them (Pillow bilinear, [-1, 1])
   refs/transfer_<case>.safetensors    one run per case:
     pos_ids, neg_ids       int64 token ids of the transfer prompt template (as the transformer
                            received them)
@@ -84,6 +87,30 @@ def write_controls(refs: Path, seed: int) -> None:
             old.unlink()
         for i, f in enumerate(clip):
             Image.fromarray(f.permute(1, 2, 0).to(torch.uint8).numpy()).save(folder / f"{i:03d}.png")
+
+
+RESIZE = {"down": (45, 70), "up": (20, 30)}
+
+
+def write_resize(refs: Path, seed: int) -> None:
+    """Control frames of other sizes and what diffusers' video processor makes of them
+    (Pillow's bilinear resize to 32x48, then [-1, 1])."""
+    from diffusers.video_processor import VideoProcessor
+
+    processor = VideoProcessor(vae_scale_factor=16, resample="bilinear")
+    out = {}
+    for k, (name, (h, w)) in enumerate(RESIZE.items()):
+        gen = torch.Generator().manual_seed(seed + 5200 + k)
+        clip = (torch.rand(2, 3, h, w, generator=gen) * 255).round()
+        folder = refs / "transfer_resize" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+        for i, f in enumerate(clip):
+            Image.fromarray(f.permute(1, 2, 0).to(torch.uint8).numpy()).save(folder / f"{i:03d}.png")
+        pil = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+        out[name] = processor.preprocess_video(pil, **SIZE).float().contiguous()
+    save_file(out, str(refs / "transfer_resize.safetensors"))
 
 
 def modular_checkpoint(tiny: Path, root: Path) -> Path:
@@ -309,6 +336,7 @@ def make(out_dir: Path, seed: int) -> None:
     refs.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
     write_controls(refs, seed)
+    write_resize(refs, seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = modular_checkpoint(out_dir / "tiny", Path(tmp))
         pipe = Cosmos3OmniModularPipeline.from_pretrained(str(root))

@@ -119,7 +119,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub extend: usize,
     /// Transfer: a clip following a control map, HINT=PATH with HINT one of edge, blur,
-    /// depth, seg, wsm and PATH an mp4 or a folder of PNG frames at the request size.
+    /// depth, seg, wsm and PATH an mp4 or a folder of PNG frames (resized to the request size).
     /// Repeatable (one per hint); the output is as long as the controls (--num-frames caps it).
     #[arg(long = "control", value_name = "HINT=PATH")]
     pub controls: Vec<String>,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use phyai::io::frames::load_video;
+use phyai::io::frames::load_video_resized;
 use phyai::models::cosmos3::sampler::GuidanceInterval;
 use phyai::models::cosmos3::{Control, Hint, TransferInput};
 use phyai::{Error, Result};
@@ -26,7 +26,7 @@ pub fn transfer_input(a: &GenerateArgs, height: usize, width: usize) -> Result<T
                 format!("{hint}: {} does not exist", path.display()),
             ));
         }
-        let frames = load_video(path, height, width, "controls")
+        let frames = load_video_resized(path, height, width, "controls")
             .map_err(|e| Error::invalid("controls", format!("{hint}: {}", message(&e))))?;
         controls.push(Control { hint, frames });
     }

@@ -8,6 +8,7 @@ pub mod image;
 pub mod json;
 pub mod mp4;
 pub mod mp4_read;
+pub mod resample;
 pub mod still;
 pub mod video;
 pub mod weights;
