@@ -171,3 +171,18 @@ fn controls_of_other_sizes_are_resized_as_diffusers_does() {
         assert!(d <= 1e-6, "{name}: max abs diff {d:e}");
     }
 }
+
+/// CFG parallelism (conditional branches with and without the controls on group 0, the
+/// unconditional one on group 1) and sequence parallelism (the control items split over
+/// the ranks with the video) give the single-rank result.
+#[test]
+fn transfer_on_parallel_ranks_matches_diffusers() {
+    for shape in [MeshShape::new(2, 2, 1), MeshShape::new(1, 1, 2)] {
+        let mut engine = engine_on(&fixtures().join("tiny"), false, shape, VaeDecode::Full);
+        let (r, meta) = load("two_chunks");
+        let out = engine.step(&request(&meta, &r, false)).unwrap();
+        let vid = rel_err(&out.video, &r["video"]);
+        println!("transfer two_chunks on {shape:?}: stitched video {vid:.2e}");
+        assert!(vid <= TOL, "{shape:?}: video rel err {vid:e}");
+    }
+}
