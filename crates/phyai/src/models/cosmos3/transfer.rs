@@ -272,4 +272,36 @@ mod tests {
             assert!(e.starts_with(&format!("{field}: ")), "{field}: {e}");
         }
     }
+
+    #[test]
+    fn transfer_requests_refuse_what_transfer_does_not_use() {
+        use crate::models::cosmos3::{Cosmos3Request, InitNoise, Prompt};
+        let clip = Tensor::zeros((1, 3, 7, 16, 32), DType::F32, &Device::Cpu).unwrap();
+        // Any length up to the cap: the output is the control's 7 frames.
+        let mut ok = Cosmos3Request::new(Prompt::text("a road"), usize::MAX, 16, 32);
+        ok.transfer = Some(TransferInput::new(vec![Control {
+            hint: Hint::Depth,
+            frames: clip.clone(),
+        }]));
+        ok.validate().unwrap();
+        let mut r = ok.clone();
+        r.sound = true;
+        let mut cases = vec![(r, "sound")];
+        let mut r = ok.clone();
+        r.image = Some(Tensor::zeros((1, 3, 16, 32), DType::F32, &Device::Cpu).unwrap());
+        cases.push((r, "image"));
+        let mut r = ok.clone();
+        r.init_noise = Some(InitNoise {
+            video: clip.clone(),
+            sound: None,
+        });
+        cases.push((r, "init_noise"));
+        let mut r = ok.clone();
+        r.height = 24;
+        cases.push((r, "controls"));
+        for (r, field) in cases {
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{field}: ")), "{field}: {e}");
+        }
+    }
 }
