@@ -14,7 +14,7 @@ fn main() {
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
-    const KERNELS: &[&str] = &["audio", "glue", "video"];
+    const KERNELS: &[&str] = &["audio", "fp8", "glue", "video"];
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         let dst = out.join(format!("{name}.ptx"));

@@ -32,6 +32,8 @@ pub struct TransferOptions {
     /// Build only this many of the config's layers.
     pub layers: Option<usize>,
     pub dtype: DType,
+    /// Quantize the transformer at load (`--quantize fp8`).
+    pub quantize: Option<crate::layers::fp8::Quantize>,
 }
 
 /// A synthetic edge map `[1, 3, F, H, W]` in {−1, 1}: diagonal stripes drifting by two
@@ -71,7 +73,9 @@ pub fn transfer_bench(
     cfg.num_hidden_layers = opts.layers.unwrap_or(full).clamp(1, full);
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-transfer")));
     let w = Weights::new(store, opts.dtype, device);
-    let transformer = Cosmos3Transformer::new(&cfg, w.clone())?;
+    let single = crate::parallel::Group::single();
+    let transformer =
+        Cosmos3Transformer::new_quantized(&cfg, w.clone(), &single, single.clone(), opts.quantize)?;
     let vcfg = wan22_vae_config();
     let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
     let encoder = WanEncoder::new(&vcfg, &w.pp("vae_encoder"))?;
@@ -130,5 +134,6 @@ pub fn transfer_bench(
         mean: mean as f32,
         non_finite: v.len() - finite.len(),
         audio: None,
+        pixels: video,
     })
 }
