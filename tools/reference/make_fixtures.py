@@ -28,6 +28,7 @@ AREAS = [
     "ref_t2i",
     "ref_action",
     "ref_super",
+    "ref_transfer",
 ]
 
 

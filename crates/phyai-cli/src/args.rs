@@ -135,6 +135,23 @@ pub struct GenerateArgs {
     /// Forward dynamics: the actions [n, width of the domain], a .npy or JSON file.
     #[arg(long)]
     pub actions: Option<PathBuf>,
+    /// Transfer: a clip following a control map, HINT=PATH with HINT one of edge, blur,
+    /// depth, seg, wsm and PATH an mp4 or a folder of PNG frames (resized to the request size).
+    /// Repeatable (one per hint); the output is as long as the controls (--num-frames caps it).
+    #[arg(long = "control", value_name = "HINT=PATH")]
+    pub controls: Vec<String>,
+    /// Transfer: frames per chunk, rounded up to 4k+1 [default: the whole clip in one chunk].
+    #[arg(long)]
+    pub chunk_frames: Option<usize>,
+    /// Transfer: frames each chunk reuses from the end of the previous one (decoded and re-encoded).
+    #[arg(long, default_value_t = 1)]
+    pub conditional_frames: usize,
+    /// Transfer: scale of the control guidance axis (1 runs no control-free branch).
+    #[arg(long, default_value_t = 1.0)]
+    pub control_guidance: f64,
+    /// Transfer: control guidance only at timesteps (0-1000) in LO,HI [default: every step].
+    #[arg(long)]
+    pub control_guidance_interval: Option<String>,
     /// Also generate the soundtrack (needs sound_tokenizer/ in the checkpoint).
     #[arg(long)]
     pub sound: bool,
@@ -203,7 +220,8 @@ pub struct GenerateArgs {
     /// with per-tensor scales, as NVIDIA's FP8 checkpoints (which need no flag).
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
-    /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T] (f32).
+    /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T]
+    /// (f32); for transfer `chunk_noise` [chunks,1,C,t,h,w], one draw per chunk in order.
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
     /// Write latents.safetensors and output.safetensors (f32) into this folder.

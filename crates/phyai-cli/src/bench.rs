@@ -45,6 +45,9 @@ pub enum BenchPart {
     /// FP8 against bf16 on the same random weights: one forward's velocity error and the
     /// PSNR of one whole request's video (--steps, --guidance), with both requests timed.
     Fp8Quality,
+    /// One whole edge transfer at the preset (the control clip as long as the video; text
+    /// and control guidance, chunking from --guidance, --control-guidance, --chunk-frames).
+    Transfer,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +93,15 @@ pub struct BenchArgs {
     /// shipped audio decoder at the end).
     #[arg(long)]
     pub sound: bool,
+    /// Transfer: control guidance scale (1 runs no control-free branch).
+    #[arg(long, default_value_t = 1.0)]
+    pub control_guidance: f64,
+    /// Transfer: frames per chunk [default: the whole clip in one chunk].
+    #[arg(long)]
+    pub chunk_frames: Option<usize>,
+    /// Transfer: frames each chunk reuses from the previous one.
+    #[arg(long, default_value_t = 1)]
+    pub conditional_frames: usize,
     /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
     #[arg(long, default_value_t = 1)]
     pub tiles: usize,
@@ -204,6 +216,7 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::E2e => e2e(&device, &cfg, g, a)?,
                 BenchPart::Fp8Gemm => fp8_gemm(&device, &cfg, g, a)?,
                 BenchPart::Fp8Quality => fp8_quality(&device, &cfg, g, a)?,
+                BenchPart::Transfer => transfer(&device, &cfg, g, a)?,
                 BenchPart::Jit => {
                     for (name, ms) in bench::jit_bench(&device)? {
                         if a.json {
@@ -463,6 +476,64 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
                 stage("audio") / 1e3
             );
         }
+    }
+    Ok(())
+}
+
+fn transfer(
+    device: &Device,
+    cfg: &TransformerConfig,
+    g: GenSpec,
+    a: &BenchArgs,
+) -> phyai::Result<()> {
+    let opts = bench::TransferOptions {
+        steps: a.steps,
+        guidance: a.guidance,
+        control_guidance: a.control_guidance,
+        chunk_frames: a.chunk_frames,
+        conditional_frames: a.conditional_frames,
+        layers: a.layers,
+        // bf16 on the GPU; f32 on the CPU, whose matmuls have no bf16 (checking the command).
+        dtype: if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        },
+        quantize: quantize(a),
+    };
+    let r = bench::transfer_bench(device, cfg, g, opts)?;
+    if a.json {
+        let mut v = e2e_json(g.name, &r);
+        v["part"] = json!("transfer");
+        v["precision"] = json!(precision(a));
+        v["control_guidance"] = json!(a.control_guidance);
+        v["chunk_frames"] = json!(a.chunk_frames);
+        emit(v);
+    } else {
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|(k, ms)| format!("{k} {:.2} s", ms / 1e3))
+            .collect();
+        println!(
+            "transfer {} (edge): {} layers, {} steps, guidance {}, control guidance {}, {:?} \
+             ({}): total {:.2} s ({}); peak {}; video {:?} in [{:.3}, {:.3}], mean {:.3}, {} non-finite",
+            g.name,
+            r.layers,
+            r.steps,
+            r.guidance,
+            a.control_guidance,
+            opts.dtype,
+            precision(a),
+            r.total_ms / 1e3,
+            stages.join(", "),
+            gib(r.peak_bytes),
+            r.video,
+            r.min,
+            r.max,
+            r.mean,
+            r.non_finite
+        );
     }
     Ok(())
 }

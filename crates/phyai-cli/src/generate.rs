@@ -76,7 +76,13 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     } else {
         ClipDefaults::REFERENCE
     };
-    let frames = a.num_frames.unwrap_or(d.num_frames);
+    // Transfer clips are as long as their controls: --num-frames only caps them.
+    let transfer = !a.controls.is_empty();
+    let frames = match (transfer, a.num_frames) {
+        (_, Some(n)) => n,
+        (true, None) => usize::MAX,
+        (false, None) => d.num_frames,
+    };
     let height = a.height.unwrap_or(d.height);
     let width = a.width.unwrap_or(d.width);
     // Distilled checkpoints fix the step count and bake guidance in: their defaults.
@@ -127,8 +133,29 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     request.sound = a.sound;
     request.action = crate::action::request(a)?;
     let acting = request.action.is_some();
+    if acting && transfer {
+        return Err(Error::invalid(
+            "action_mode",
+            "action modes and transfer (--control) cannot be combined",
+        ));
+    }
     if acting {
         crate::action::load_pixels(&mut request, a.image.as_deref(), a.video.as_deref())?;
+    }
+    if transfer {
+        if a.extend > 0 {
+            return Err(Error::invalid(
+                "extend",
+                "transfer chunks its clip itself (--chunk-frames)",
+            ));
+        }
+        if a.image.is_some() {
+            return Err(Error::invalid(
+                "image",
+                "transfer follows its controls, not an image or a video",
+            ));
+        }
+        request.transfer = Some(crate::transfer::transfer_input(a, height, width)?);
     }
     // Everything that needs no model is checked before the model loads.
     Cosmos3Plugin::validate(&request)?;
@@ -140,7 +167,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             ));
         }
     }
-    if let Some(p) = &a.init_noise {
+    if let (Some(p), false) = (&a.init_noise, transfer) {
         let (noise, step_noise) = read_init_noise(p)?;
         request.init_noise = Some(noise);
         request.step_noise = step_noise;

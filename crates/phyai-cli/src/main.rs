@@ -7,6 +7,7 @@ mod bench_cell;
 mod generate;
 mod progress;
 mod serve;
+mod transfer;
 
 use clap::Parser;
 
@@ -79,9 +80,26 @@ fn flag_of(field: &str) -> Option<String> {
         "action_chunk",
         "resolution_tier",
         "actions",
+        "chunk_frames",
+        "conditional_frames",
+        "control_guidance",
+        "control_guidance_interval",
     ];
-    let parts: Vec<&str> = field.split('/').collect();
-    if !parts.iter().all(|p| FLAGS.contains(p)) {
+    /// Fields whose flag has another name.
+    const RENAMED: &[(&str, &str)] = &[("controls", "control"), ("chunk_noise", "init_noise")];
+    let parts: Vec<&str> = field
+        .split('/')
+        .map(|p| {
+            RENAMED
+                .iter()
+                .find(|(f, _)| *f == p)
+                .map_or(p, |(_, flag)| flag)
+        })
+        .collect();
+    if !parts
+        .iter()
+        .all(|p| FLAGS.contains(p) || RENAMED.iter().any(|(_, flag)| flag == p))
+    {
         return None;
     }
     Some(
@@ -102,6 +120,15 @@ mod tests {
             Some("--num-frames")
         );
         assert_eq!(super::flag_of("tp/sp").as_deref(), Some("--tp/--sp"));
+        assert_eq!(super::flag_of("controls").as_deref(), Some("--control"));
+        assert_eq!(
+            super::flag_of("chunk_noise").as_deref(),
+            Some("--init-noise")
+        );
+        assert_eq!(
+            super::flag_of("control_guidance_interval").as_deref(),
+            Some("--control-guidance-interval")
+        );
         assert_eq!(super::flag_of("token ids"), None);
         phyai::error::set_field_names(super::flag_of);
         let e = phyai::Error::invalid("tp/sp", "x").on_rank(1);

@@ -504,3 +504,117 @@ fn variants_write_stills_and_refuse_bad_inputs() {
         );
     }
 }
+
+/// `--control` transfer through the flags against the two-chunk diffusers reference (text
+/// prompt, controls given depth first, chunk noise from `--init-noise`), then its bad inputs.
+#[test]
+fn cli_transfer_matches_diffusers_and_refuses_bad_inputs() {
+    let r = load_ref("transfer_two_chunks.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("chunk_noise".to_string(), r["chunk_noise"].clone());
+    candle_core::safetensors::save(&m, &noise).unwrap();
+    let dump = tmp.path().join("dump");
+    let out = tmp.path().join("clip");
+    let refs = fixtures().join("refs");
+    let control =
+        |hint: &str| format!("{hint}={}", refs.join(format!("transfer_{hint}")).display());
+    let ckpt = tiny().to_str().unwrap().to_owned();
+    let (depth, edge) = (control("depth"), control("edge"));
+    let noise_s = noise.to_str().unwrap().to_owned();
+    let out_s = out.to_str().unwrap().to_owned();
+    let prompt =
+        r#"{"subject": "a red forklift", "action": "carries pallets across a warehouse floor"}"#;
+    let base: Vec<&str> = vec![
+        "generate",
+        "--checkpoint",
+        &ckpt,
+        "--prompt",
+        prompt,
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--steps",
+        "3",
+        "--out",
+        &out_s,
+        "--quiet",
+    ];
+    let dump_s = dump.to_str().unwrap().to_owned();
+    let mut args = base.clone();
+    args.extend([
+        "--control",
+        &depth,
+        "--control",
+        &edge,
+        "--chunk-frames",
+        "6",
+        "--conditional-frames",
+        "5",
+        "--guidance-scale",
+        "3",
+        "--control-guidance",
+        "1.5",
+        "--control-guidance-interval",
+        "500,1000",
+        "--init-noise",
+        &noise_s,
+        "--dump-dir",
+        &dump_s,
+    ]);
+    let o = phyai(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let px =
+        candle_core::safetensors::load(dump.join("output.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let e = rel_err(&px["video"], &r["video"]);
+    println!("transfer through the CLI: stitched video {e:.2e}");
+    assert!(e <= 1e-4, "video rel err {e:e}");
+    let mp4 = PathBuf::from(format!("{out_s}.mp4"));
+    assert!(mp4.exists());
+    std::fs::remove_file(&mp4).unwrap();
+
+    let bad_png = tmp.path().join("bad");
+    std::fs::create_dir(&bad_png).unwrap();
+    std::fs::write(bad_png.join("000.png"), b"not a png").unwrap();
+    let bad_png = format!("edge={}", bad_png.display());
+    for (extra, needle) in [
+        (vec!["--control", "normal=/tmp"], "--control: unknown hint"),
+        (
+            vec!["--control", "edge=/does/not/exist"],
+            "--control: edge:",
+        ),
+        (vec!["--control", &bad_png], "--control: edge:"),
+        (
+            vec!["--control", &edge, "--control", &edge],
+            "--control: the edge hint is given twice",
+        ),
+        (
+            vec![
+                "--control",
+                &edge,
+                "--chunk-frames",
+                "9",
+                "--conditional-frames",
+                "9",
+            ],
+            "--conditional-frames: 9 must be below the chunk length",
+        ),
+        (
+            vec!["--control", &edge, "--sound"],
+            "--sound: transfer generates video only",
+        ),
+        (vec!["--control", &edge, "--extend", "1"], "--extend:"),
+        (
+            vec!["--control", &edge, "--control-guidance-interval", "9"],
+            "--control-guidance-interval:",
+        ),
+    ] {
+        let mut args = base.clone();
+        args.extend(extra.iter().copied());
+        let case = extra.join(" ");
+        assert_one_line_error(&phyai(&args), needle, &out, &case);
+    }
+}

@@ -143,6 +143,77 @@ pub fn load_native(path: &Path, field: &str) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, (1, 3, 1, h, w), &Device::Cpu)?)
 }
 
+/// The RGB bytes of every frame of `path` (a PNG folder, all frames one size, or an mp4) at
+/// their own size.
+fn read_rgb8(path: &Path, field: &str) -> Result<super::mp4_read::RgbFrames> {
+    if !path.is_dir() {
+        return super::mp4_read::read_mp4(path, field);
+    }
+    let files = png_frames(path, field)?;
+    let mut data = Vec::new();
+    let mut size = None;
+    for file in &files {
+        let img = image::ImageReader::open(file)
+            .map_err(|e| Error::io(file, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(file, e))?
+            .decode()
+            .map_err(|e| Error::invalid(field, format!("{}: {e}", file.display())))?
+            .to_rgb8();
+        let hw = (img.height() as usize, img.width() as usize);
+        if *size.get_or_insert(hw) != hw {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{}: frame is {}x{}, the first frame is {}x{}",
+                    file.display(),
+                    hw.0,
+                    hw.1,
+                    size.map_or(0, |s| s.0),
+                    size.map_or(0, |s| s.1)
+                ),
+            ));
+        }
+        data.extend_from_slice(img.as_raw());
+    }
+    let (height, width) = size.unwrap_or((0, 0));
+    Ok(super::mp4_read::RgbFrames {
+        data,
+        frames: files.len(),
+        height,
+        width,
+    })
+}
+
+/// Loads the video at `path` (a PNG folder or an mp4) as `[1, 3, F, height, width]` f32 in
+/// [−1, 1] on the CPU, resizing frames of another size as the reference's video processor
+/// does (Pillow's bilinear resize, see [`super::resample`]); frames of the request size are
+/// used exactly as they are.
+pub fn load_video_resized(path: &Path, height: usize, width: usize, field: &str) -> Result<Tensor> {
+    let v = read_rgb8(path, field)?;
+    let (f, plane) = (v.frames, height * width);
+    let src_plane = v.height * v.width * 3;
+    let mut data = vec![0f32; 3 * f * plane];
+    for frame in 0..f {
+        let src = &v.data[frame * src_plane..(frame + 1) * src_plane];
+        let px = if (v.height, v.width) == (height, width) {
+            src.to_vec()
+        } else {
+            super::resample::resize_rgb8(src, v.height, v.width, height, width)
+        };
+        for (at, rgb) in px.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[(c * f + frame) * plane + at] = rgb[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (1, 3, f, height, width),
+        &Device::Cpu,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod json;
 pub mod mp4;
 pub mod mp4_read;
 pub mod npy;
+pub mod resample;
 pub mod still;
 pub mod video;
 pub mod weights;

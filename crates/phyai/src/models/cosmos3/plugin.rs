@@ -22,6 +22,8 @@ use super::sampler::noise::{self, RandomState};
 use super::sampler::{
     FixedStepSchedule, Schedule, ScheduleOptions, SchedulerConfig, SigmaStyle, StepNoise,
 };
+use super::transfer::TransferInput;
+use super::transfer_loop::{run_transfer, TransferModels, TransferPrompt};
 use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv};
 use super::vae::{AudioDecoder, WanVae};
 use crate::engine::{EngineConfig, Plugin, Progress};
@@ -192,6 +194,9 @@ impl Plugin for Cosmos3Plugin {
         request.validate()?;
         if let Some(a) = &request.action {
             return self.step_action(request, a, progress);
+        }
+        if let Some(t) = &request.transfer {
+            return self.step_transfer(request, t, progress);
         }
         if let Some(fs) = self.fixed_step.clone() {
             return self.step_distilled(request, &fs, progress);
@@ -434,6 +439,10 @@ impl Cosmos3Plugin {
     }
 
     fn schedule(&self, steps: usize) -> Result<Schedule> {
+        self.schedule_for(steps, self.index.use_native_flow_schedule)
+    }
+
+    fn schedule_for(&self, steps: usize, native_flow: bool) -> Result<Schedule> {
         Schedule::new(
             &self.scheduler,
             ScheduleOptions {
@@ -441,9 +450,52 @@ impl Cosmos3Plugin {
                 flow_shift: self.args.flow_shift,
                 karras: self.args.use_karras_sigmas,
                 style: self.args.sigma_schedule,
-                native_flow: self.index.use_native_flow_schedule,
+                native_flow,
             },
         )
+    }
+
+    /// A transfer request: the chunk loop of [`super::transfer_loop`], on the checkpoint's
+    /// own schedule (the reference's transfer never takes the native flow schedule).
+    fn step_transfer(
+        &mut self,
+        request: &Cosmos3Request,
+        transfer: &TransferInput,
+        progress: &dyn Progress,
+    ) -> Result<Cosmos3Output> {
+        if self.fixed_step.is_some() {
+            return Err(Error::invalid(
+                "controls",
+                "transfer needs a base checkpoint (distilled checkpoints have no transfer mode)",
+            ));
+        }
+        let t = Instant::now();
+        let (pos, neg) = match &request.prompt {
+            Prompt::Tokens { pos, neg } => (pos.clone(), neg.clone()),
+            Prompt::Text {
+                prompt,
+                negative_prompt,
+                ..
+            } => self
+                .processor()?
+                .encode_transfer_pair(prompt, negative_prompt.as_deref())?,
+        };
+        let tokenize = t.elapsed();
+        let schedule = self.schedule_for(request.steps, false)?;
+        let models = TransferModels {
+            transformer: &self.transformer,
+            vae: &self.vae,
+            cfg: self.mesh.cfg.clone(),
+            device: &self.device,
+            dtype: self.dtype,
+        };
+        let prompt = TransferPrompt {
+            pos: &pos,
+            neg: &neg,
+        };
+        let mut out = run_transfer(&models, request, transfer, &schedule, prompt, progress)?;
+        out.timings.insert(0, ("tokenize".to_string(), tokenize));
+        Ok(out)
     }
 
     /// The ids of both branches: formatted and tokenized here for a text prompt.

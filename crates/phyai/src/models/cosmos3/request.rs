@@ -9,6 +9,7 @@ use super::action::{ActionMode, ActionRequest};
 use super::continuation::VideoCondition;
 use super::processor::PromptStyle;
 use super::sampler::{uses_cfg, GuidanceInterval};
+use super::transfer::TransferInput;
 use crate::{Error, Result};
 
 /// Latent grid of a video: `t = (frames−1)/4+1`, `h = H/16`, `w = W/16`.
@@ -164,6 +165,9 @@ pub struct Cosmos3Request {
     /// pixels are `image` or `video` at their own size; `num_frames`, `height` and `width`
     /// are derived from them and the chunk (see [`super::action`]) and not read.
     pub action: Option<ActionRequest>,
+    /// Transfer: a clip following these control maps (exclusive with `image`, `video` and
+    /// `sound`). `num_frames` then caps the output, which is as long as the controls.
+    pub transfer: Option<TransferInput>,
 }
 
 impl Cosmos3Request {
@@ -186,6 +190,7 @@ impl Cosmos3Request {
             init_noise: None,
             step_noise: None,
             action: None,
+            transfer: None,
         }
     }
 
@@ -201,8 +206,18 @@ impl Cosmos3Request {
 
     /// Every check that needs no model.
     pub fn validate(&self) -> Result<()> {
-        if self.action.is_none() {
-            self.latent()?;
+        match (&self.transfer, &self.action) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "transfer",
+                    "transfer and action modes cannot be combined",
+                ))
+            }
+            (Some(t), None) => self.validate_transfer(t)?,
+            (None, Some(_)) => {}
+            (None, None) => {
+                self.latent()?;
+            }
         }
         match &self.prompt {
             Prompt::Text { prompt, .. } => {
@@ -317,6 +332,24 @@ impl Cosmos3Request {
         }
         a.validate(&pixels, field)?;
         Ok(())
+    }
+
+    /// The transfer part and what it excludes.
+    fn validate_transfer(&self, t: &TransferInput) -> Result<()> {
+        let controls = "transfer follows its controls, not an image or a video";
+        let noise = "transfer takes its initial noise per chunk (chunk_noise)";
+        for (given, field, why) in [
+            (self.image.is_some(), "image", controls),
+            (self.video.is_some(), "video", controls),
+            (self.sound, "sound", "transfer generates video only"),
+            (self.init_noise.is_some(), "init_noise", noise),
+            (self.step_noise.is_some(), "step_noise", noise),
+        ] {
+            if given {
+                return Err(Error::invalid(field, why));
+            }
+        }
+        t.validate(self.num_frames, self.height, self.width)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod negative;
 pub mod pyjson;
 mod qwen;
 pub mod template;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use tokenizers::Tokenizer;
 pub use metadata::ClipMeta;
 pub use qwen::write_qwen_tokenizer;
 use template::{ChatTemplate, Message};
+pub use transfer::SYSTEM_PROMPT_TRANSFER;
 
 use crate::{Error, Result};
 

@@ -89,13 +89,17 @@ pub struct Cosmos3Transformer {
     /// FP8 layers: the generation tower's activation precision and the checkpoint's step
     /// policy (`None` for a 16-bit model).
     fp8: Option<Fp8State>,
-    /// Rotary tables of the last generation call and the positions they were built for:
-    /// every step of a request has the same token layout, so the host-side trigonometry
-    /// (millions of angles at 720p) runs once per request, not once per step.
+    /// Rotary tables of the last generation calls and the positions they were built for:
+    /// every step of a request has the same token layouts (one per branch), so the host-side
+    /// trigonometry (millions of angles at 720p) runs once per request, not once per step.
     rope_cache: RopeCache,
 }
 
-type RopeCache = std::sync::Arc<std::sync::Mutex<Option<(Vec<[f32; 3]>, Tensor, Tensor)>>>;
+type RopeCache = std::sync::Arc<std::sync::Mutex<Vec<(Vec<[f32; 3]>, Tensor, Tensor)>>>;
+
+/// Layouts the rotary cache keeps: one per branch of a step (transfer runs three: with the
+/// controls, without them, and the unconditional prompt with them).
+const ROPE_CACHE_LAYOUTS: usize = 3;
 
 /// The FP8 side of a quantized model.
 struct Fp8State {
@@ -355,19 +359,20 @@ impl Cosmos3Transformer {
             .rope_cache
             .lock()
             .map_err(|_| crate::Error::msg("rotary table cache poisoned by a failed rank"))?;
-        if let Some((p, cos, sin)) = cache.as_ref() {
-            if *p == positions {
-                return Ok((cos.clone(), sin.clone()));
-            }
+        if let Some((_, cos, sin)) = cache.iter().find(|(p, _, _)| *p == positions) {
+            return Ok((cos.clone(), sin.clone()));
         }
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        *cache = Some((positions, cos.clone(), sin.clone()));
+        if cache.len() == ROPE_CACHE_LAYOUTS {
+            cache.remove(0);
+        }
+        cache.push((positions, cos.clone(), sin.clone()));
         Ok((cos, sin))
     }
 
     /// The velocity of one step for one CFG branch.
     pub fn velocity(&self, und: &UndKv, inputs: &GenInputs) -> Result<GenOutput> {
-        Ok(self.velocity_with_action(und, inputs, None)?.0)
+        Ok(self.velocity_full(und, &[], inputs, None)?.0)
     }
 
     /// [`Self::velocity`] with the action tokens of an action-conditioned request after the
@@ -376,6 +381,32 @@ impl Cosmos3Transformer {
     pub fn velocity_with_action(
         &self,
         und: &UndKv,
+        inputs: &GenInputs,
+        action: Option<&ActionTokens>,
+    ) -> Result<(GenOutput, Option<Tensor>)> {
+        self.velocity_full(und, &[], inputs, action)
+    }
+
+    /// The velocity of one step with clean vision items before the video (transfer's control
+    /// latents, `[1, latent_channel, t, h, w]` each, the video's shape): each is a further
+    /// vision item of the sequence, all of whose frames are clean (no timestep embedding,
+    /// no prediction), with its own positions from the same media offset as the video's. The
+    /// generation tokens are `[context… | video | sound]`; only the video's are predicted.
+    pub fn velocity_in_context(
+        &self,
+        und: &UndKv,
+        context: &[Tensor],
+        inputs: &GenInputs,
+    ) -> Result<GenOutput> {
+        Ok(self.velocity_full(und, context, inputs, None)?.0)
+    }
+
+    /// One step's forward with everything a request can add to the generation stream:
+    /// clean context items before the video and action tokens after the sound.
+    fn velocity_full(
+        &self,
+        und: &UndKv,
+        context: &[Tensor],
         inputs: &GenInputs,
         action: Option<&ActionTokens>,
     ) -> Result<(GenOutput, Option<Tensor>)> {
@@ -396,7 +427,33 @@ impl Cosmos3Transformer {
         let video = inputs.video;
         let dtype = self.dtype;
         let video = video.to_dtype(dtype)?.to_device(&self.device)?;
-        let (patches, grid) = patchify(&video, p)?;
+        let (target_patches, grid) = patchify(&video, p)?;
+        for c in context {
+            if c.dims() != video.dims() {
+                return Err(Error::invalid(
+                    "control latent",
+                    format!(
+                        "shape {:?}, the video latent is {:?}",
+                        c.dims(),
+                        video.dims()
+                    ),
+                ));
+            }
+        }
+        // Context items first, then the video: one token run with one mask and positions.
+        let mut item_patches = Vec::with_capacity(context.len() + 1);
+        for c in context {
+            item_patches.push(patchify(&c.to_dtype(dtype)?.to_device(&self.device)?, p)?.0);
+        }
+        let n_context = context.len() * grid.tokens();
+        let patches = if context.is_empty() {
+            target_patches
+        } else {
+            item_patches.push(target_patches);
+            Tensor::cat(&item_patches, 0)?
+        };
+        let mut noisy_items = vec![false; context.len() * grid.t];
+        noisy_items.extend_from_slice(inputs.noisy_frames);
         let temb = self
             .time
             .forward(inputs.timestep, cfg.timestep_scale)?
@@ -405,7 +462,8 @@ impl Cosmos3Transformer {
             (Some(s), Some(heads)) => Some((s.to_dtype(dtype)?.to_device(&self.device)?, heads)),
             _ => None,
         };
-        let n_video = grid.tokens();
+        // Tokens of the vision items (context and video) ahead of the sound.
+        let n_video = n_context + grid.tokens();
         let n_sound = match &sound_in {
             Some((s, _)) => s.dim(2)?,
             None => 0,
@@ -426,12 +484,8 @@ impl Cosmos3Transformer {
         let mut pieces = Vec::with_capacity(4);
         let mut positions = Vec::with_capacity(shard.len);
         if !vid.is_empty() {
-            let mask = noisy_token_mask(
-                inputs.noisy_frames,
-                grid.tokens_per_frame(),
-                dtype,
-                &self.device,
-            )?;
+            let mask =
+                noisy_token_mask(&noisy_items, grid.tokens_per_frame(), dtype, &self.device)?;
             let (mask, patches) = if vid.len() == n_video {
                 (mask, patches)
             } else {
@@ -445,8 +499,9 @@ impl Cosmos3Transformer {
                     .forward(&patches)?
                     .broadcast_add(&mask.broadcast_mul(&temb)?)?,
             );
-            let all =
+            let item =
                 positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
+            let all = item.repeat(context.len() + 1);
             positions.extend_from_slice(&all[vid.clone()]);
         }
         if let (Some((s, heads)), false) = (&sound_in, snd.is_empty()) {
@@ -488,7 +543,9 @@ impl Cosmos3Transformer {
             .forward(&tokens, und, &cos, &sin, &self.sp, &shard)?;
         let hidden = self.sp.gather_tokens(&hidden, &shard)?;
 
-        let v = self.proj_out.forward(&hidden.narrow(0, 0, n_video)?)?;
+        let v = self
+            .proj_out
+            .forward(&hidden.narrow(0, n_context, n_video - n_context)?)?;
         let v = unpatchify(&v, &grid, grid.t, p)?;
         let zeros = Tensor::zeros(
             (cfg.latent_channel, 1, grid.latent_h, grid.latent_w),
