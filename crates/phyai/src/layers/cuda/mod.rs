@@ -2,7 +2,8 @@
 //! (`kernels/*.cu`), the cuDNN convolution and fused attention, and driver queries. The
 //! model code never calls these directly; the device-neutral layers (`glue`, `attention`,
 //! `frame_conv`, `video`, `audio`, `memory`) pick them when a tensor is on a CUDA device
-//! and fall back to tensor-op formulas elsewhere.
+//! and fall back to tensor-op formulas elsewhere. `kernel_images` serves every kernel module
+//! (candle's and ours) from images compiled at build time.
 
 pub(crate) mod audio;
 mod buffer;
@@ -10,5 +11,6 @@ pub mod cudnn_conv;
 mod cudnn_handle;
 pub mod cudnn_sdpa;
 pub(crate) mod glue;
+pub mod kernel_images;
 pub(crate) mod memory;
 pub(crate) mod video;
