@@ -450,3 +450,106 @@ fn broken_fp8_checkpoints_are_one_line_errors() {
         );
     }
 }
+
+/// On a CUDA device the FP8 layers run cuBLASLt GEMMs on the E4M3 codes (bf16 output):
+/// the layer against the CPU's f32 math on the same codes, then the tiny FP8 checkpoint's
+/// velocities against the f32 reference, no worse than the CPU's own bf16 emulation.
+/// Opt-in: CUDA build, PHYAI_GPU_TESTS=1, `--ignored`.
+#[test]
+#[ignore = "needs a CUDA device: PHYAI_GPU_TESTS=1, --ignored"]
+fn cuda_fp8_gemms_match_the_cpu_math() {
+    assert!(
+        std::env::var_os("PHYAI_GPU_TESTS").is_some(),
+        "set PHYAI_GPU_TESTS=1 to run the GPU tests"
+    );
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    // One layer: [300, 256] · [384, 256]ᵀ, W8A8 (dynamic scale) and W8A16.
+    let x = Tensor::randn(0f32, 1.0, (300, 256), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let w = Tensor::randn(0f32, 0.05, (384, 256), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    for p in [ActivationPrecision::W8A8, ActivationPrecision::W8A16] {
+        let cpu = phyai::layers::fp8::Fp8Weight::quantize(&w.to_dtype(DType::F32).unwrap(), p)
+            .unwrap()
+            .matmul_t(&x.to_dtype(DType::F32).unwrap(), None)
+            .unwrap();
+        let f = phyai::layers::fp8::Fp8Weight::quantize(&w.to_device(&gpu).unwrap(), p).unwrap();
+        assert!(f.codes().is_some(), "codes stay on the device");
+        let y = f
+            .matmul_t(&x.to_device(&gpu).unwrap(), None)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let e = rel_err(&y, &cpu);
+        println!("layer {p:?}: {e:.2e}");
+        // bf16 output rounding (and bf16 products for W8A16) only.
+        assert!(e <= 4e-3, "{p:?}: {e:.2e}");
+    }
+    // The checkpoint: fused q|k|v blocks with their own scales, static input scales.
+    let r = load_ref("fp8_velocity.safetensors");
+    let dir = fp8_dir();
+    let cfg: TransformerConfig = read_json(&dir.join("config.json")).unwrap();
+    let on = |device: &Device| {
+        Cosmos3Transformer::load_quantized(
+            &dir,
+            &cfg,
+            DType::BF16,
+            device,
+            &RankMesh::single(),
+            None,
+        )
+        .unwrap()
+    };
+    let (m_gpu, m_cpu) = (on(&gpu), on(&Device::Cpu));
+    for (p, key) in [
+        (ActivationPrecision::W8A8, "video_w8a8"),
+        (ActivationPrecision::W8A16, "video_w8a16"),
+    ] {
+        m_gpu.set_activation_precision(p);
+        m_cpu.set_activation_precision(p);
+        let v = |m: &Cosmos3Transformer, d: &Device| {
+            let c = load_ref("transformer_t2av_cond.safetensors");
+            let und = m.und(&ids(&c["input_ids"])).unwrap();
+            let to = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_device(d).unwrap();
+            let (video, sound) = (to(&c["video_latent"]), to(&c["sound_latent"]));
+            let t = video.dim(2).unwrap();
+            m.velocity(
+                &und,
+                &GenInputs {
+                    video: &video,
+                    sound: Some(&sound),
+                    timestep: 995.0,
+                    noisy_frames: &vec![true; t],
+                    fps: 24.0,
+                },
+            )
+            .unwrap()
+            .video
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+        };
+        let (eg, ec) = (
+            rel_err(&v(&m_gpu, &gpu), &r[key]),
+            rel_err(&v(&m_cpu, &Device::Cpu), &r[key]),
+        );
+        println!("{key}: cuda {eg:.2e}, cpu bf16 {ec:.2e}");
+        #[cfg(feature = "cuda")]
+        assert_eq!(
+            phyai::layers::cuda::fp8::emulated_products(),
+            0,
+            "every W8A8 product ran as an FP8 GEMM"
+        );
+        assert!(
+            eg <= (2.0 * ec).max(1e-2),
+            "{key}: cuda {eg:.2e} vs cpu bf16 {ec:.2e}"
+        );
+    }
+}

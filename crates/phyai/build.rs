@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The project's own kernel modules (kernels/NAME.cu).
-const OWN: &[&str] = &["audio", "glue", "video"];
+const OWN: &[&str] = &["audio", "fp8", "glue", "video"];
 /// candle-kernels' modules that a generation can load (its quantized module is not used).
 const CANDLE: &[&str] = &[
     "affine", "binary", "cast", "conv", "fill", "indexing", "reduce", "sort", "ternary", "unary",

@@ -39,6 +39,12 @@ pub enum BenchPart {
     /// One whole request at the preset (text, guided denoising loop, VAE decode) with the
     /// full model resident: wall time, peak memory and a check of the video.
     E2e,
+    /// The linear layers of one generation layer, bf16 against FP8 (quantize + GEMM, and
+    /// the GEMM alone on CUDA), with a square GEMM as the ceiling of both.
+    Fp8Gemm,
+    /// FP8 against bf16 on the same random weights: one forward's velocity error and the
+    /// PSNR of one whole request's video (--steps, --guidance), with both requests timed.
+    Fp8Quality,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,9 +93,39 @@ pub struct BenchArgs {
     /// VAE decode: spatial tiles decoded in sequence (1 = whole frames).
     #[arg(long, default_value_t = 1)]
     pub tiles: usize,
+    /// A published workload (with --resolution, --precision): the whole request at NVIDIA's
+    /// published settings on the full-size model, beside NVIDIA's published seconds, the
+    /// ratio, peak memory and the FLOP floor. Replaces --part.
+    #[arg(long, value_enum)]
+    pub workload: Option<crate::bench_cell::WorkloadArg>,
+    /// Resolution of --workload (repeatable; default 720p).
+    #[arg(long = "resolution", value_enum)]
+    pub resolutions: Vec<crate::bench_cell::ResolutionArg>,
+    /// Precision of --workload: bf16, or fp8 (= --quantize fp8).
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: crate::bench_cell::PrecisionArg,
+    /// Quantize the transformer at load (gen, e2e): fp8 = E4M3 weights and activations with
+    /// per-tensor scales, as `phyai generate --quantize fp8`.
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::args::QuantizeArg>,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn quantize(a: &BenchArgs) -> Option<phyai::layers::fp8::Quantize> {
+    a.quantize.map(|q| match q {
+        crate::args::QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
+    })
+}
+
+/// The precision label of the transformer's linear layers.
+fn precision(a: &BenchArgs) -> &'static str {
+    if a.quantize.is_some() {
+        "fp8"
+    } else {
+        "bf16"
+    }
 }
 
 fn spec(p: Preset) -> GenSpec {
@@ -113,22 +149,29 @@ fn transformer_config(a: &BenchArgs) -> phyai::Result<TransformerConfig> {
     }
 }
 
+/// The CPU with --cpu, else CUDA device 0.
+fn device(a: &BenchArgs) -> phyai::Result<Device> {
+    if a.cpu {
+        return Ok(Device::Cpu);
+    }
+    Device::new_cuda(0).map_err(|e| {
+        phyai::Error::msg(format!(
+            "--cpu not given and no CUDA device: {e} (this binary needs the `cuda` feature)"
+        ))
+    })
+}
+
 /// Prints one measurement as a JSON line.
-fn emit(v: Value) {
+pub(crate) fn emit(v: Value) {
     println!("{v}");
 }
 
 pub fn run(a: &BenchArgs) -> phyai::Result<()> {
     let cfg = transformer_config(a)?;
-    let device = if a.cpu {
-        Device::Cpu
-    } else {
-        Device::new_cuda(0).map_err(|e| {
-            phyai::Error::msg(format!(
-                "--cpu not given and no CUDA device: {e} (this binary needs the `cuda` feature)"
-            ))
-        })?
-    };
+    if let Some(w) = a.workload {
+        return crate::bench_cell::run(a, w, &cfg, &device(a)?);
+    }
+    let device = device(a)?;
     let parts = if a.parts.is_empty() {
         vec![BenchPart::Attention, BenchPart::Gen]
     } else {
@@ -159,6 +202,8 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 }
                 BenchPart::Audio => audio(&device, &cfg, g, a)?,
                 BenchPart::E2e => e2e(&device, &cfg, g, a)?,
+                BenchPart::Fp8Gemm => fp8_gemm(&device, &cfg, g, a)?,
+                BenchPart::Fp8Quality => fp8_quality(&device, &cfg, g, a)?,
                 BenchPart::Jit => {
                     for l in bench::jit_bench(&device)? {
                         let how = if l.compiled { "compiled image" } else { "PTX" };
@@ -296,7 +341,7 @@ fn print_ops(label: &str, ops: &[(String, bench::Timing)], as_json: bool) {
     }
 }
 
-fn gib(b: Option<usize>) -> String {
+pub(crate) fn gib(b: Option<usize>) -> String {
     b.map_or("n/a".into(), |b| {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
     })
@@ -379,6 +424,9 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         layers: a.layers,
         dtype: DType::BF16,
         sound: a.sound,
+        quantize: quantize(a),
+        weight_seed: None,
+        conditioning: bench::Conditioning::Text,
     };
     let r = bench::e2e_bench(device, cfg, g, opts)?;
     let stage = |name: &str| {
@@ -388,16 +436,19 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
             .map_or(0.0, |s| s.1)
     };
     if a.json {
-        emit(e2e_json(g.name, &r));
+        let mut v = e2e_json(g.name, &r);
+        v["precision"] = json!(precision(a));
+        emit(v);
     } else {
         println!(
-            "e2e {}: {} layers, {} steps, guidance {}, bf16: total {:.2} s (text {:.2} s, denoise \
+            "e2e {}: {} layers, {} steps, guidance {}, {}: total {:.2} s (text {:.2} s, denoise \
              {:.2} s = {:.0} ms/step, decode {:.2} s); peak {}; video {:?} in [{:.3}, {:.3}], \
              mean {:.3}, {} non-finite",
             g.name,
             r.layers,
             r.steps,
             r.guidance,
+            precision(a),
             r.total_ms / 1e3,
             stage("text") / 1e3,
             stage("denoise") / 1e3,
@@ -423,7 +474,7 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
 
 /// The JSON line of one end-to-end run: the engine's stages as `<stage>_ms`; `min`,
 /// `max` and `mean` of the video (and the sound's `peak`) are `null` when not finite.
-fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
+pub(crate) fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
     let mut v = json!({
         "part": "e2e",
         "preset": preset,
@@ -449,12 +500,13 @@ fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
 }
 
 fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::gen_bench(device, cfg, g, a.layers, DType::BF16, a.runs)?;
+    let r = bench::gen_bench(device, cfg, g, a.layers, DType::BF16, quantize(a), a.runs)?;
     let full_layers = cfg.num_hidden_layers;
     if a.json {
         emit(json!({
             "part": "gen",
             "preset": g.name,
+            "precision": precision(a),
             "tokens": r.tokens,
             "layers": r.layers,
             "full_layers": full_layers,
@@ -468,12 +520,13 @@ fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         }));
     } else {
         println!(
-            "gen {}: {} tokens, {} layers, bf16: text tower {:.1} ms; generation forward median \
+            "gen {}: {} tokens, {} layers, {}: text tower {:.1} ms; generation forward median \
              {:.1} ms (min {:.1}, max {:.1}) = {:.0} TFLOP/s; {full_layers} layers ≈ {:.0} ms; \
              peak {}",
             g.name,
             r.tokens,
             r.layers,
+            precision(a),
             r.und.median_ms,
             r.gen.median_ms,
             r.gen.min_ms,
@@ -481,6 +534,103 @@ fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
             r.tflops,
             r.gen_full_ms,
             gib(r.peak_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn fp8_gemm(
+    device: &Device,
+    cfg: &TransformerConfig,
+    g: GenSpec,
+    a: &BenchArgs,
+) -> phyai::Result<()> {
+    for r in bench::fp8_gemm_bench(device, cfg, g, a.runs)? {
+        let gemm_tflops = r.fp8_gemm.as_ref().map(|t| r.tflops(t));
+        if a.json {
+            emit(json!({
+                "part": "fp8-gemm",
+                "preset": g.name,
+                "gemm": r.name,
+                "m": r.m, "n": r.n, "k": r.k,
+                "bf16_ms": r.bf16.median_ms,
+                "bf16_tflops": r.tflops(&r.bf16),
+                "fp8_layer_ms": r.fp8_layer.median_ms,
+                "fp8_layer_tflops": r.tflops(&r.fp8_layer),
+                "fp8_gemm_ms": r.fp8_gemm.as_ref().map(|t| t.median_ms),
+                "fp8_gemm_tflops": gemm_tflops,
+                "rel_err": r.rel_err,
+            }));
+        } else {
+            let alone = match (&r.fp8_gemm, gemm_tflops) {
+                (Some(t), Some(tf)) => {
+                    format!("; GEMM alone {:.3} ms = {tf:.0} TFLOP/s", t.median_ms)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "fp8-gemm {} {} [{}x{}]x[{}x{}]ᵀ: bf16 {:.3} ms = {:.0} TFLOP/s; fp8 (quantize + \
+                 GEMM) {:.3} ms = {:.0} TFLOP/s{alone}; rel. err vs bf16 {:.2e}",
+                g.name,
+                r.name,
+                r.m,
+                r.k,
+                r.n,
+                r.k,
+                r.bf16.median_ms,
+                r.tflops(&r.bf16),
+                r.fp8_layer.median_ms,
+                r.tflops(&r.fp8_layer),
+                r.rel_err
+            );
+        }
+    }
+    Ok(())
+}
+
+fn fp8_quality(
+    device: &Device,
+    cfg: &TransformerConfig,
+    g: GenSpec,
+    a: &BenchArgs,
+) -> phyai::Result<()> {
+    let opts = bench::E2eOptions {
+        steps: a.steps,
+        guidance: a.guidance,
+        layers: a.layers,
+        dtype: DType::BF16,
+        sound: false,
+        quantize: None,
+        weight_seed: None,
+        conditioning: bench::Conditioning::Text,
+    };
+    let q = bench::fp8_quality_bench(device, cfg, g, opts)?;
+    if a.json {
+        let mut b = e2e_json(g.name, &q.bf16);
+        b["precision"] = json!("bf16");
+        let mut f = e2e_json(g.name, &q.fp8);
+        f["precision"] = json!("fp8");
+        emit(json!({
+            "part": "fp8-quality",
+            "preset": g.name,
+            "velocity_rel_err": q.velocity_rel_err,
+            "psnr_db": q.psnr_db,
+            "bf16": b,
+            "fp8": f,
+        }));
+    } else {
+        println!(
+            "fp8-quality {}: velocity rel. err vs bf16 {:.2e}; video PSNR vs bf16 {:.1} dB \
+             ({} steps, guidance {}); bf16 {:.2} s (peak {}), fp8 {:.2} s (peak {})",
+            g.name,
+            q.velocity_rel_err,
+            q.psnr_db,
+            a.steps,
+            a.guidance,
+            q.bf16.total_ms / 1e3,
+            gib(q.bf16.peak_bytes),
+            q.fp8.total_ms / 1e3,
+            gib(q.fp8.peak_bytes)
         );
     }
     Ok(())
@@ -528,6 +678,7 @@ mod tests {
             mean: f32::NEG_INFINITY,
             non_finite: 7,
             audio: Some((vec![1, 2, 100], f32::NAN, 100)),
+            pixels: candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
         };
         let line = e2e_json("tiny", &e).to_string();
         let back: Value = serde_json::from_str(&line).unwrap();

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_cell;
 mod generate;
 mod progress;
 mod serve;

@@ -12,10 +12,11 @@ use candle_core::{DType, Device, Tensor};
 use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
 use crate::engine::{Plugin, Silent};
 use crate::io::weights::{WeightStore, Weights};
+use crate::models::cosmos3::continuation::VideoCondition;
 use crate::models::cosmos3::plugin::Cosmos3Plugin;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, TransformerConfig};
-use crate::models::cosmos3::vae::{AudioDecoder, AudioVaeConfig, WanDecoder, WanVae};
-use crate::models::cosmos3::{Cosmos3Request, Prompt};
+use crate::models::cosmos3::vae::{AudioDecoder, AudioVaeConfig, WanDecoder, WanEncoder, WanVae};
+use crate::models::cosmos3::{Cosmos3Request, Prompt, VideoInput};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct E2eReport {
     pub non_finite: usize,
     /// With sound: the waveform `[1, 2, N]`, its largest magnitude and non-finite samples.
     pub audio: Option<(Vec<usize>, f32, usize)>,
+    /// The video itself, on the host (for comparing precisions).
+    pub pixels: Tensor,
 }
 
 /// What one end-to-end run does besides the model and preset.
@@ -51,6 +54,24 @@ pub struct E2eOptions {
     pub dtype: DType,
     /// Text to audio and video.
     pub sound: bool,
+    /// Quantize the transformer at load (`--quantize fp8`).
+    pub quantize: Option<crate::layers::fp8::Quantize>,
+    /// Seed the device generator before drawing the weights (`None`: as it stands), so
+    /// two runs can share their random weights.
+    pub weight_seed: Option<u64>,
+    /// Clean pixels the request is conditioned on (random, at the request size).
+    pub conditioning: Conditioning,
+}
+
+/// What an end-to-end request is conditioned on besides the text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Conditioning {
+    #[default]
+    Text,
+    /// Image-to-video: a first frame, encoded by the VAE encoder.
+    Image,
+    /// Video continuation: a whole clip whose leading latent frames are kept.
+    Video,
 }
 
 /// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
@@ -70,7 +91,13 @@ pub fn e2e_bench(
         layers,
         dtype,
         sound,
+        quantize,
+        weight_seed,
+        conditioning,
     } = opts;
+    if let Some(s) = weight_seed {
+        device.set_seed(s)?;
+    }
     let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = layers.unwrap_or(full).clamp(1, full);
@@ -82,13 +109,19 @@ pub fn e2e_bench(
     }
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
-    let transformer = Cosmos3Transformer::new(&cfg, w.clone())?;
+    let single = crate::parallel::Group::single();
+    let transformer =
+        Cosmos3Transformer::new_quantized(&cfg, w.clone(), &single, single.clone(), quantize)?;
     let vcfg = wan22_vae_config();
     let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
+    let encoder = match conditioning {
+        Conditioning::Text => None,
+        _ => Some(WanEncoder::new(&vcfg, &w.pp("vae"))?),
+    };
     let vae = WanVae {
         config: vcfg,
         decoder,
-        encoder: None,
+        encoder,
     };
     let mut plugin = Cosmos3Plugin::from_parts(transformer, vae, device.clone(), dtype)?;
     let [_, h, wd] = spec.latent;
@@ -109,6 +142,24 @@ pub fn e2e_bench(
     request.guidance_scale = guidance;
     request.seed = 0;
     request.sound = sound;
+    let pixels = |frames: usize| -> Result<Tensor> {
+        Ok(Tensor::rand(
+            -1f32,
+            1.0,
+            (1, 3, frames, h * 16, wd * 16),
+            device,
+        )?)
+    };
+    match conditioning {
+        Conditioning::Text => {}
+        Conditioning::Image => request.image = Some(pixels(1)?.squeeze(2)?),
+        Conditioning::Video => {
+            request.video = Some(VideoInput {
+                frames: pixels(spec.frames())?,
+                condition: VideoCondition::default(),
+            })
+        }
+    }
     reset_peak_memory(device); // waits for the model build to finish
     let start = Instant::now();
     let out = plugin.step(&request, &Silent)?;
@@ -149,5 +200,6 @@ pub fn e2e_bench(
         mean: stat(flat.mean(0)?)?,
         non_finite,
         audio,
+        pixels: video,
     })
 }

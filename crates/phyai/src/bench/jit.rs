@@ -28,7 +28,7 @@ pub fn jit_bench(device: &Device) -> Result<Vec<JitLoad>> {
         use crate::layers::cuda::kernel_images::module_loads;
         use cudarc::nvrtc::Ptx;
         let ctx = dev.cuda_stream().context().clone();
-        let modules: [(&str, &str); 13] = [
+        let modules: [(&str, &str); 14] = [
             ("candle affine", candle_kernels::AFFINE.ptx()),
             ("candle binary", candle_kernels::BINARY.ptx()),
             ("candle cast", candle_kernels::CAST.ptx()),
@@ -42,6 +42,7 @@ pub fn jit_bench(device: &Device) -> Result<Vec<JitLoad>> {
             ("phyai glue", crate::layers::cuda::glue::PTX),
             ("phyai video", crate::layers::cuda::video::PTX),
             ("phyai audio", crate::layers::cuda::audio::PTX),
+            ("phyai fp8", crate::layers::cuda::fp8::PTX),
         ];
         let mut out = Vec::new();
         for (name, ptx) in modules {

@@ -13,18 +13,22 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::io::weights::{WeightStore, Weights};
 use crate::layers::attention;
+use crate::layers::fp8::Quantize;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig};
 use crate::Result;
 
 pub mod audio;
 pub mod checkpoint;
 pub mod e2e;
+pub mod fp8;
 pub mod jit;
+pub mod published;
 pub mod vae_tiles;
 /// The benchmarks' memory figures (kept here so callers of `bench` need no other path).
 pub use crate::layers::memory::{peak_memory, reset_peak_memory};
 pub use audio::{audio_bench, audio_ops_bench, AudioReport};
-pub use e2e::{e2e_bench, E2eOptions, E2eReport};
+pub use e2e::{e2e_bench, Conditioning, E2eOptions, E2eReport};
+pub use fp8::{fp8_gemm_bench, fp8_quality_bench, Fp8Quality, GemmRow};
 pub use jit::jit_bench;
 pub use vae_tiles::{vae_tiles_bench, TileReport};
 
@@ -277,14 +281,15 @@ pub struct GenReport {
 }
 
 /// Builds the transformer of `config` (optionally fewer layers) with random weights on
-/// `device` and times the text tower and one generation-tower forward at `spec`, at the
-/// config's base frame rate.
+/// `device`, quantized at load with `quantize` (FP8 forwards run W8A8), and times the text
+/// tower and one generation-tower forward at `spec`, at the config's base frame rate.
 pub fn gen_bench(
     device: &Device,
     config: &TransformerConfig,
     spec: GenSpec,
     layers: Option<usize>,
     dtype: DType,
+    quantize: Option<Quantize>,
     runs: usize,
 ) -> Result<GenReport> {
     let full_layers = config.num_hidden_layers;
@@ -292,7 +297,10 @@ pub fn gen_bench(
     let mut cfg = config.clone();
     cfg.num_hidden_layers = layers;
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new("bench")));
-    let model = Cosmos3Transformer::new(&cfg, Weights::new(store, dtype, device))?;
+    let single = crate::parallel::Group::single();
+    let w = Weights::new(store, dtype, device);
+    let model = Cosmos3Transformer::new_quantized(&cfg, w, &single, single.clone(), quantize)?;
+    model.set_activation_precision(crate::layers::fp8::ActivationPrecision::W8A8);
     let ids = spec.text_ids(&cfg, 0);
     let und_timing = time_runs(device, 1, runs, || model.und(&ids).map(drop))?;
     let und = model.und(&ids)?;

@@ -20,7 +20,7 @@ pub(crate) fn dtype_suffix(dtype: DType, what: &str) -> Result<&'static str> {
     }
 }
 
-/// Device address of a CUDA tensor's first element (bf16, f16 or f32), for handing the
+/// Device address of a CUDA tensor's first element (bf16, f16, f32 or u8), for handing the
 /// tensor to a kernel or library call enqueued on `stream`.
 pub(crate) fn addr(
     t: &Tensor,
@@ -37,6 +37,7 @@ pub(crate) fn addr(
         DType::BF16 => c.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
         DType::F16 => c.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
         DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        DType::U8 => c.as_cuda_slice::<u8>()?.device_ptr(stream).0,
         d => return Err(Error::msg(format!("no device address for dtype {d:?}"))),
     };
     Ok(base + (l.start_offset() * t.dtype().size_in_bytes()) as u64)
@@ -63,6 +64,12 @@ pub(crate) fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Te
         DType::F32 => {
             // SAFETY: as above.
             let mut s = unsafe { dev.alloc::<f32>(n)? };
+            let p = s.device_ptr_mut(&stream).0;
+            (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
+        }
+        DType::U8 => {
+            // SAFETY: as above.
+            let mut s = unsafe { dev.alloc::<u8>(n)? };
             let p = s.device_ptr_mut(&stream).0;
             (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
         }

@@ -66,6 +66,7 @@ fn own_ptx(name: &str) -> Option<&'static str> {
         "glue" => super::glue::PTX,
         "video" => super::video::PTX,
         "audio" => super::audio::PTX,
+        "fp8" => super::fp8::PTX,
         _ => return None,
     })
 }

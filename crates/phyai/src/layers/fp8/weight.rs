@@ -6,11 +6,9 @@
 //! belong to the whole tensor and are shared by every shard (online quantization reads the
 //! whole tensor for its scale), so sharded and unsharded layers compute the same values.
 //!
-//! Execution: CPU runs the dequantized math (the same formulas, in the compute dtype) on a
-//! cached `w_fp8 · s_w`. An accelerator GEMM on E4M3 operands with per-tensor scales (bf16
-//! output) belongs in [`Fp8Weight::matmul_t`], dispatching on the device; it finds the raw
-//! codes in [`Fp8Weight::codes`] and the scales in [`Fp8Weight::parts`]. Until it exists,
-//! accelerators run the dequantized fallback too.
+//! Execution: the CPU runs the dequantized math (the same formulas, in the compute dtype)
+//! on a cached `w_fp8 · s_w`. A CUDA device keeps only the codes and runs FP8 GEMMs with
+//! the per-tensor scales (`layers::cuda::fp8`).
 
 use std::ops::Range;
 
@@ -33,13 +31,20 @@ pub struct Fp8Part {
     pub input_scale: Option<f32>,
 }
 
+/// Where an FP8 weight's values live and how its products run.
+#[derive(Debug, Clone)]
+enum Operand {
+    /// `w_fp8 · s_w` in the compute dtype: the dequantized math.
+    Dequant(Tensor),
+    /// Codes and scales on a CUDA device: FP8 GEMMs.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::layers::cuda::fp8::Fp8Operand),
+}
+
 /// FP8 weight `[out, in]` with per-tensor scales.
 #[derive(Debug, Clone)]
 pub struct Fp8Weight {
-    /// `w_fp8 · s_w` in the compute dtype on the layer's device: the dequantized operand.
-    dequant: Tensor,
-    /// E4M3 codes `[out, in]` as `u8`, kept on accelerators for an FP8 GEMM (not on CPU).
-    codes: Option<Tensor>,
+    operand: Operand,
     parts: Vec<Fp8Part>,
     precision: PrecisionSwitch,
 }
@@ -143,7 +148,7 @@ impl LinearWeight {
     pub fn out_features(&self) -> usize {
         match self {
             Self::Dense(t) => t.dim(0).unwrap_or(0),
-            Self::Fp8(f) => f.dequant.dim(0).unwrap_or(0),
+            Self::Fp8(f) => f.parts.iter().map(|p| p.rows).sum(),
         }
     }
 
@@ -217,24 +222,29 @@ impl Fp8Weight {
         w: &Weights,
         precision: &PrecisionSwitch,
     ) -> Result<Self> {
-        let s = part.weight_scale;
+        let parts = vec![Fp8Part {
+            rows: shape[0],
+            ..part
+        }];
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = w.device() {
+            let codes =
+                Tensor::from_vec(codes, shape.as_slice(), &Device::Cpu)?.to_device(w.device())?;
+            let op = crate::layers::cuda::fp8::Fp8Operand::new(codes, &parts, w.dtype())?;
+            return Ok(Self {
+                operand: Operand::Cuda(op),
+                parts,
+                precision: precision.clone(),
+            });
+        }
+        let s = parts[0].weight_scale;
         let values: Vec<f32> = codes.iter().map(|&c| e4m3::decode(c) * s).collect();
-        let dev = w.device();
         let dequant = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?
             .to_dtype(w.dtype())?
-            .to_device(dev)?;
-        let codes = if dev.is_cpu() {
-            None
-        } else {
-            Some(Tensor::from_vec(codes, shape.as_slice(), &Device::Cpu)?.to_device(dev)?)
-        };
+            .to_device(w.device())?;
         Ok(Self {
-            dequant,
-            codes,
-            parts: vec![Fp8Part {
-                rows: shape[0],
-                ..part
-            }],
+            operand: Operand::Dequant(dequant),
+            parts,
             precision: precision.clone(),
         })
     }
@@ -266,6 +276,26 @@ impl Fp8Weight {
         slice: Option<(usize, Range<usize>)>,
         precision: &PrecisionSwitch,
     ) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = w.device() {
+            // Quantized where the weight lives: no host round trip of every value.
+            use crate::layers::cuda::fp8::Fp8Operand;
+            let name = w.full_name("weight");
+            let full = w.get((out_dim, in_dim), "weight")?;
+            let (codes, scale) = Fp8Operand::quantize_weight(&full, slice).map_err(|e| {
+                Error::weights(w.store().file_of(&name), format!("tensor {name}: {e}"))
+            })?;
+            let parts = vec![Fp8Part {
+                rows: codes.dim(0)?,
+                weight_scale: scale,
+                input_scale: None,
+            }];
+            return Ok(Self {
+                operand: Operand::Cuda(Fp8Operand::new(codes, &parts, w.dtype())?),
+                parts,
+                precision: precision.clone(),
+            });
+        }
         let full = w
             .with_dtype(DType::F32)
             .get((out_dim, in_dim), "weight")?
@@ -299,20 +329,94 @@ impl Fp8Weight {
     }
 
     fn cat_rows(parts: Vec<Self>) -> Result<Self> {
-        let dequant = Tensor::cat(&parts.iter().map(|p| &p.dequant).collect::<Vec<_>>(), 0)?;
-        let codes = if parts.iter().all(|p| p.codes.is_some()) {
-            let c: Vec<&Tensor> = parts.iter().filter_map(|p| p.codes.as_ref()).collect();
-            Some(Tensor::cat(&c, 0)?)
-        } else {
-            None
-        };
         let precision = parts[0].precision.clone();
+        #[cfg(feature = "cuda")]
+        let mixed = || Error::msg("fused FP8 projections live on different devices");
+        let operand = match &parts[0].operand {
+            Operand::Dequant(_) => {
+                let mut ds = Vec::with_capacity(parts.len());
+                for p in &parts {
+                    match &p.operand {
+                        Operand::Dequant(d) => ds.push(d),
+                        #[cfg(feature = "cuda")]
+                        Operand::Cuda(_) => return Err(mixed()),
+                    }
+                }
+                Operand::Dequant(Tensor::cat(&ds, 0)?)
+            }
+            #[cfg(feature = "cuda")]
+            Operand::Cuda(_) => {
+                let mut ops = Vec::with_capacity(parts.len());
+                for p in &parts {
+                    match &p.operand {
+                        Operand::Cuda(o) => ops.push(o),
+                        Operand::Dequant(_) => return Err(mixed()),
+                    }
+                }
+                Operand::Cuda(crate::layers::cuda::fp8::Fp8Operand::cat_rows(&ops)?)
+            }
+        };
         Ok(Self {
-            dequant,
-            codes,
+            operand,
             parts: parts.into_iter().flat_map(|p| p.parts).collect(),
             precision,
         })
+    }
+
+    /// Per-tensor quantization of a whole 16-bit (or f32) weight `[out, in]` on its device,
+    /// with a dynamic activation scale: what `--quantize fp8` makes of one linear layer,
+    /// for measurements and tests that start from a tensor.
+    pub fn quantize(w: &Tensor, precision: ActivationPrecision) -> Result<Self> {
+        let precision = PrecisionSwitch::new(precision);
+        let (out, _) = w.dims2()?;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = w.device() {
+            use crate::layers::cuda::fp8::Fp8Operand;
+            let (codes, scale) = Fp8Operand::quantize_weight(w, None)?;
+            let parts = vec![Fp8Part {
+                rows: out,
+                weight_scale: scale,
+                input_scale: None,
+            }];
+            return Ok(Self {
+                operand: Operand::Cuda(Fp8Operand::new(codes, &parts, w.dtype())?),
+                parts,
+                precision,
+            });
+        }
+        let f = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let amax = f.abs()?.max_all()?.to_scalar::<f32>()?;
+        if !amax.is_finite() {
+            return Err(Error::msg("weight not finite, cannot be quantized"));
+        }
+        let scale = if amax > 0.0 { amax / e4m3::MAX } else { 1.0 };
+        let values: Vec<f32> = f
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| e4m3::fake_quant(v, scale))
+            .collect();
+        let dequant = Tensor::from_vec(values, f.dims(), &Device::Cpu)?
+            .to_dtype(w.dtype())?
+            .to_device(w.device())?;
+        Ok(Self {
+            operand: Operand::Dequant(dequant),
+            parts: vec![Fp8Part {
+                rows: out,
+                weight_scale: scale,
+                input_scale: None,
+            }],
+            precision,
+        })
+    }
+
+    /// The device operand on a CUDA device (codes and scales), for direct GEMM calls.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_operand(&self) -> Option<&crate::layers::cuda::fp8::Fp8Operand> {
+        match &self.operand {
+            Operand::Cuda(o) => Some(o),
+            Operand::Dequant(_) => None,
+        }
     }
 
     /// Output-row blocks and their scales, in row order.
@@ -320,20 +424,34 @@ impl Fp8Weight {
         &self.parts
     }
 
-    /// E4M3 codes on an accelerator (`None` on CPU).
+    /// E4M3 codes on a CUDA device (`None` where the dequantized math runs).
     pub fn codes(&self) -> Option<&Tensor> {
-        self.codes.as_ref()
+        match &self.operand {
+            Operand::Dequant(_) => None,
+            #[cfg(feature = "cuda")]
+            Operand::Cuda(o) => Some(o.codes()),
+        }
     }
 
     /// W8A8 or W8A16 per the tower's switch.
+    // Without the `cuda` feature the operand has one variant.
+    #[allow(clippy::infallible_destructuring_match)]
     pub fn matmul_t(&self, x: &Tensor, group: Option<&dyn Communicator>) -> Result<Tensor> {
-        if self.precision.get() == ActivationPrecision::W8A16 {
-            return matmul_t(x, &self.dequant);
+        let w8a16 = self.precision.get() == ActivationPrecision::W8A16;
+        let dequant = match &self.operand {
+            Operand::Dequant(d) => d,
+            #[cfg(feature = "cuda")]
+            Operand::Cuda(o) if w8a16 => return o.matmul_w8a16(x, &self.parts),
+            #[cfg(feature = "cuda")]
+            Operand::Cuda(o) => return o.matmul_w8a8(x, &self.parts, group),
+        };
+        if w8a16 {
+            return matmul_t(x, dequant);
         }
         let first = self.parts[0].input_scale;
         if self.parts.iter().all(|p| p.input_scale == first) {
             let xq = quantize_activation(x, first, group)?;
-            return matmul_t(&xq, &self.dequant);
+            return matmul_t(&xq, dequant);
         }
         // Fused projections calibrated with different input scales: each part sees the
         // input quantized with its own scale.
@@ -341,7 +459,7 @@ impl Fp8Weight {
         let mut row = 0;
         for p in &self.parts {
             let xq = quantize_activation(x, p.input_scale, group)?;
-            outs.push(matmul_t(&xq, &self.dequant.narrow(0, row, p.rows)?)?);
+            outs.push(matmul_t(&xq, &dequant.narrow(0, row, p.rows)?)?);
             row += p.rows;
         }
         Ok(Tensor::cat(&outs, x.rank() - 1)?)

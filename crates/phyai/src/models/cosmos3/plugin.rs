@@ -149,14 +149,6 @@ impl Plugin for Cosmos3Plugin {
         let tcfg = transformer_config(ckpt)?;
         let transformer =
             Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
-        if transformer.is_fp8() && !device.is_cpu() && mesh.rank == 0 {
-            // Say so rather than let a user wait: the FP8 GEMM kernels are not built yet.
-            tracing::warn!(
-                "FP8 layers run as a dequantized emulation on this device (no FP8 GEMMs yet): \
-                 expect it to be slower than bf16"
-            );
-        }
-
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
         let fixed_step = FixedStepSchedule::from_checkpoint(ckpt)?;
         let scheduler = match fixed_step {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# FP8 on the GPU machine, in one run beside bf16: the FP8 layer tests (the carried test
+# binary .carry/fp8_parity.gz, built with `cargo test --features cuda --no-run`), the GEMMs
+# of one Nano generation layer against bf16 and a square ceiling, and the Nano generation
+# forward at W480 and W720 in both precisions. `quality` as first argument adds the FP8
+# quality guard (velocity error, PSNR of a W480 request) and a W720 FP8 request end to end.
+set -uo pipefail
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
+export PHYAI_LOG=${PHYAI_LOG:-warn}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ -f .carry/fp8_parity.gz ]; then
+  gunzip -c .carry/fp8_parity.gz > /tmp/fp8_parity && chmod +x /tmp/fp8_parity
+  PHYAI_FIXTURES=tests/fixtures PHYAI_GPU_TESTS=1 /tmp/fp8_parity --ignored --nocapture cuda_fp8 2>&1 | tee "$OUT/fp8_test.txt"
+fi
+B="/tmp/phyai bench --json"
+$B --part fp8-gemm --preset w720 --preset w480 --preset i720 2>&1 | tee "$OUT/fp8_gemm.jsonl"
+for q in "" "--quantize fp8"; do
+  # shellcheck disable=SC2086
+  $B --part gen --preset w480 --preset w720 --preset i720 $q 2>&1 | tee -a "$OUT/gen.jsonl"
+done
+if [ "${1:-}" = quality ]; then
+  $B --part fp8-quality --preset w480 2>&1 | tee "$OUT/fp8_quality.jsonl"
+  $B --part e2e --preset w720 --quantize fp8 2>&1 | tee "$OUT/e2e_fp8.jsonl"
+fi
