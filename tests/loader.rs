@@ -237,3 +237,253 @@ fn fixture_checkpoint_loads_strictly() {
     AudioDecoder::new(&cfg, &Weights::new(store.clone(), DType::F32, &Device::Cpu)).unwrap();
     store.check_all_used(&[]).unwrap();
 }
+
+/// A copy of `src` (a checkpoint folder) at `dst`, the transformer's weights re-sharded by
+/// the project's writer into shards of at most `max_shard` bytes. Returns the files written.
+fn reshard_copy(src: &Path, dst: &Path, max_shard: u64) -> Vec<std::path::PathBuf> {
+    use phyai::io::shards::{write_sharded, TensorSpec};
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap() {
+                let f = f.unwrap();
+                let name = f.file_name().to_string_lossy().to_string();
+                if entry.file_name() == "transformer" && name.contains(".safetensors") {
+                    continue;
+                }
+                std::fs::copy(f.path(), to.join(&name)).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    let store = WeightStore::open_dir(&src.join("transformer")).unwrap();
+    let specs: Vec<TensorSpec> = store
+        .keys()
+        .map(|k| {
+            let info = store.info(k).unwrap();
+            TensorSpec {
+                name: k.to_string(),
+                dtype: info.dtype,
+                shape: info.shape,
+            }
+        })
+        .collect();
+    let fill = |s: &TensorSpec, buf: &mut [u8]| -> phyai::Result<()> {
+        buf.copy_from_slice(store.raw_bytes(&s.name)?);
+        Ok(())
+    };
+    write_sharded(
+        &dst.join("transformer"),
+        "diffusion_pytorch_model",
+        &specs,
+        max_shard,
+        &fill,
+        &|_| {},
+    )
+    .unwrap()
+}
+
+fn index_json(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("diffusion_pytorch_model.safetensors.index.json"))
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The published layout (diffusers' `diffusion_pytorch_model-0000i-of-0000n.safetensors`
+/// shards named by `diffusion_pytorch_model.safetensors.index.json`), as the committed
+/// fixture has it from diffusers and as the project's shard writer writes it: the loader
+/// opens both through the index, and the re-sharded copy generates exactly what the
+/// original does.
+#[test]
+fn published_shard_layout_loads_and_reshards_identically() {
+    use phyai::engine::{Engine, EngineArgs, EngineConfig, Plugin};
+    use phyai::models::cosmos3::{Cosmos3Args, Cosmos3Plugin, Cosmos3Request, Prompt};
+
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let original = WeightStore::open_dir(&tiny.join("transformer")).unwrap();
+    assert_eq!(
+        original.origin().file_name().unwrap(),
+        "diffusion_pytorch_model.safetensors.index.json"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tiny");
+    std::fs::create_dir_all(&copy).unwrap();
+    let files = reshard_copy(&tiny, &copy, 150_000);
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    let n = names.len() - 1;
+    assert!(n >= 4, "{names:?}");
+    for (i, name) in names[..n].iter().enumerate() {
+        assert_eq!(
+            name,
+            &format!("diffusion_pytorch_model-{:05}-of-{n:05}.safetensors", i + 1)
+        );
+        assert!(std::fs::metadata(&files[i]).unwrap().len() <= 150_000 + 8192);
+    }
+    assert_eq!(names[n], "diffusion_pytorch_model.safetensors.index.json");
+
+    // The index has diffusers' shape: the same total size and keys as the fixture's.
+    let (ours, theirs) = (
+        index_json(&copy.join("transformer")),
+        index_json(&tiny.join("transformer")),
+    );
+    assert_eq!(
+        ours["metadata"]["total_size"],
+        theirs["metadata"]["total_size"]
+    );
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v["weight_map"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ours), keys(&theirs));
+
+    let resharded = WeightStore::open_dir(&copy.join("transformer")).unwrap();
+    for k in original.keys() {
+        assert_eq!(resharded.info(k).unwrap(), original.info(k).unwrap(), "{k}");
+        assert_eq!(
+            resharded.raw_bytes(k).unwrap(),
+            original.raw_bytes(k).unwrap(),
+            "{k}"
+        );
+    }
+
+    let run = |ckpt: &Path| {
+        let mut args = Cosmos3Args::new(ckpt);
+        args.load_sound = true;
+        let mut e = Engine::<Cosmos3Plugin>::new(EngineArgs {
+            plugin: Cosmos3Plugin::NAME.into(),
+            plugin_args: args,
+            config: EngineConfig::default(),
+        })
+        .unwrap();
+        let mut req = Cosmos3Request::new(
+            Prompt::Tokens {
+                pos: vec![5, 17, 42, 99, 3, 211, 8],
+                neg: vec![5, 17, 3, 8],
+            },
+            5,
+            64,
+            64,
+        );
+        req.steps = 2;
+        req.seed = 3;
+        req.sound = true;
+        e.step(&req).unwrap()
+    };
+    let before = phyai::io::load_stats::load_stats();
+    let (a, b) = (run(&tiny), run(&copy));
+    let loaded = phyai::io::load_stats::load_stats().since(&before);
+    // Both loads read every transformer tensor at least (the counters are process-wide).
+    assert!(loaded.bytes >= 2 * 559_232, "{loaded:?}");
+    let max_diff = |x: &Tensor, y: &Tensor| -> f32 {
+        (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(max_diff(&a.latents, &b.latents), 0.0);
+    assert_eq!(max_diff(&a.video, &b.video), 0.0);
+    assert_eq!(
+        max_diff(
+            a.sound_latents.as_ref().unwrap(),
+            b.sound_latents.as_ref().unwrap()
+        ),
+        0.0
+    );
+}
+
+/// The random-weights checkpoint writer (what `phyai make-checkpoint` runs, here at the
+/// tiny size with small shards): the published layout, every tensor the models read, and
+/// the engine generates from it.
+#[test]
+fn random_published_checkpoint_loads_and_generates() {
+    use phyai::bench::checkpoint::{write_random_checkpoint, CheckpointOptions, CheckpointSize};
+    use phyai::engine::{Engine, EngineArgs, EngineConfig, Plugin};
+    use phyai::models::cosmos3::{Cosmos3Args, Cosmos3Plugin, Cosmos3Request, Prompt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("random");
+    let mut opts = CheckpointOptions::new(CheckpointSize::Tiny);
+    opts.max_shard_bytes = 2_000_000;
+    let last = std::sync::Mutex::new((0u64, 0u64));
+    write_random_checkpoint(&ckpt, &opts, &|d, t| *last.lock().unwrap() = (d, t)).unwrap();
+    let (done, total) = *last.lock().unwrap();
+    assert_eq!(done, total);
+    for f in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_tokenizer/tokenizer.json",
+        "transformer/config.json",
+        "vae/config.json",
+        "sound_tokenizer/config.json",
+    ] {
+        assert!(ckpt.join(f).is_file(), "{f}");
+    }
+    // Nothing but the checkpoint is left next to it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // The transformer's shards are the ones its index names, each within the limit, and
+    // the index's total is the sum of the tensors stored.
+    let index = index_json(&ckpt.join("transformer"));
+    let mut shards: Vec<String> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    shards.sort();
+    shards.dedup();
+    let n = shards.len();
+    assert!(n >= 2, "{shards:?}");
+    for (i, s) in shards.iter().enumerate() {
+        assert_eq!(
+            s,
+            &format!("diffusion_pytorch_model-{:05}-of-{n:05}.safetensors", i + 1)
+        );
+    }
+    let store = WeightStore::open_dir(&ckpt.join("transformer")).unwrap();
+    let stored: u64 = store
+        .keys()
+        .map(|k| store.raw_bytes(k).unwrap().len() as u64)
+        .sum();
+    assert_eq!(index["metadata"]["total_size"].as_u64(), Some(stored));
+    assert!(store.contains("lm_head.weight"));
+
+    let mut args = Cosmos3Args::new(&ckpt);
+    args.load_sound = true;
+    let mut e = Engine::<Cosmos3Plugin>::new(EngineArgs {
+        plugin: Cosmos3Plugin::NAME.into(),
+        plugin_args: args,
+        config: EngineConfig::default(),
+    })
+    .unwrap();
+    let mut req = Cosmos3Request::new(Prompt::text("a red cube"), 5, 64, 64);
+    req.steps = 2;
+    req.sound = true;
+    let out = e.step(&req).unwrap();
+    assert_eq!(out.video.dims(), &[1, 3, 5, 64, 64]);
+    let v = out.video.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(v.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)));
+    // Random weights: the frames are not constant.
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    assert!(hi - lo > 0.01, "{lo} {hi}");
+}

@@ -29,6 +29,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Measure attention and the generation forward on the GPU (Nano config, random weights).
     Bench(crate::bench::BenchArgs),
+    /// Write a random-weights checkpoint in the published layout (Nano size: about 34 GB),
+    /// for measuring checkpoint loads.
+    #[command(hide = true)]
+    MakeCheckpoint(crate::bench::MakeCheckpointArgs),
 }
 
 /// `cpu`, `cuda` or `cuda:N`, where N is the first GPU the ranks use.

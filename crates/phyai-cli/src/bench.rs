@@ -218,11 +218,16 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::Fp8Quality => fp8_quality(&device, &cfg, g, a)?,
                 BenchPart::Transfer => transfer(&device, &cfg, g, a)?,
                 BenchPart::Jit => {
-                    for (name, ms) in bench::jit_bench(&device)? {
+                    for l in bench::jit_bench(&device)? {
+                        let how = if l.compiled { "compiled image" } else { "PTX" };
                         if a.json {
-                            emit(json!({"part": "jit", "module": name, "load_ms": ms}));
+                            emit(json!({"part": "jit", "module": l.module, "load_ms": l.ms,
+                                "compiled": l.compiled, "ptx_kib": l.ptx_kib}));
                         } else {
-                            println!("jit: {name}: {ms:.0} ms");
+                            println!(
+                                "jit: {} ({how}; {} KiB of PTX): {:.1} ms",
+                                l.module, l.ptx_kib, l.ms
+                            );
                         }
                     }
                     break;
@@ -757,4 +762,58 @@ mod tests {
         assert_eq!(back["non_finite"], 7);
         assert_eq!(back["video"], json!([1, 3, 5, 64, 96]));
     }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointSizeArg {
+    /// The demo checkpoint's tiny models.
+    Tiny,
+    /// Cosmos3-Nano (15.2 B-parameter transformer, about 34 GB in all).
+    Nano,
+}
+
+#[derive(Args, Debug)]
+pub struct MakeCheckpointArgs {
+    /// Output folder (created; must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = CheckpointSizeArg::Nano)]
+    pub size: CheckpointSizeArg,
+    /// Largest transformer shard in MB (10^6 bytes); the published checkpoints use 5000.
+    #[arg(long, default_value_t = 5000)]
+    pub shard_mb: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `phyai make-checkpoint`: a random-weights checkpoint in the published layout.
+pub fn make_checkpoint(a: &MakeCheckpointArgs) -> phyai::Result<()> {
+    use phyai::bench::checkpoint::{write_random_checkpoint, CheckpointOptions, CheckpointSize};
+    if a.shard_mb == 0 {
+        return Err(phyai::Error::invalid("--shard-mb", "must be at least 1"));
+    }
+    let mut opts = CheckpointOptions::new(match a.size {
+        CheckpointSizeArg::Tiny => CheckpointSize::Tiny,
+        CheckpointSizeArg::Nano => CheckpointSize::Nano,
+    });
+    opts.max_shard_bytes = a.shard_mb * 1_000_000;
+    opts.seed = a.seed;
+    let bar = crate::progress::bytes_bar("write", a.quiet);
+    let t = std::time::Instant::now();
+    write_random_checkpoint(&a.out, &opts, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if !a.quiet {
+        eprintln!(
+            "wrote a RANDOM-weights checkpoint to {} in {:.1} s",
+            a.out.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }

@@ -24,7 +24,7 @@ use phyai::{Error, Result};
 use crate::args::{
     DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, QuantizeArg, SigmaScheduleArg, VaeDecodeArg,
 };
-use crate::progress::{summary, Bars, StallHook};
+use crate::progress::{summary, Bars, LoadBar, StallHook};
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
     let started = Instant::now();
@@ -239,7 +239,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
 
     // Model load.
     let t = Instant::now();
-    let mut engine = Engine::<Cosmos3Plugin>::new(EngineArgs {
+    let before = phyai::io::load_stats::load_stats();
+    let load_bar = LoadBar::start(weight_bytes(&ckpt, a.sound), quiet);
+    let engine = Engine::<Cosmos3Plugin>::new(EngineArgs {
         plugin: Cosmos3Plugin::NAME.into(),
         plugin_args: Cosmos3Args {
             checkpoint_dir: ckpt.clone(),
@@ -259,8 +261,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             }),
         },
         config,
-    })?;
+    });
+    load_bar.finish();
+    let mut engine = engine?;
     timings.push(("load".into(), t.elapsed()));
+    let load = phyai::io::load_stats::load_stats().since(&before);
 
     let mut output = engine.step_with_progress(&request, &bars)?;
     timings.extend(output.timings.iter().cloned());
@@ -306,7 +311,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"image": out_still, "height": height, "width": width,
-                    "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed})
+                    "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed,
+                    "load": load_json(&load)})
             );
         }
         return Ok(());
@@ -359,11 +365,44 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             "steps": steps, "guidance_scale": guidance_scale, "seed": a.seed,
             "demo_checkpoint": is_demo,
             "seconds": stages,
+            "load": load_json(&load),
             "total_seconds": started.elapsed().as_secs_f64(),
         });
         println!("{j}");
     }
     Ok(())
+}
+
+/// The load split (summed over ranks): reading the files into host memory, copying to the
+/// device, and the kernel set-up of the whole run (kernel modules load at first use).
+fn load_json(load: &phyai::io::load_stats::LoadStats) -> serde_json::Value {
+    let kernels = phyai::layers::kernel_setup::kernel_setup();
+    serde_json::json!({
+        "bytes": load.bytes,
+        "tensors": load.tensors,
+        "read_seconds": load.read_seconds,
+        "copy_seconds": load.copy_seconds,
+        "kernel_setup_seconds": kernels.map(|k| k.seconds),
+        "kernel_modules": kernels.map(|k| k.modules),
+        "kernel_modules_compiled": kernels.map(|k| k.compiled),
+    })
+}
+
+/// Bytes of the weight files a load reads: the transformer, the VAE and, with sound, the
+/// sound tokenizer (the progress bar's length).
+fn weight_bytes(ckpt: &Path, sound: bool) -> u64 {
+    let mut dirs = vec!["transformer", "vae"];
+    if sound {
+        dirs.push("sound_tokenizer");
+    }
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(ckpt.join(d)).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// `PREFIX` → `PREFIX.ext` (keeps dots already in the prefix).

@@ -25,6 +25,7 @@ fn main() {
     let result = match cli.command {
         args::Command::Generate(a) => generate::run(&a),
         args::Command::Bench(a) => bench::run(&a),
+        args::Command::MakeCheckpoint(a) => bench::make_checkpoint(&a),
         args::Command::Serve(a) => serve::run(&a),
         args::Command::DemoCheckpoint { dir } => {
             phyai::models::cosmos3::demo::write_demo_checkpoint(&dir).map(|()| {

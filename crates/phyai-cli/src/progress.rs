@@ -51,6 +51,22 @@ impl Progress for Bars {
     }
 }
 
+/// A bar over bytes (`name [====>  ] 12.3 GiB/30.1 GiB 2.1 GiB/s`), hidden when `quiet`.
+pub fn bytes_bar(name: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{prefix:>9} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} elapsed {elapsed_precise}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(name.to_string());
+    bar
+}
+
 /// `name  1.23 s` lines, then the total.
 pub fn summary(timings: &[(String, Duration)]) -> String {
     let mut out = String::new();
@@ -111,5 +127,40 @@ impl<P: Progress> Progress for StallHook<P> {
 
     fn done(&self, name: &str, elapsed: Duration) {
         self.inner.done(name, elapsed)
+    }
+}
+
+/// The load bar: polls the weight loader's byte counter until [`LoadBar::finish`].
+pub struct LoadBar {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoadBar {
+    /// `expected`: the bytes the load will read (the bar's length).
+    pub fn start(expected: u64, quiet: bool) -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = (!quiet).then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let bar = bytes_bar("load", false);
+                bar.set_length(expected);
+                let base = phyai::io::load_stats::load_stats().bytes;
+                while !stop.load(Ordering::Relaxed) {
+                    let done = phyai::io::load_stats::load_stats().bytes - base;
+                    bar.set_position(done.min(expected));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            })
+        });
+        Self { stop, thread }
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

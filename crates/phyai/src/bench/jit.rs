@@ -1,20 +1,34 @@
-//! What the first GPU run on a machine spends compiling kernels. Kernels ship as PTX and
-//! the driver compiles each module to machine code when it is first loaded (cached under
-//! `~/.nv/ComputeCache` afterwards). Loads every module the engine uses once and times it;
-//! run with `CUDA_CACHE_DISABLE=1` to see the uncached cost. (Loads on parallel threads take
-//! as long as the sum: the driver compiles one module at a time.)
+//! What a first GPU run on a machine spends loading kernel modules. The build ships every
+//! module compiled for the GPUs it targets (`layers::cuda::kernel_images`); a module without
+//! machine code for this GPU is compiled from PTX by the driver when first loaded (cached
+//! under `~/.nv/ComputeCache` afterwards). Loads every module the engine uses once, as a
+//! generation does, and times it; `PHYAI_KERNEL_IMAGES=0` measures the PTX path instead, and
+//! `CUDA_CACHE_DISABLE=1` its uncached cost. (Loads on parallel threads take as long as the
+//! sum: the driver compiles one module at a time.)
 
 use candle_core::Device;
 
 use crate::{Error, Result};
 
-/// Milliseconds to load each kernel module: candle's, then the project's.
-pub fn jit_bench(device: &Device) -> Result<Vec<(String, f64)>> {
+/// One module load.
+#[derive(Debug, Clone)]
+pub struct JitLoad {
+    pub module: String,
+    /// KiB of the PTX text the module is otherwise compiled from.
+    pub ptx_kib: usize,
+    /// Loaded from its compiled image (false: the driver compiled PTX).
+    pub compiled: bool,
+    pub ms: f64,
+}
+
+/// Every kernel module the engine uses, loaded once: candle's, then the project's.
+pub fn jit_bench(device: &Device) -> Result<Vec<JitLoad>> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
+        use crate::layers::cuda::kernel_images::module_loads;
         use cudarc::nvrtc::Ptx;
         let ctx = dev.cuda_stream().context().clone();
-        let modules: [(&str, &str); 13] = [
+        let modules: [(&str, &str); 14] = [
             ("candle affine", candle_kernels::AFFINE.ptx()),
             ("candle binary", candle_kernels::BINARY.ptx()),
             ("candle cast", candle_kernels::CAST.ptx()),
@@ -28,17 +42,25 @@ pub fn jit_bench(device: &Device) -> Result<Vec<(String, f64)>> {
             ("phyai glue", crate::layers::cuda::glue::PTX),
             ("phyai video", crate::layers::cuda::video::PTX),
             ("phyai audio", crate::layers::cuda::audio::PTX),
+            ("phyai fp8", crate::layers::cuda::fp8::PTX),
         ];
         let mut out = Vec::new();
         for (name, ptx) in modules {
+            let before = module_loads().len();
             let t = std::time::Instant::now();
             let m = ctx
                 .load_module(Ptx::from_src(ptx))
                 .map_err(|e| Error::msg(format!("loading {name}: {e}")))?;
-            out.push((
-                format!("{name} ({} KiB of PTX)", ptx.len() >> 10),
-                t.elapsed().as_secs_f64() * 1e3,
-            ));
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let compiled = module_loads()
+                .get(before)
+                .is_some_and(|l| l.compiled && l.name == name);
+            out.push(JitLoad {
+                module: name.to_string(),
+                ptx_kib: ptx.len() >> 10,
+                compiled,
+                ms,
+            });
             drop(m);
         }
         return Ok(out);

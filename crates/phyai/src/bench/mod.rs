@@ -18,6 +18,7 @@ use crate::models::cosmos3::transformer::{Cosmos3Transformer, GenInputs, Transfo
 use crate::Result;
 
 pub mod audio;
+pub mod checkpoint;
 pub mod e2e;
 pub mod fp8;
 pub mod jit;

@@ -24,6 +24,8 @@ impl Target {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(no_cuda());
                 }
+                #[cfg(feature = "cuda")]
+                crate::layers::cuda::kernel_images::ensure_linked();
                 Ok(Device::new_cuda(i)?)
             }
         }

@@ -6,11 +6,15 @@ pub mod audio;
 pub mod frames;
 pub mod image;
 pub mod json;
+pub mod load_stats;
 pub mod mp4;
 pub mod mp4_read;
 pub mod npy;
 pub mod resample;
+pub mod shards;
 pub mod still;
+#[cfg(feature = "cuda")]
+mod upload;
 pub mod video;
 pub mod weights;
 

@@ -34,6 +34,10 @@ impl MappedFile {
         // SAFETY: the map is read-only; a file truncated underneath us is the user's fault
         // and is detected at open time by the header/length check below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // Start reading the whole file ahead in the background (a cold disk then overlaps
+        // with the copies of the tensors already read); only a hint.
+        #[cfg(unix)]
+        let _ = mmap.advise(memmap2::Advice::WillNeed);
         let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             let what = match e {
                 safetensors::SafeTensorError::MetadataIncompleteBuffer => {
@@ -93,18 +97,20 @@ struct Synthetic {
     seed: u64,
     made: Mutex<BTreeMap<String, Tensor>>,
     on_device: bool,
+    /// Only the names and shapes matter (see [`WeightStore::shapes_only`]).
+    shapes_only: bool,
 }
 
 /// How a synthetic tensor is initialised, by its name: norm weights ones, biases zeros,
 /// everything else N(0, 1/fan_in).
-enum Init {
+pub(crate) enum Init {
     Ones,
     Zeros,
     Normal(f64),
 }
 
 impl Init {
-    fn of(name: &str, shape: &[usize]) -> Self {
+    pub(crate) fn of(name: &str, shape: &[usize]) -> Self {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         if name.contains("norm") && leaf == "weight" || leaf == "gamma" || leaf == "scale" {
             Self::Ones
@@ -271,6 +277,7 @@ impl WeightStore {
                 seed,
                 made: Mutex::new(BTreeMap::new()),
                 on_device: false,
+                shapes_only: false,
             }),
         }
     }
@@ -284,6 +291,31 @@ impl WeightStore {
             syn.on_device = true;
         }
         s
+    }
+
+    /// A store that records the name and shape of every tensor a model asks for and hands
+    /// back zeros that take no memory (a broadcast scalar): building a model against it lists
+    /// its weights at any size ([`Self::requested`]), e.g. to write a checkpoint of it.
+    pub fn shapes_only(origin: &Path) -> Self {
+        let mut s = Self::synthetic(origin, 0);
+        if let Some(syn) = &mut s.synthetic {
+            syn.shapes_only = true;
+        }
+        s
+    }
+
+    /// Name and shape of every tensor requested from a synthetic store, sorted by name.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        match &self.synthetic {
+            Some(syn) => syn
+                .made
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// A tensor of [`Self::random_on_device`].
@@ -308,6 +340,11 @@ impl WeightStore {
                 ));
             }
             return Ok(t.clone());
+        }
+        if syn.shapes_only {
+            let t = Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(shape)?;
+            made.insert(name.to_string(), t.clone());
+            return Ok(t);
         }
         let numel: usize = shape.iter().product();
         let values: Vec<f32> = match Init::of(name, shape) {
@@ -379,6 +416,12 @@ impl WeightStore {
         Ok((f, &f.tensors[name]))
     }
 
+    /// The stored bytes of a whole tensor (little-endian, its stored dtype), unconverted.
+    pub fn raw_bytes(&self, name: &str) -> Result<&[u8]> {
+        let (f, info) = self.locate(name)?;
+        Ok(f.bytes(info))
+    }
+
     /// The stored dtype and shape of a tensor.
     pub fn info(&self, name: &str) -> Result<StoredTensor> {
         let (f, info) = self.locate(name)?;
@@ -394,9 +437,24 @@ impl WeightStore {
         let src = st_dtype(info.dtype, &f.path, name)?;
         refuse_fp8(src, dtype, &f.path, name)?;
         self.used.lock().unwrap().insert(name.to_string());
-        let t = Tensor::from_raw_buffer(f.bytes(info), src, &info.shape, &Device::Cpu)
-            .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
-        Ok(t.to_dtype(dtype)?.to_device(device)?)
+        let bytes = f.bytes(info);
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            if src == dtype && super::upload::enabled(dtype) {
+                let (t, read, copy) = super::upload::upload(bytes, dtype, &info.shape, dev)
+                    .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
+                super::load_stats::record(bytes.len(), read, copy);
+                return Ok(t);
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let t = Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
+            .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?
+            .to_dtype(dtype)?;
+        let t1 = std::time::Instant::now();
+        let t = t.to_device(device)?;
+        super::load_stats::record(bytes.len(), t1 - t0, t1.elapsed());
+        Ok(t)
     }
 
     /// Loads `range` of dimension `dim` of a tensor, reading only those bytes: the
@@ -410,11 +468,24 @@ impl WeightStore {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        let t0 = std::time::Instant::now();
         let (out, new_shape, src) = self.slice_bytes(name, Some((dim, range)))?;
         let (f, _) = self.locate(name)?;
         refuse_fp8(src, dtype, &f.path, name)?;
-        let t = Tensor::from_raw_buffer(&out, src, &new_shape, &Device::Cpu)?;
-        Ok(t.to_dtype(dtype)?.to_device(device)?)
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            if src == dtype && super::upload::enabled(dtype) {
+                let (t, _, copy) = super::upload::upload(&out, dtype, &new_shape, dev)
+                    .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
+                super::load_stats::record(out.len(), t0.elapsed() - copy, copy);
+                return Ok(t);
+            }
+        }
+        let t = Tensor::from_raw_buffer(&out, src, &new_shape, &Device::Cpu)?.to_dtype(dtype)?;
+        let t1 = std::time::Instant::now();
+        let t = t.to_device(device)?;
+        super::load_stats::record(out.len(), t1 - t0, t1.elapsed());
+        Ok(t)
     }
 
     /// The stored bytes of a tensor, or of `range` of its dimension `dim`, with the shape of
@@ -633,10 +704,18 @@ impl Weights {
                 return WeightStore::draw(&full, shape.dims(), self.dtype, &self.device);
             }
             let t = self.store.synthesize(syn, &full, shape.dims())?;
+            if syn.shapes_only {
+                return self.zeros_like(&t);
+            }
             return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
         self.check_shape(&full, &shape)?;
         self.store.load(&full, self.dtype, &self.device)
+    }
+
+    /// Zeros of `t`'s shape in this view's dtype and device that take no memory.
+    fn zeros_like(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(t.dims())?)
     }
 
     fn check_shape(&self, full: &str, shape: &Shape) -> Result<()> {
@@ -677,6 +756,9 @@ impl Weights {
                 ));
             }
             let t = t.narrow(dim, range.start, range.len())?;
+            if syn.shapes_only {
+                return self.zeros_like(&t);
+            }
             return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
         self.check_shape(&full, &shape)?;

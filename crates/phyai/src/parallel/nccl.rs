@@ -312,6 +312,7 @@ impl NcclMeshPlan {
     /// Joins rank `rank`'s groups on GPU `ordinal`. Call on that rank's own thread, with
     /// every other rank doing the same concurrently.
     pub fn build(&self, rank: usize, ordinal: usize) -> Result<RankMesh> {
+        crate::layers::cuda::kernel_images::ensure_linked();
         let device = candle_core::Device::new_cuda(ordinal)?;
         let world = self.shape.world();
         let world_comm: Arc<dyn Communicator> =

@@ -17,7 +17,7 @@ use crate::layers::fp8::weight::Fp8Part;
 use crate::parallel::Communicator;
 use crate::{Error, Result};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fp8.ptx"));
+pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fp8.ptx"));
 
 /// W8A8 products that ran dequantized because cuBLASLt refused them (shape, alignment or
 /// dtype), since the process started: zero on the supported layouts, which tests check.

@@ -3,6 +3,8 @@
 //! driver queries. The model code never calls these directly; the device-neutral layers
 //! (`glue`, `attention`, `frame_conv`, `video`, `audio`, `memory`, `fp8`) pick them when a
 //! tensor is on a CUDA device and fall back to tensor-op formulas elsewhere.
+//! `kernel_images` serves every kernel module (candle's and ours) from images compiled at
+//! build time.
 
 pub(crate) mod audio;
 mod buffer;
@@ -12,5 +14,6 @@ mod cudnn_handle;
 pub mod cudnn_sdpa;
 pub mod fp8;
 pub(crate) mod glue;
+pub mod kernel_images;
 pub(crate) mod memory;
 pub(crate) mod video;

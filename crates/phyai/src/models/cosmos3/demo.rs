@@ -22,7 +22,7 @@ use crate::{Error, Result};
 const DEMO_VERSION: &str = "demo-v1";
 const SEED: u64 = 20_251_124;
 
-const MODEL_INDEX: &str = r#"{
+pub(crate) const MODEL_INDEX: &str = r#"{
   "_class_name": "Cosmos3OmniPipeline",
   "_diffusers_version": "0.42.1",
   "default_use_system_prompt": true,
@@ -39,7 +39,7 @@ const MODEL_INDEX: &str = r#"{
 
 /// Nano's architecture shrunk (64 wide, 2 layers, 8 query / 4 key-value heads so tensor
 /// parallelism up to 4 can be tried) with the real 151,936-token vocabulary.
-const TRANSFORMER: &str = r#"{
+pub(crate) const TRANSFORMER: &str = r#"{
   "_class_name": "Cosmos3OmniTransformer",
   "_diffusers_version": "0.42.1",
   "attention_bias": false,
@@ -94,7 +94,7 @@ const VAE: &str = r#"{
 }
 "#;
 
-const SOUND_TOKENIZER: &str = r#"{
+pub(crate) const SOUND_TOKENIZER: &str = r#"{
   "_class_name": "Cosmos3AVAEAudioTokenizer",
   "_diffusers_version": "0.42.1",
   "dec_dim": 2,
@@ -103,7 +103,7 @@ const SOUND_TOKENIZER: &str = r#"{
 "#;
 
 /// The real Cosmos3 scheduler settings.
-const SCHEDULER: &str = r#"{
+pub(crate) const SCHEDULER: &str = r#"{
   "_class_name": "UniPCMultistepScheduler",
   "_diffusers_version": "0.42.1",
   "final_sigmas_type": "zero",
@@ -148,6 +148,19 @@ fn save_component(
     )
 }
 
+/// The demo VAE's config.json, with per-channel latent statistics of a plausible spread
+/// (the real ones are learnt).
+pub(crate) fn vae_config_text() -> String {
+    let mean: Vec<String> = (0..48)
+        .map(|i| format!("{:.4}", ((i * 37 % 17) as f64 - 8.0) / 10.0))
+        .collect();
+    let std: Vec<String> = (0..48)
+        .map(|i| format!("{:.4}", 1.0 + (i * 13 % 11) as f64 / 10.0))
+        .collect();
+    VAE.replace("LATENTS_MEAN", &mean.join(", "))
+        .replace("LATENTS_STD", &std.join(", "))
+}
+
 /// Writes the demo checkpoint into `dir` (created; must be absent or empty).
 pub fn write_demo_checkpoint(dir: &Path) -> Result<()> {
     if dir.exists()
@@ -176,16 +189,7 @@ pub fn write_demo_checkpoint(dir: &Path) -> Result<()> {
         },
     )?;
 
-    // Per-channel latent statistics of a plausible spread (the real ones are learnt).
-    let mean: Vec<String> = (0..48)
-        .map(|i| format!("{:.4}", ((i * 37 % 17) as f64 - 8.0) / 10.0))
-        .collect();
-    let std: Vec<String> = (0..48)
-        .map(|i| format!("{:.4}", 1.0 + (i * 13 % 11) as f64 / 10.0))
-        .collect();
-    let vae_text = VAE
-        .replace("LATENTS_MEAN", &mean.join(", "))
-        .replace("LATENTS_STD", &std.join(", "));
+    let vae_text = vae_config_text();
     save_component(&dir.join("vae"), &vae_text, SEED + 1, |file, text, w| {
         let cfg: VaeConfig = parse_json(file, text)?;
         cfg.validate(file)?;

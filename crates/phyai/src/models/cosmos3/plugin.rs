@@ -140,6 +140,16 @@ impl Plugin for Cosmos3Plugin {
         let device = config.device.target.device()?;
         let dtype = config.device.dtype;
 
+        // The tokenizer (a large JSON to parse) loads on its own thread while the weights
+        // are read; a failure here is reported by the first text request instead.
+        let tokenizer_dir = ckpt.join("text_tokenizer");
+        let tokenizer = std::thread::spawn(move || {
+            tokenizer_dir
+                .is_dir()
+                .then(|| Processor::from_dir(&tokenizer_dir).ok())
+                .flatten()
+        });
+
         let tdir = require_dir(ckpt, "transformer")?;
         // The topology was checked against this config before any rank loaded (`check`).
         let tcfg = transformer_config(ckpt)?;
@@ -176,7 +186,7 @@ impl Plugin for Cosmos3Plugin {
             transformer,
             vae,
             audio,
-            processor: None,
+            processor: tokenizer.join().ok().flatten(),
             mesh,
             device,
             dtype,
