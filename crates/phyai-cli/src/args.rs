@@ -231,7 +231,7 @@ pub struct GenerateArgs {
     /// Write latents.safetensors and output.safetensors (f32) into this folder.
     #[arg(long)]
     pub dump_dir: Option<PathBuf>,
-    /// Output prefix: writes PREFIX.mp4 (and PREFIX.wav with --sound).
+    /// Output prefix: writes PREFIX.mp4 (and PREFIX.wav with --sound); `clip.mp4` is read as the prefix `clip`.
     #[arg(long)]
     pub out: PathBuf,
     /// No progress bars.

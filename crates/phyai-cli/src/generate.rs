@@ -28,8 +28,10 @@ use crate::progress::{summary, Bars, LoadBar, StallHook};
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
     let started = Instant::now();
-    let out_mp4 = with_suffix(&a.out, "mp4");
-    let out_wav = with_suffix(&a.out, "wav");
+    // `--out clip.mp4` means the prefix `clip`, not `clip.mp4.mp4`.
+    let prefix = output_prefix(&a.out);
+    let out_mp4 = with_suffix(&prefix, "mp4");
+    let out_wav = with_suffix(&prefix, "wav");
     let target = match a.device {
         DeviceArg::Cpu => Target::Cpu,
         DeviceArg::Cuda(n) => Target::Cuda(n),
@@ -100,7 +102,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     // One frame is a still image: PNG, or JPEG when --out ends in .jpg/.jpeg.
     let out_still = match StillFormat::from_path(&a.out) {
         Some(_) => a.out.clone(),
-        None => with_suffix(&a.out, "png"),
+        None => with_suffix(&prefix, "png"),
     };
     if frames == 1 && a.sound {
         return Err(Error::invalid(
@@ -334,7 +336,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         phyai::io::audio::write_wav(&out_wav, samples, 2, *rate)?;
     }
     let action_files = match (&output.actions, &request.action) {
-        (Some(x), Some(ar)) => Some(crate::action::write(&a.out, x, ar)?),
+        (Some(x), Some(ar)) => Some(crate::action::write(&prefix, x, ar)?),
         _ => None,
     };
     if let Some(dir) = &a.dump_dir {
@@ -406,6 +408,14 @@ fn weight_bytes(ckpt: &Path, sound: bool) -> u64 {
 }
 
 /// `PREFIX` → `PREFIX.ext` (keeps dots already in the prefix).
+/// The output prefix: `--out` without a trailing `.mp4` (any case).
+fn output_prefix(out: &Path) -> PathBuf {
+    match out.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("mp4") => out.with_extension(""),
+        _ => out.to_path_buf(),
+    }
+}
+
 fn with_suffix(prefix: &Path, ext: &str) -> PathBuf {
     let mut s = prefix.as_os_str().to_owned();
     s.push(".");
