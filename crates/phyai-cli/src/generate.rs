@@ -368,6 +368,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             "demo_checkpoint": is_demo,
             "seconds": stages,
             "load": load_json(&load),
+            // From the command's start to the first denoising step (load, prompt, text).
+            "first_step_seconds": bars.inner().denoise_started()
+                .map(|t| t.duration_since(started).as_secs_f64()),
             "total_seconds": started.elapsed().as_secs_f64(),
         });
         println!("{j}");

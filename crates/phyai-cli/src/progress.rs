@@ -1,8 +1,8 @@
 //! Progress bars on stderr (indicatif) and the per-stage timing summary.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use phyai::engine::Progress;
@@ -11,6 +11,8 @@ use phyai::engine::Progress;
 pub struct Bars {
     quiet: bool,
     current: Mutex<Option<ProgressBar>>,
+    /// When the first denoising stage began (start-up time is measured up to it).
+    denoise_started: OnceLock<Instant>,
 }
 
 impl Bars {
@@ -18,12 +20,21 @@ impl Bars {
         Self {
             quiet,
             current: Mutex::new(None),
+            denoise_started: OnceLock::new(),
         }
+    }
+
+    /// When the first denoising stage began, if one did.
+    pub fn denoise_started(&self) -> Option<Instant> {
+        self.denoise_started.get().copied()
     }
 }
 
 impl Progress for Bars {
     fn stage(&self, name: &str, total: usize) {
+        if name == "denoise" {
+            self.denoise_started.get_or_init(Instant::now);
+        }
         if self.quiet {
             return;
         }
@@ -103,6 +114,10 @@ impl<P: Progress> StallHook<P> {
             denoising: AtomicBool::new(false),
             steps: AtomicUsize::new(0),
         })
+    }
+
+    pub fn inner(&self) -> &P {
+        &self.inner
     }
 }
 

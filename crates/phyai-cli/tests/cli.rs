@@ -350,6 +350,20 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
     assert!(secs < 60.0, "demo took {secs:.1} s");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["frames"], 17);
+    // The start-up split: the first denoising step comes after the load and before the end.
+    let first = summary["first_step_seconds"]
+        .as_f64()
+        .expect("first_step_seconds");
+    let load = summary["seconds"]["load"].as_f64().expect("seconds.load");
+    let total = summary["total_seconds"].as_f64().expect("total_seconds");
+    assert!(
+        load < first && first < total,
+        "load {load}, first step {first}, total {total}"
+    );
+    assert!(
+        summary["load"]["bytes"].as_u64().is_some_and(|b| b > 0),
+        "{summary}"
+    );
     let mp4 = tmp.path().join("demo.mp4");
     assert!(mp4.exists() && tmp.path().join("demo.wav").exists());
     let probe = Command::new("ffprobe")
