@@ -507,9 +507,22 @@ fn transfer(
         quantize: quantize(a),
     };
     let r = bench::transfer_bench(device, cfg, g, opts)?;
+    // With fewer layers, the full model's time: the denoising stage scaled by the layer ratio.
+    let full_layers = cfg.num_hidden_layers;
+    let denoise_ms = r
+        .stages
+        .iter()
+        .find(|(k, _)| k == "denoise")
+        .map_or(0.0, |(_, ms)| *ms);
+    let scale = full_layers as f64 / r.layers.max(1) as f64;
+    let full_model_s = (r.total_ms + denoise_ms * (scale - 1.0)) / 1e3;
+    let scaled = r.layers < full_layers;
     if a.json {
         let mut v = e2e_json(g.name, &r);
         v["part"] = json!("transfer");
+        v["full_layers"] = json!(full_layers);
+        v["scaled_from_layers"] = json!(scaled);
+        v["full_model_seconds"] = json!(full_model_s);
         v["precision"] = json!(precision(a));
         v["control_guidance"] = json!(a.control_guidance);
         v["chunk_frames"] = json!(a.chunk_frames);
@@ -539,6 +552,12 @@ fn transfer(
             r.mean,
             r.non_finite
         );
+        if scaled {
+            println!(
+                "  full model ({full_layers} layers, denoising scaled from {}): {full_model_s:.1} s",
+                r.layers
+            );
+        }
     }
     Ok(())
 }
