@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""The warm server's per-request overhead (development tool, run on the GPU machine).
+"""The warm server's per-request overhead (development tool).
 
-Starts `phyai serve` (the carried CUDA binary) on the demo checkpoint, sends JOBS requests
-of one size back to back and reads what the server measures per job: the engine's own time
-(`generation_seconds`) and dequeue-to-mp4 (`total_seconds`). The overhead on the engine's
-timeline is the wall time from the first job leaving the queue to the last engine run's end
-minus the engine times: what the server adds between engine runs (the mp4 encode runs on a
-writer thread beside the next job). The absolute overhead is then compared with the engine
-time of the full-size model at the same size, measured by `phyai bench --part e2e` in the
-same device run and passed as --engine-seconds.
+Starts `phyai serve` (on the demo checkpoint unless --checkpoint), sends JOBS requests of
+one size back to back and reads what the server measures per job: the engine's own time
+(`generation_seconds`), dequeue-to-mp4 (`total_seconds`) and, from /metrics, the worker's
+time outside the engine (`phyai_server_seconds`: claiming the job, recording its state,
+handing the clip to the writer, waiting for the writer when it is behind). That last one is
+what the server adds to the engine's timeline; the mp4 encode runs on the writer thread
+beside the next job. It is reported as a fraction of the engine time of this run and, with
+--engine-seconds, of a full-size engine time measured elsewhere (`phyai bench --part e2e`).
+The wall-clock estimate (wall time minus engine times) is printed beside it.
 
-usage: serve_overhead.py BIN --width W --height H --frames F --steps S [--jobs N]
+usage: serve_overhead.py BIN [--device cpu|cuda] [--checkpoint DIR] [--width W]
+                         [--height H] [--frames F] [--steps S] [--jobs N]
                          [--engine-seconds T]
 """
 import argparse
@@ -32,6 +34,14 @@ def call(base, method, path, body=None):
         return json.loads(r.read())
 
 
+def metric(base, name):
+    with urllib.request.urlopen(base + "/metrics", timeout=60) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    sys.exit(f"{name} missing from /metrics")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bin")
@@ -41,11 +51,14 @@ def main():
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--jobs", type=int, default=4)
     ap.add_argument("--engine-seconds", type=float, default=None)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--checkpoint", default=None)
     a = ap.parse_args()
     data = tempfile.mkdtemp(prefix="serve-overhead-")
-    proc = subprocess.Popen([a.bin, "serve", "--device", "cuda", "--port", "0",
-                             "--data-dir", data], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [a.bin, "serve", "--device", a.device, "--port", "0", "--data-dir", data]
+    if a.checkpoint:
+        cmd += ["--checkpoint", a.checkpoint]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = None
     log = []
     while base is None:
@@ -63,6 +76,8 @@ def main():
         warm = call(base, "POST", "/v1/videos", body)
         while call(base, "GET", f"/v1/videos/{warm['id']}")["status"] not in ("completed", "failed"):
             time.sleep(0.2)
+        server0 = metric(base, "phyai_server_seconds_sum")
+        count0 = metric(base, "phyai_server_seconds_count")
         start = time.time()
         ids = [call(base, "POST", "/v1/videos", body)["id"] for _ in range(a.jobs)]
         done = {}
@@ -83,16 +98,22 @@ def main():
         # The last job's write is not hidden behind a next job: take it out of the wall.
         last_write = tot[-1] - gen[-1]
         between = (wall - last_write - sum(gen)) / len(gen)
+        # Wait until the last job's hand-over is recorded.
+        while metric(base, "phyai_server_seconds_count") < count0 + a.jobs:
+            time.sleep(0.05)
+        server = (metric(base, "phyai_server_seconds_sum") - server0) / a.jobs
         report = {
             "size": body["size"], "frames": a.frames, "steps": a.steps, "jobs": a.jobs,
             "generation_seconds": gen, "total_seconds": tot,
             "write_seconds_each": [t - g for t, g in zip(tot, gen)],
             "wall_seconds": wall,
-            "overhead_per_job_seconds": between,
+            "wall_minus_engine_per_job_seconds": between,
+            "server_seconds_per_job": server,
+            "server_fraction_of_engine": server / (sum(gen) / len(gen)),
         }
         if a.engine_seconds:
             report["full_size_engine_seconds"] = a.engine_seconds
-            report["overhead_fraction_of_full_size"] = between / a.engine_seconds
+            report["server_fraction_of_full_size"] = server / a.engine_seconds
         print(json.dumps(report))
     finally:
         proc.terminate()

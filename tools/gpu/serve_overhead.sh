@@ -12,5 +12,7 @@ for l in open('$OUT/e2e_w480.txt'):
     try: j=json.loads(l)
     except Exception: continue
     if j.get('part')=='e2e': print(j['total_ms']/1e3)")
+# CK: a full-size checkpoint folder (phyai make-checkpoint); then the server's overhead is
+# measured against its own full-size generations. Without it, the demo checkpoint.
 python3 "$(dirname "$0")/serve_overhead.py" /tmp/phyai --jobs "${JOBS:-4}" \
-    ${ENGINE:+--engine-seconds "$ENGINE"} 2>&1 | tee "$OUT/serve_overhead.txt"
+    ${CK:+--checkpoint "$CK"} ${ENGINE:+--engine-seconds "$ENGINE"} 2>&1 | tee "$OUT/serve_overhead.txt"

@@ -22,6 +22,8 @@ use crate::object::video_object;
 use crate::params::{resolve, CreateFields};
 use crate::state::State;
 use crate::store::{new_id, InsertError, Job};
+use crate::transfer::{field_hint, message, resolve_transfer, FIELD_PREFIX};
+use phyai::models::cosmos3::Hint;
 
 type St = axum::extract::State<Arc<State>>;
 
@@ -76,12 +78,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
     }
 }
 
-/// Reads the create fields from a multipart form or a JSON object; the image bytes of
-/// `input_reference` come separately.
-async fn read_create(
-    st: &State,
-    req: Request,
-) -> Result<(CreateFields, Option<Vec<u8>>), ApiError> {
+/// What a create request uploads besides its text fields.
+#[derive(Default)]
+struct Uploads {
+    /// `input_reference`: the image of an image-to-video request.
+    image: Option<Vec<u8>>,
+    /// `control_<hint>`: the control clips of a transfer request.
+    controls: Vec<(Hint, Vec<u8>)>,
+}
+
+/// Reads the create fields from a multipart form or a JSON object; the uploaded files
+/// (`input_reference`, `control_<hint>`) come separately.
+async fn read_create(st: &State, req: Request) -> Result<(CreateFields, Uploads), ApiError> {
     let limit = st.max_body_bytes;
     let declared = req
         .headers()
@@ -98,7 +106,7 @@ async fn read_create(
         .unwrap_or("")
         .to_ascii_lowercase();
     let mut fields = CreateFields::default();
-    let mut image = None;
+    let mut up = Uploads::default();
     if ctype.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
             ApiError::bad_request(format!("unreadable multipart body: {}", e.body_text()))
@@ -111,7 +119,11 @@ async fn read_create(
             let name = field.name().unwrap_or_default().to_string();
             if name == "input_reference" {
                 let bytes = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
-                image = Some(bytes.to_vec());
+                up.image = Some(bytes.to_vec());
+            } else if let Some(hint) = field_hint(&name) {
+                let hint = hint?;
+                let bytes = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                up.controls.push((hint, bytes.to_vec()));
             } else {
                 let text = field.text().await.map_err(|e| multipart_error(e, limit))?;
                 fields.set(&name, text);
@@ -133,6 +145,12 @@ async fn read_create(
                     "send the image as a file in a multipart/form-data request",
                 ));
             }
+            if field_hint(&k).is_some() {
+                return Err(ApiError::invalid(
+                    &k,
+                    "send the control clip as a file in a multipart/form-data request",
+                ));
+            }
             match v {
                 Value::Null => {}
                 Value::String(s) => fields.set(&k, s),
@@ -148,12 +166,24 @@ async fn read_create(
             ))
         });
     }
-    Ok((fields, image))
+    Ok((fields, up))
 }
 
 async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
-    let (fields, image) = read_create(&st, req).await?;
-    let params = resolve(&fields, &st.model)?;
+    let (fields, up) = read_create(&st, req).await?;
+    let image = up.image;
+    let mut params = resolve(&fields, &st.model)?;
+    let id = new_id();
+    if !up.controls.is_empty() {
+        // Stored first (the reader takes a file), checked, and removed again if refused.
+        let controls = store_controls(&st, &id, up.controls).await;
+        let checked =
+            controls.and_then(|c| resolve_transfer(&fields, &c, image.is_some(), &mut params));
+        if let Err(e) = checked {
+            st.remove_files(&id);
+            return Err(e);
+        }
+    }
     if let Some(bytes) = &image {
         let b = bytes.clone();
         let decoded = tokio::task::spawn_blocking(move || image::load_from_memory(&b).map(|_| ()))
@@ -166,7 +196,6 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
             )
         })?;
     }
-    let id = new_id();
     // The input is in place before the job exists, so a queued job always has it.
     if let Some(bytes) = &image {
         phyai::io::atomic::write_atomic(&st.store.input_path(&id), bytes)?;
@@ -187,6 +216,38 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
     st.wake_worker();
     st.events.send(Event::Changed(id));
     Ok(Json(video_object(&job, None)))
+}
+
+/// Writes each control clip beside the job's inputs and decodes it once (without keeping
+/// the pixels), so an unreadable clip is refused at once; the frame count of each, by hint.
+/// Clips of another size are resized when the job runs, as `phyai generate` does.
+async fn store_controls(
+    st: &State,
+    id: &str,
+    controls: Vec<(Hint, Vec<u8>)>,
+) -> Result<Vec<(Hint, usize)>, ApiError> {
+    let mut out = Vec::with_capacity(controls.len());
+    for (hint, bytes) in controls {
+        let field = format!("{FIELD_PREFIX}{hint}");
+        if out.iter().any(|(h, _)| *h == hint) {
+            return Err(ApiError::invalid(&field, "is given twice"));
+        }
+        let path = st.store.control_path(id, hint.name());
+        phyai::io::atomic::write_atomic(&path, &bytes)?;
+        let (f, p) = (field.clone(), path.clone());
+        let read = tokio::task::spawn_blocking(move || phyai::io::mp4_read::probe_mp4(&p, &f))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (frames, _, _) = read.map_err(|e| {
+            // The reader names the stored file; the client knows it as its upload.
+            let msg = message(&e);
+            let prefix = format!("{}: ", path.display());
+            let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
+            ApiError::invalid(&field, format!("not a readable H.264 mp4: {msg}"))
+        })?;
+        out.push((hint, frames));
+    }
+    Ok(out)
 }
 
 fn find(st: &State, id: &str) -> Result<Job, ApiError> {

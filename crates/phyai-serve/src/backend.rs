@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::DType;
+use candle_core::{DType, Device, Tensor};
 use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
 use phyai::models::cosmos3::processor::PromptStyle;
 use phyai::models::cosmos3::{
@@ -15,6 +15,10 @@ use phyai::parallel::MeshShape;
 use phyai::{Error, Result};
 
 use crate::params::{JobParams, ModelInfo, DEMO, REFERENCE};
+use crate::transfer::TransferParams;
+use phyai::io::frames::load_video_resized;
+use phyai::models::cosmos3::sampler::GuidanceInterval;
+use phyai::models::cosmos3::{Control, Hint, TransferInput};
 
 /// How to load the model: the checkpoint (the demo one when `None`) and the topology.
 #[derive(Debug, Clone)]
@@ -37,17 +41,44 @@ pub trait Observer: Send + Sync {
     fn cancelled(&self) -> bool;
 }
 
-/// A finished generation, ready to be written.
+/// A finished generation, on the host, ready to be written. The conversion to bytes and
+/// samples happens on the writer thread ([`Clip::rgb8`]), beside the next job.
 pub struct Clip {
+    /// The decoded video `[1, 3, T, H, W]` in [0, 1], on the CPU.
+    video: Tensor,
+    /// The waveform `[1, C, N]` and its rate, on the CPU.
+    audio: Option<(Tensor, u32)>,
+    /// The engine's own time: tokenizing, image encoding, denoising and decoding.
+    pub engine_time: Duration,
+}
+
+/// A clip as the files need it.
+pub struct Rgb8Clip {
     /// Packed RGB bytes, `frames × height × width × 3`.
     pub rgb: Vec<u8>,
     pub frames: usize,
     pub height: usize,
     pub width: usize,
-    /// Interleaved stereo samples and their rate.
+    /// Interleaved samples and their rate.
     pub audio: Option<(Vec<f32>, u32)>,
-    /// The engine's own time: tokenizing, image encoding, denoising and decoding.
-    pub engine_time: Duration,
+}
+
+impl Clip {
+    /// Bytes and interleaved samples, the post-processing of `phyai generate`.
+    pub fn rgb8(&self) -> Result<Rgb8Clip> {
+        let rgb = postprocess::video_to_rgb8(&self.video)?;
+        let audio = match &self.audio {
+            Some((wave, rate)) => Some((postprocess::interleave_audio(wave)?, *rate)),
+            None => None,
+        };
+        Ok(Rgb8Clip {
+            rgb: rgb.data,
+            frames: rgb.frames,
+            height: rgb.height,
+            width: rgb.width,
+            audio,
+        })
+    }
 }
 
 /// The resident model: one engine on every rank of the topology.
@@ -117,11 +148,13 @@ impl Backend {
         &self.info
     }
 
-    /// Runs one request. `image` is the conditioning picture of an image-to-video job.
+    /// Runs one request. `image` is the conditioning picture of an image-to-video job;
+    /// `control` gives the stored clip of each hint of a transfer job.
     pub fn generate(
         &mut self,
         p: &JobParams,
         image: Option<&Path>,
+        control: &dyn Fn(&str) -> PathBuf,
         observer: &dyn Observer,
     ) -> Result<Clip> {
         let started = Instant::now();
@@ -143,22 +176,49 @@ impl Backend {
         if let Some(path) = image {
             request.image = Some(phyai::io::image::load_image(path, p.height, p.width)?);
         }
+        if let Some(t) = &p.transfer {
+            request.transfer = Some(transfer_input(t, p.height, p.width, control)?);
+        }
         let output = self.engine.step_with_progress(&request, &Hook(observer))?;
         let engine_time = started.elapsed();
-        let rgb = postprocess::video_to_rgb8(&output.video)?;
-        let audio = match &output.audio {
-            Some((wave, rate)) => Some((postprocess::interleave_audio(wave)?, *rate)),
+        // Only the copy to the host stays on the engine's timeline (no device memory is
+        // held while the next job runs).
+        let video = output.video.to_device(&Device::Cpu)?;
+        let audio = match output.audio {
+            Some((wave, rate)) => Some((wave.to_device(&Device::Cpu)?, rate)),
             None => None,
         };
         Ok(Clip {
-            rgb: rgb.data,
-            frames: rgb.frames,
-            height: rgb.height,
-            width: rgb.width,
+            video,
             audio,
             engine_time,
         })
     }
+}
+
+/// The controls of a transfer job, read from their files at the clip's size.
+fn transfer_input(
+    t: &TransferParams,
+    height: usize,
+    width: usize,
+    control: &dyn Fn(&str) -> PathBuf,
+) -> Result<TransferInput> {
+    let mut controls = Vec::with_capacity(t.hints.len());
+    for name in &t.hints {
+        let field = format!("control_{name}");
+        let hint = Hint::parse(name, &field)?;
+        let frames = load_video_resized(&control(name), height, width, &field)?;
+        controls.push(Control { hint, frames });
+    }
+    let mut input = TransferInput::new(controls);
+    input.chunk_frames = t.chunk_frames;
+    input.conditional_frames = t.conditional_frames;
+    input.control_guidance = t.control_guidance;
+    input.control_guidance_interval = match &t.control_guidance_interval {
+        Some(s) => Some(GuidanceInterval::parse(s, "control_guidance_interval")?),
+        None => None,
+    };
+    Ok(input)
 }
 
 /// The checkpoint folder's name (`Cosmos3-Nano`), the `model` a request gets by default.

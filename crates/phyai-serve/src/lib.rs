@@ -13,6 +13,7 @@ pub mod object;
 pub mod params;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod web;
 pub mod worker;
 

@@ -1,6 +1,6 @@
 //! Counters for `GET /metrics` (Prometheus text format): queue length, jobs by state,
-//! denoising step time, and per-job engine time against dequeue-to-mp4 time (their
-//! difference is the server's overhead per request).
+//! denoising step time, per-job engine time against dequeue-to-mp4 time, and the
+//! worker's time outside the engine (the server's overhead on the engine's timeline).
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -17,6 +17,9 @@ struct Totals {
     last_generation_seconds: f64,
     last_total_seconds: f64,
     rejected_queue_full: u64,
+    server_jobs: u64,
+    server_seconds: f64,
+    last_server_seconds: f64,
 }
 
 #[derive(Default)]
@@ -44,6 +47,15 @@ impl Metrics {
             t.total_seconds += total;
             t.last_generation_seconds = generation;
             t.last_total_seconds = total;
+        })
+    }
+
+    /// The worker's time on a job outside the engine (claim, bookkeeping, hand-over).
+    pub fn server_time(&self, seconds: f64) {
+        self.with(|t| {
+            t.server_jobs += 1;
+            t.server_seconds += seconds;
+            t.last_server_seconds = seconds;
         })
     }
 
@@ -105,6 +117,14 @@ impl Metrics {
              phyai_job_seconds_sum {}\nphyai_job_seconds_count {}",
             t.total_seconds, t.jobs_finished
         );
+        let _ = writeln!(
+            s,
+            "# HELP phyai_server_seconds The worker's time per generated video outside the engine: \
+             what the server adds to the engine's timeline.\n\
+             # TYPE phyai_server_seconds summary\n\
+             phyai_server_seconds_sum {}\nphyai_server_seconds_count {}",
+            t.server_seconds, t.server_jobs
+        );
         let mut gauge = |name: &str, help: &str, value: f64| {
             let _ = writeln!(
                 s,
@@ -121,6 +141,11 @@ impl Metrics {
             "Dequeue to mp4 in place for the last finished video.",
             t.last_total_seconds,
         );
+        gauge(
+            "phyai_last_server_seconds",
+            "The worker's time outside the engine for the last generated video.",
+            t.last_server_seconds,
+        );
         s
     }
 }
@@ -136,6 +161,8 @@ mod tests {
         m.step(0.25);
         m.job_finished(2.0, 2.5);
         m.rejected_queue_full();
+        m.server_time(0.125);
+        m.server_time(0.375);
         let text = m.render(&[(Status::Queued, 3), (Status::Completed, 1)]);
         for line in [
             "phyai_queue_length 3",
@@ -147,6 +174,9 @@ mod tests {
             "phyai_job_seconds_sum 2.5",
             "phyai_last_job_seconds 2.5",
             "phyai_rejected_queue_full_total 1",
+            "phyai_server_seconds_sum 0.5",
+            "phyai_server_seconds_count 2",
+            "phyai_last_server_seconds 0.375",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -45,6 +45,13 @@ pub fn video_object(job: &Job, live: Option<&Live>) -> Value {
         "generation_seconds": job.generation_seconds,
         "total_seconds": job.total_seconds,
     });
+    if let Some(t) = &p.transfer {
+        v["controls"] = json!(t.hints);
+        v["chunk_frames"] = json!(t.chunk_frames);
+        v["conditional_frames"] = json!(t.conditional_frames);
+        v["control_guidance"] = json!(t.control_guidance);
+        v["control_guidance_interval"] = json!(t.control_guidance_interval);
+    }
     if let (Status::InProgress, Some(l)) = (job.status, live) {
         v["stage"] = json!(l.stage);
         v["stage_progress"] = json!({"done": l.done, "total": l.total});

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::errors::ApiError;
+use crate::transfer::TransferParams;
 
 /// Sizes used when a request leaves them out: the library's, shared with `phyai generate`.
 pub use phyai::models::cosmos3::ClipDefaults as Defaults;
@@ -19,7 +20,7 @@ pub const DEMO: Defaults = Defaults::DEMO;
 
 /// Upper bounds that keep one request from occupying the server for days.
 const MAX_SIDE: usize = 4096;
-const MAX_FRAMES: usize = 1025;
+pub const MAX_FRAMES: usize = 1025;
 const MAX_STEPS: usize = 1000;
 const MAX_PROMPT_CHARS: usize = 20_000;
 
@@ -38,6 +39,10 @@ pub struct CreateFields {
     pub steps: Option<String>,
     pub guidance_scale: Option<String>,
     pub sound: Option<String>,
+    pub chunk_frames: Option<String>,
+    pub conditional_frames: Option<String>,
+    pub control_guidance: Option<String>,
+    pub control_guidance_interval: Option<String>,
 }
 
 impl CreateFields {
@@ -55,6 +60,10 @@ impl CreateFields {
             "steps" => &mut self.steps,
             "guidance_scale" => &mut self.guidance_scale,
             "sound" => &mut self.sound,
+            "chunk_frames" => &mut self.chunk_frames,
+            "conditional_frames" => &mut self.conditional_frames,
+            "control_guidance" => &mut self.control_guidance,
+            "control_guidance_interval" => &mut self.control_guidance_interval,
             _ => return,
         };
         *slot = Some(value);
@@ -77,6 +86,9 @@ pub struct JobParams {
     pub sound: bool,
     /// The clip's duration as the video object reports it (OpenAI sends a string).
     pub seconds: String,
+    /// Control clips and their settings of a transfer job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferParams>,
 }
 
 impl JobParams {
@@ -234,6 +246,7 @@ pub fn resolve(f: &CreateFields, model: &ModelInfo) -> Result<JobParams, ApiErro
         seed,
         sound,
         seconds,
+        transfer: None,
     })
 }
 
@@ -267,7 +280,7 @@ fn number<T: std::str::FromStr>(param: &str, s: &str) -> Result<T, ApiError> {
 }
 
 /// Seconds as a short decimal string: `4.25`, `0.708`, `5`.
-fn format_seconds(v: f64) -> String {
+pub fn format_seconds(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

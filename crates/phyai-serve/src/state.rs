@@ -83,11 +83,16 @@ impl State {
 
     /// Removes a job's files (absent ones are fine).
     pub fn remove_files(&self, id: &str) {
+        let controls =
+            phyai::models::cosmos3::Hint::ALL.map(|h| self.store.control_path(id, h.name()));
         for p in [
             self.store.video_path(id),
             self.store.thumbnail_path(id),
             self.store.input_path(id),
-        ] {
+        ]
+        .into_iter()
+        .chain(controls)
+        {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -170,6 +170,13 @@ impl Store {
         self.dir.join("inputs").join(id)
     }
 
+    /// A transfer job's control clip of `hint` (an mp4).
+    pub fn control_path(&self, id: &str, hint: &str) -> PathBuf {
+        self.dir
+            .join("inputs")
+            .join(format!("{id}.control_{hint}.mp4"))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions
         // roll back on drop), so a poisoned lock is still usable.

@@ -14,7 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Clip, Observer};
+use crate::backend::{Backend, Clip, Observer, Rgb8Clip};
 use crate::events::{Event, Live};
 use crate::state::State;
 use crate::store::Job;
@@ -28,6 +28,7 @@ struct Finished {
 }
 
 /// Runs forever: takes the oldest queued job, runs it, hands the clip to the writer.
+/// Records, per generated job, the worker's time outside the engine.
 pub fn run(state: Arc<State>, mut backend: Backend, stall_at_step: Option<usize>) {
     let (to_writer, finished) = sync_channel::<Finished>(1);
     {
@@ -39,8 +40,18 @@ pub fn run(state: Arc<State>, mut backend: Backend, stall_at_step: Option<usize>
     }
     loop {
         let seen = state.work_counter();
+        let claimed = Instant::now();
         match state.store.claim_next() {
-            Ok(Some(job)) => run_one(&state, &mut backend, job, stall_at_step, &to_writer),
+            Ok(Some(job)) => {
+                let engine = run_one(&state, &mut backend, job, stall_at_step, &to_writer);
+                // The server's own share of the worker's time for this job: claiming it,
+                // recording its state and handing its clip over (waiting for the writer
+                // included), i.e. everything but the engine.
+                if let Some(engine) = engine {
+                    let own = claimed.elapsed().saturating_sub(engine);
+                    state.metrics.server_time(own.as_secs_f64());
+                }
+            }
             Ok(None) => {
                 state.wait_for_work(seen, Duration::from_secs(1));
             }
@@ -66,7 +77,10 @@ fn writer(state: &State, finished: Receiver<Finished>) {
                 progress: Live::percent("write", 0, 1),
             }),
         );
-        let outcome = match write_outputs(state, &id, &job, &clip) {
+        let written = clip
+            .rgb8()
+            .and_then(|rgb| write_outputs(state, &id, &job, &rgb));
+        let outcome = match written {
             Ok(()) => Outcome::Done(clip.engine_time),
             Err(e) => Outcome::Failed("output_failed", e.to_string()),
         };
@@ -76,13 +90,14 @@ fn writer(state: &State, finished: Receiver<Finished>) {
     }
 }
 
+/// Runs one job; the engine's time when it produced a clip for the writer.
 fn run_one(
     state: &State,
     backend: &mut Backend,
     job: Job,
     stall_at_step: Option<usize>,
     to_writer: &SyncSender<Finished>,
-) {
+) -> Option<Duration> {
     let started = Instant::now();
     let id = job.id.clone();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -96,8 +111,9 @@ fn run_one(
         stage: Mutex::new(("".into(), 0, 0, Instant::now())),
     };
     let image = job.has_image.then(|| state.store.input_path(&id));
+    let control = |hint: &str| state.store.control_path(&id, hint);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        backend.generate(&job.params, image.as_deref(), &observer)
+        backend.generate(&job.params, image.as_deref(), &control, &observer)
     }));
     let outcome = match result {
         // Deleted while running: its row is gone; whatever was produced is dropped.
@@ -105,6 +121,7 @@ fn run_one(
         Ok(Ok(clip)) => {
             state.events.set_live(None);
             state.set_running(None);
+            let engine = clip.engine_time;
             let finished = Finished { job, clip, started };
             if let Err(e) = to_writer.send(finished) {
                 // The writer is gone (it only ends with the process): fail the job.
@@ -116,8 +133,9 @@ fn run_one(
                     e.0.started,
                 );
                 state.events.send(Event::Changed(id));
+                return None;
             }
-            return;
+            return Some(engine);
         }
         Ok(Err(e)) => Outcome::Failed("generation_failed", e.to_string()),
         Err(panic) => {
@@ -133,6 +151,7 @@ fn run_one(
     record(state, &id, outcome, started);
     state.set_running(None);
     state.events.send(Event::Changed(id));
+    None
 }
 
 /// Stores a job's outcome; a job deleted meanwhile leaves no files behind.
@@ -172,7 +191,7 @@ enum Outcome {
 
 /// The thumbnail (first frame, PNG) then the mp4, each written aside and renamed into
 /// place; the job is marked completed only after both exist.
-fn write_outputs(state: &State, id: &str, job: &Job, clip: &Clip) -> phyai::Result<()> {
+fn write_outputs(state: &State, id: &str, job: &Job, clip: &Rgb8Clip) -> phyai::Result<()> {
     let frame = clip.height * clip.width * 3;
     let first = clip
         .rgb

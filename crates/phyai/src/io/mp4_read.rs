@@ -21,16 +21,36 @@ pub struct RgbFrames {
 
 /// Reads and decodes the first video track of the mp4 at `path`; errors name `field`.
 pub fn read_mp4(path: &Path, field: &str) -> Result<RgbFrames> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: &str| Error::invalid(field, format!("{}: {msg}", path.display()));
-    let track = video_track(&bytes).ok_or_else(|| bad("not an H.264 mp4 (no avc1 video track)"))?;
-    let mut decoder = Decoder::new().map_err(|e| bad(&format!("H.264 decoder: {e}")))?;
     let mut out = RgbFrames {
         data: Vec::new(),
         frames: 0,
         height: 0,
         width: 0,
     };
+    decode_mp4(path, field, |yuv| push_frame(&mut out, yuv))?;
+    Ok(out)
+}
+
+/// Decodes the whole first video track without keeping the pixels (so a clip is known to
+/// be readable before it is used): its frame count, height and width.
+pub fn probe_mp4(path: &Path, field: &str) -> Result<(usize, usize, usize)> {
+    let (mut frames, mut size) = (0, (0, 0));
+    decode_mp4(path, field, |yuv| {
+        frames += 1;
+        let (w, h) = yuv.dimensions();
+        size = (h, w);
+    })?;
+    Ok((frames, size.0, size.1))
+}
+
+/// Decodes the first video track of the mp4 at `path`, handing each picture to `frame`;
+/// errors name `field`. A track that decodes to no frames is an error.
+fn decode_mp4(path: &Path, field: &str, mut frame: impl FnMut(&DecodedYUV<'_>)) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: &str| Error::invalid(field, format!("{}: {msg}", path.display()));
+    let track = video_track(&bytes).ok_or_else(|| bad("not an H.264 mp4 (no avc1 video track)"))?;
+    let mut decoder = Decoder::new().map_err(|e| bad(&format!("H.264 decoder: {e}")))?;
+    let mut frames = 0usize;
     let mut stream = Vec::new();
     for ps in track.sps.iter().chain(&track.pps) {
         stream.extend_from_slice(&[0, 0, 0, 1]);
@@ -60,19 +80,21 @@ pub fn read_mp4(path: &Path, field: &str) -> Result<RgbFrames> {
             .map_err(|e| bad(&format!("H.264 decoding failed: {e}")))?;
         stream.clear();
         if let Some(yuv) = decoded {
-            push_frame(&mut out, &yuv);
+            frame(&yuv);
+            frames += 1;
         }
     }
     let rest = decoder
         .flush_remaining()
         .map_err(|e| bad(&format!("H.264 decoding failed: {e}")))?;
     for yuv in &rest {
-        push_frame(&mut out, yuv);
+        frame(yuv);
+        frames += 1;
     }
-    if out.frames == 0 {
+    if frames == 0 {
         return Err(bad("the video track decodes to no frames"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Appends one decoded picture as RGB (BT.709, limited range, chroma held over 2×2).
@@ -268,6 +290,7 @@ mod tests {
         super::super::video::write_mp4(&path, &rgb, t, h, w, 24.0, None).unwrap();
         let back = read_mp4(&path, "video").unwrap();
         assert_eq!((back.frames, back.height, back.width), (t, h, w));
+        assert_eq!(probe_mp4(&path, "video").unwrap(), (t, h, w));
         let mse: f64 = rgb
             .iter()
             .zip(&back.data)
@@ -289,5 +312,7 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+        let e = probe_mp4(&path, "control_edge").err().unwrap().to_string();
+        assert!(e.starts_with("control_edge: "), "{e}");
     }
 }
