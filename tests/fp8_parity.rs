@@ -553,3 +553,75 @@ fn cuda_fp8_gemms_match_the_cpu_math() {
         );
     }
 }
+
+/// FP8 attention (E4M3 q, k, v with per-head scales, FP8 tensor-core products) against
+/// exact f32 attention, beside cuDNN's bf16, at the generation tower's heads (32 query,
+/// 8 key/value, d 128) with lengths that are not multiples of the kernel's tiles and one
+/// key head 8× louder than the others (per-head scales must absorb it). Both the head-major
+/// layout and the token-major views the tower passes give the same result.
+/// Opt-in: a Hopper GPU and a build with the FP8 attention kernels, PHYAI_GPU_TESTS=1,
+/// `--ignored`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a Hopper GPU: PHYAI_GPU_TESTS=1, --ignored"]
+fn cuda_fp8_attention_tracks_exact_attention() {
+    use phyai::layers::attention::{attention, fp8_available};
+    use phyai::layers::cuda::fp8_attention;
+    assert!(
+        std::env::var_os("PHYAI_GPU_TESTS").is_some(),
+        "set PHYAI_GPU_TESTS=1 to run the GPU tests"
+    );
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    assert!(
+        fp8_available(&gpu),
+        "this build has no FP8 attention kernels (PHYAI_FLASHINFER_DIR)"
+    );
+    let (hq, hkv, sq, sk, d) = (32, 8, 1000, 1100, 128);
+    let cpu = Device::Cpu;
+    let q = Tensor::randn(0f32, 1.0, (hq, sq, d), &cpu).unwrap();
+    let k = Tensor::randn(0f32, 1.0, (hkv, sk, d), &cpu).unwrap();
+    let v = Tensor::randn(0f32, 1.0, (hkv, sk, d), &cpu).unwrap();
+    let loud = Tensor::from_vec(
+        (0..hkv).map(|h| if h == 3 { 8f32 } else { 1.0 }).collect(),
+        (hkv, 1, 1),
+        &cpu,
+    )
+    .unwrap();
+    let k = k.broadcast_mul(&loud).unwrap();
+    // The reference sees the bf16-rounded inputs both GPU paths see.
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let (q, k, v) = (round(&q), round(&k), round(&v));
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let exact = attention(&f32s(&q), &f32s(&k), &f32s(&v), false).unwrap();
+    let on_gpu = |t: &Tensor| t.to_device(&gpu).unwrap();
+    let back = |t: Tensor| f32s(&t).to_device(&cpu).unwrap();
+    let (gq, gk, gv) = (on_gpu(&q), on_gpu(&k), on_gpu(&v));
+    let bf16 = back(attention(&gq, &gk, &gv, false).unwrap());
+    let fp8 = back(fp8_attention::attention(&gq, &gk, &gv).expect("FP8 attention runs"));
+    let (e16, e8) = (rel_err(&bf16, &exact), rel_err(&fp8, &exact));
+    println!("attention vs exact f32: bf16 (cuDNN) {e16:.2e}, FP8 {e8:.2e}");
+    assert!(e16 < 1e-2, "bf16 {e16:.2e}");
+    assert!(e8 < 8e-2, "FP8 {e8:.2e}");
+    assert!(e8 > e16, "the FP8 result must come from the FP8 kernel");
+    // Token-major storage viewed head-major, as the tower joins text and video keys.
+    let token_major = |t: &Tensor| {
+        t.transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+    };
+    let fp8_views = back(
+        fp8_attention::attention(&token_major(&gq), &token_major(&gk), &token_major(&gv)).unwrap(),
+    );
+    let diff = (&fp8_views - &fp8)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0, "layouts disagree by {diff}");
+}

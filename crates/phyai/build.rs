@@ -11,6 +11,11 @@
 //! The generated `kernel_images.rs` lists what was built; when the candle sources cannot be
 //! found (set `PHYAI_CANDLE_KERNELS_SRC` to their `src/` folder) the list is empty and those
 //! modules fall back to the driver's PTX compiler, with a build warning.
+//! - with `PHYAI_FLASHINFER_DIR` (the `flashinfer/data` folder of the flashinfer-python
+//!   wheel: its headers, CUTLASS and CCCL), kernels/fp8_attention_sm90.cu, FlashInfer's FP8
+//!   attention for Hopper, into a static library linked into the binary (with the static
+//!   CUDA runtime); the library then has `cfg(phyai_fp8_attention)`.
+//!
 //! Without the feature nothing is built and no CUDA toolkit is needed.
 
 use std::path::{Path, PathBuf};
@@ -29,6 +34,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=PHYAI_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=PHYAI_CANDLE_KERNELS_SRC");
+    println!("cargo:rerun-if-env-changed=PHYAI_FLASHINFER_DIR");
+    println!("cargo:rustc-check-cfg=cfg(phyai_fp8_attention)");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -95,7 +102,18 @@ fn main() {
              candle's modules will be compiled from PTX by the driver at first use"
         ),
     }
+    let flashinfer = std::env::var_os("PHYAI_FLASHINFER_DIR").map(PathBuf::from);
+    match &flashinfer {
+        Some(dir) => jobs.push(fp8_attention_job(dir, &out)),
+        None => println!(
+            "cargo:warning=PHYAI_FLASHINFER_DIR is not set: built without FP8 attention \
+             (--fp8-attention will be refused)"
+        ),
+    }
     run_parallel(&jobs);
+    if flashinfer.is_some() {
+        link_fp8_attention(&out);
+    }
 
     // The table the library includes.
     let entry = |name: &str, file: &str| {
@@ -126,6 +144,78 @@ fn main() {
     ));
     let dst = out.join("kernel_images.rs");
     std::fs::write(&dst, table).unwrap_or_else(|e| panic!("writing {}: {e}", dst.display()));
+}
+
+/// FlashInfer's Hopper FP8 attention and its quantization kernels, host code included, as
+/// an object for the static library (machine code for sm_90a only: the kernel uses Hopper's
+/// wgmma and TMA).
+fn fp8_attention_job(flashinfer: &Path, out: &Path) -> Job {
+    for sub in ["include", "cutlass/include", "cccl/libcudacxx/include"] {
+        let d = flashinfer.join(sub);
+        assert!(
+            d.is_dir(),
+            "PHYAI_FLASHINFER_DIR: {} is missing (expected the flashinfer/data folder of the \
+             flashinfer-python wheel)",
+            d.display()
+        );
+    }
+    let inc = |sub: &str| format!("-I{}", flashinfer.join(sub).display());
+    Job {
+        src: PathBuf::from("kernels/fp8_attention_sm90.cu"),
+        dst: out.join("fp8_attention_sm90.o"),
+        args: vec![
+            "-c".into(),
+            "-O3".into(),
+            "-std=c++17".into(),
+            "-DNDEBUG".into(),
+            "--expt-relaxed-constexpr".into(),
+            "--expt-extended-lambda".into(),
+            "-Xcompiler=-fPIC".into(),
+            // FlashInfer's headers need a newer CCCL than the compiler's own: theirs first.
+            inc("cccl/libcudacxx/include"),
+            inc("cccl/cub"),
+            inc("cccl/thrust"),
+            inc("include"),
+            inc("cutlass/include"),
+            inc("cutlass/tools/util/include"),
+            "-w".into(),
+            "-gencode=arch=compute_90a,code=sm_90a".into(),
+        ],
+    }
+}
+
+/// Archives the FP8 attention object and links it with the static CUDA runtime.
+fn link_fp8_attention(out: &Path) {
+    let lib = out.join("libphyai_fp8_attention.a");
+    let _ = std::fs::remove_file(&lib);
+    let status = Command::new("ar")
+        .arg("crs")
+        .arg(&lib)
+        .arg(out.join("fp8_attention_sm90.o"))
+        .status()
+        .unwrap_or_else(|e| panic!("running ar: {e}"));
+    assert!(status.success(), "ar failed on {}", lib.display());
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=phyai_fp8_attention");
+    if let Some(root) = std::env::var_os("CUDA_ROOT").or_else(|| std::env::var_os("CUDA_PATH")) {
+        println!(
+            "cargo:rustc-link-search=native={}",
+            Path::new(&root).join("lib").display()
+        );
+        println!(
+            "cargo:rustc-link-search=native={}",
+            Path::new(&root).join("lib64").display()
+        );
+    }
+    for l in [
+        "static=cudart_static",
+        "dylib=stdc++",
+        "dylib=dl",
+        "dylib=rt",
+    ] {
+        println!("cargo:rustc-link-lib={l}");
+    }
+    println!("cargo:rustc-cfg=phyai_fp8_attention");
 }
 
 /// One nvcc invocation.

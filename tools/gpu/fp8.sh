@@ -2,8 +2,9 @@
 # FP8 on the GPU machine, in one run beside bf16: the FP8 layer tests (the carried test
 # binary .carry/fp8_parity.gz, built with `cargo test --features cuda --no-run`), the GEMMs
 # of one Nano generation layer against bf16 and a square ceiling, and the Nano generation
-# forward at W480 and W720 in both precisions. `quality` as first argument adds the FP8
-# quality guard (velocity error, PSNR of a W480 request) and a W720 FP8 request end to end.
+# forward at W480 and W720 in bf16, FP8, and FP8 with FP8 attention (`--fp8-attention`).
+# `quality` as first argument adds the FP8 quality guard (velocity error, PSNR of a W480
+# request; without and with FP8 attention) and a W720 FP8 request end to end.
 set -uo pipefail
 # shellcheck source=tools/gpu/env.sh
 . "$(dirname "$0")/env.sh"
@@ -15,11 +16,12 @@ if [ -f .carry/fp8_parity.gz ]; then
 fi
 B="/tmp/phyai bench --json"
 $B --part fp8-gemm --preset w720 --preset w480 --preset i720 2>&1 | tee "$OUT/fp8_gemm.jsonl"
-for q in "" "--quantize fp8"; do
+for q in "" "--quantize fp8" "--quantize fp8 --fp8-attention"; do
   # shellcheck disable=SC2086
   $B --part gen --preset w480 --preset w720 --preset i720 $q 2>&1 | tee -a "$OUT/gen.jsonl"
 done
 if [ "${1:-}" = quality ]; then
   $B --part fp8-quality --preset w480 2>&1 | tee "$OUT/fp8_quality.jsonl"
+  $B --part fp8-quality --preset w480 --fp8-attention 2>&1 | tee -a "$OUT/fp8_quality.jsonl"
   $B --part e2e --preset w720 --quantize fp8 2>&1 | tee "$OUT/e2e_fp8.jsonl"
 fi

@@ -224,6 +224,11 @@ pub struct GenerateArgs {
     /// with per-tensor scales, as NVIDIA's FP8 checkpoints (which need no flag).
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
+    /// Run the video tower's attention in FP8 too (E4M3 q/k/v with per-head scales, FP8
+    /// tensor cores; Hopper GPUs), in the steps the FP8 step policy runs W8A8. Needs an FP8
+    /// checkpoint or --quantize fp8.
+    #[arg(long)]
+    pub fp8_attention: bool,
     /// safetensors file with initial noise: `video` [1,C,t,h,w] and optional `sound` [1,64,T]
     /// (f32); for transfer `chunk_noise` [chunks,1,C,t,h,w], one draw per chunk in order.
     #[arg(long)]

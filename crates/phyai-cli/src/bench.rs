@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// per-tensor scales, as `phyai generate --quantize fp8`.
     #[arg(long, value_enum)]
     pub quantize: Option<crate::args::QuantizeArg>,
+    /// With FP8 linear layers (--quantize fp8 or --precision fp8): run the video tower's
+    /// attention in FP8 too (Hopper; gen, e2e, transfer, fp8-quality, --workload).
+    #[arg(long)]
+    pub fp8_attention: bool,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
@@ -131,12 +135,12 @@ fn quantize(a: &BenchArgs) -> Option<phyai::layers::fp8::Quantize> {
     })
 }
 
-/// The precision label of the transformer's linear layers.
+/// The precision label of the transformer's linear layers (and attention).
 fn precision(a: &BenchArgs) -> &'static str {
-    if a.quantize.is_some() {
-        "fp8"
-    } else {
-        "bf16"
+    match (a.quantize.is_some(), a.fp8_attention) {
+        (true, true) => "fp8+fp8-attention",
+        (true, false) => "fp8",
+        _ => "bf16",
     }
 }
 
@@ -438,6 +442,7 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         dtype: DType::BF16,
         sound: a.sound,
         quantize: quantize(a),
+        fp8_attention: a.fp8_attention,
         weight_seed: None,
         conditioning: bench::Conditioning::Text,
     };
@@ -505,6 +510,7 @@ fn transfer(
             DType::BF16
         },
         quantize: quantize(a),
+        fp8_attention: a.fp8_attention,
     };
     let r = bench::transfer_bench(device, cfg, g, opts)?;
     // With fewer layers, the full model's time: the denoising stage scaled by the layer ratio.
@@ -590,7 +596,16 @@ pub(crate) fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
 }
 
 fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> phyai::Result<()> {
-    let r = bench::gen_bench(device, cfg, g, a.layers, DType::BF16, quantize(a), a.runs)?;
+    let r = bench::gen_bench(
+        device,
+        cfg,
+        g,
+        a.layers,
+        DType::BF16,
+        quantize(a),
+        a.fp8_attention,
+        a.runs,
+    )?;
     let full_layers = cfg.num_hidden_layers;
     if a.json {
         emit(json!({
@@ -691,6 +706,7 @@ fn fp8_quality(
         dtype: DType::BF16,
         sound: false,
         quantize: None,
+        fp8_attention: a.fp8_attention,
         weight_seed: None,
         conditioning: bench::Conditioning::Text,
     };

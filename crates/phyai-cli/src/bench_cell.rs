@@ -64,17 +64,29 @@ pub fn run(
             ResolutionArg::Tiny => Resolution::Tiny,
         };
         let c = cell_bench(
-            device, cfg, workload, res, fp8, a.steps, a.guidance, a.layers,
+            device,
+            cfg,
+            workload,
+            res,
+            fp8,
+            fp8 && a.fp8_attention,
+            a.steps,
+            a.guidance,
+            a.layers,
         )?;
-        report(&c, a.json);
+        report(&c, fp8 && a.fp8_attention, a.json);
     }
     Ok(())
 }
 
-fn report(c: &CellReport, as_json: bool) {
+fn report(c: &CellReport, fp8_attention: bool, as_json: bool) {
     let p = c.published.as_ref();
     let ratio = |v: Option<f64>| v.map(|v| c.seconds / v);
-    let precision = if c.fp8 { "fp8" } else { "bf16" };
+    let precision = match (c.fp8, fp8_attention) {
+        (true, true) => "fp8+fp8-attention",
+        (true, false) => "fp8",
+        _ => "bf16",
+    };
     let scaled = c.layers < c.full_layers;
     if as_json {
         emit(json!({

@@ -261,6 +261,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             quantize: a.quantize.map(|q| match q {
                 QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
             }),
+            fp8_attention: a.fp8_attention,
         },
         config,
     });

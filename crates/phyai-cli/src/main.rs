@@ -85,6 +85,8 @@ fn flag_of(field: &str) -> Option<String> {
         "conditional_frames",
         "control_guidance",
         "control_guidance_interval",
+        "quantize",
+        "fp8_attention",
     ];
     /// Fields whose flag has another name.
     const RENAMED: &[(&str, &str)] = &[("controls", "control"), ("chunk_noise", "init_noise")];

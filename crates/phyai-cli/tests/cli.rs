@@ -195,6 +195,22 @@ fn bad_inputs_give_one_clear_line() {
             vec!["--checkpoint", ckpt_s, "--device", "cuda"],
             "--device",
         ),
+        (
+            "fp8 attention on a 16-bit model",
+            vec!["--checkpoint", ckpt_s, "--fp8-attention"],
+            "--fp8-attention: needs an FP8 transformer",
+        ),
+        (
+            "fp8 attention on the cpu",
+            vec![
+                "--checkpoint",
+                ckpt_s,
+                "--fp8-attention",
+                "--quantize",
+                "fp8",
+            ],
+            "--fp8-attention: needs a CUDA device",
+        ),
     ];
     for (case, extra, needle) in cases {
         let mut args = vec!["generate", "--prompt", "a robot", "--out", out_s, "--quiet"];

@@ -56,6 +56,8 @@ pub struct E2eOptions {
     pub sound: bool,
     /// Quantize the transformer at load (`--quantize fp8`).
     pub quantize: Option<crate::layers::fp8::Quantize>,
+    /// FP8 attention in the W8A8 steps (`--fp8-attention`; needs `quantize`).
+    pub fp8_attention: bool,
     /// Seed the device generator before drawing the weights (`None`: as it stands), so
     /// two runs can share their random weights.
     pub weight_seed: Option<u64>,
@@ -92,6 +94,7 @@ pub fn e2e_bench(
         dtype,
         sound,
         quantize,
+        fp8_attention,
         weight_seed,
         conditioning,
     } = opts;
@@ -110,8 +113,11 @@ pub fn e2e_bench(
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-e2e")));
     let w = Weights::new(store, dtype, device);
     let single = crate::parallel::Group::single();
-    let transformer =
+    let mut transformer =
         Cosmos3Transformer::new_quantized(&cfg, w.clone(), &single, single.clone(), quantize)?;
+    if fp8_attention {
+        transformer.enable_fp8_attention()?;
+    }
     let vcfg = wan22_vae_config();
     let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
     let encoder = match conditioning {

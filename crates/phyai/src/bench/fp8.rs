@@ -145,12 +145,16 @@ fn seeded_velocity(
     cfg: &TransformerConfig,
     spec: GenSpec,
     quantize: Option<Quantize>,
+    fp8_attention: bool,
 ) -> Result<Tensor> {
     device.set_seed(WEIGHT_SEED)?;
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new("bench")));
     let single = Group::single();
     let w = Weights::new(store, DType::BF16, device);
-    let model = Cosmos3Transformer::new_quantized(cfg, w, &single, single.clone(), quantize)?;
+    let mut model = Cosmos3Transformer::new_quantized(cfg, w, &single, single.clone(), quantize)?;
+    if fp8_attention {
+        model.enable_fp8_attention()?;
+    }
     model.set_activation_precision(ActivationPrecision::W8A8);
     device.set_seed(WEIGHT_SEED + 1)?;
     let [t, h, w] = spec.latent;
@@ -172,7 +176,8 @@ fn seeded_velocity(
 
 /// The quality guard of FP8 on the full-size random model of `config` at `spec`: one
 /// forward's velocity error, and the decoded video of one whole request (`opts`, whose
-/// `quantize` and `weight_seed` are set here) in both precisions.
+/// `quantize` and `weight_seed` are set here) in both precisions. With
+/// `opts.fp8_attention` the FP8 side runs its attention in FP8 too.
 pub fn fp8_quality_bench(
     device: &Device,
     config: &TransformerConfig,
@@ -182,16 +187,17 @@ pub fn fp8_quality_bench(
     let mut cfg = config.clone();
     let full = cfg.num_hidden_layers;
     cfg.num_hidden_layers = opts.layers.unwrap_or(full).clamp(1, full);
-    let v16 = seeded_velocity(device, &cfg, spec, None)?;
-    let v8 = seeded_velocity(device, &cfg, spec, Some(Quantize::Fp8))?;
+    let v16 = seeded_velocity(device, &cfg, spec, None, false)?;
+    let v8 = seeded_velocity(device, &cfg, spec, Some(Quantize::Fp8), opts.fp8_attention)?;
     let velocity_rel_err = rel_err(&v8, &v16)?;
-    let run = |quantize| {
+    let run = |quantize: Option<Quantize>| {
         e2e_bench(
             device,
             config,
             spec,
             E2eOptions {
                 quantize,
+                fp8_attention: quantize.is_some() && opts.fp8_attention,
                 weight_seed: Some(WEIGHT_SEED),
                 ..opts
             },

@@ -283,8 +283,10 @@ pub struct GenReport {
 }
 
 /// Builds the transformer of `config` (optionally fewer layers) with random weights on
-/// `device`, quantized at load with `quantize` (FP8 forwards run W8A8), and times the text
+/// `device`, quantized at load with `quantize` (FP8 forwards run W8A8; `fp8_attention`
+/// runs their attention in FP8 too), and times the text
 /// tower and one generation-tower forward at `spec`, at the config's base frame rate.
+#[allow(clippy::too_many_arguments)]
 pub fn gen_bench(
     device: &Device,
     config: &TransformerConfig,
@@ -292,6 +294,7 @@ pub fn gen_bench(
     layers: Option<usize>,
     dtype: DType,
     quantize: Option<Quantize>,
+    fp8_attention: bool,
     runs: usize,
 ) -> Result<GenReport> {
     let full_layers = config.num_hidden_layers;
@@ -301,7 +304,10 @@ pub fn gen_bench(
     let store = Arc::new(WeightStore::random_on_device(std::path::Path::new("bench")));
     let single = crate::parallel::Group::single();
     let w = Weights::new(store, dtype, device);
-    let model = Cosmos3Transformer::new_quantized(&cfg, w, &single, single.clone(), quantize)?;
+    let mut model = Cosmos3Transformer::new_quantized(&cfg, w, &single, single.clone(), quantize)?;
+    if fp8_attention {
+        model.enable_fp8_attention()?;
+    }
     model.set_activation_precision(crate::layers::fp8::ActivationPrecision::W8A8);
     let ids = spec.text_ids(&cfg, 0);
     let und_timing = time_runs(device, 1, runs, || model.und(&ids).map(drop))?;

@@ -173,6 +173,7 @@ pub fn cell_bench(
     w: Workload,
     r: Resolution,
     fp8: bool,
+    fp8_attention: bool,
     steps: usize,
     guidance: f64,
     layers: Option<usize>,
@@ -191,6 +192,7 @@ pub fn cell_bench(
         },
         sound: w == Workload::T2av,
         quantize: fp8.then_some(Quantize::Fp8),
+        fp8_attention,
         weight_seed: None,
         conditioning: match w {
             Workload::I2v => Conditioning::Image,

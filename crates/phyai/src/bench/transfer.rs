@@ -34,6 +34,8 @@ pub struct TransferOptions {
     pub dtype: DType,
     /// Quantize the transformer at load (`--quantize fp8`).
     pub quantize: Option<crate::layers::fp8::Quantize>,
+    /// FP8 attention in the W8A8 steps (`--fp8-attention`; needs `quantize`).
+    pub fp8_attention: bool,
 }
 
 /// A synthetic edge map `[1, 3, F, H, W]` in {−1, 1}: diagonal stripes drifting by two
@@ -74,8 +76,11 @@ pub fn transfer_bench(
     let store = Arc::new(WeightStore::random_on_device(Path::new("bench-transfer")));
     let w = Weights::new(store, opts.dtype, device);
     let single = crate::parallel::Group::single();
-    let transformer =
+    let mut transformer =
         Cosmos3Transformer::new_quantized(&cfg, w.clone(), &single, single.clone(), opts.quantize)?;
+    if opts.fp8_attention {
+        transformer.enable_fp8_attention()?;
+    }
     let vcfg = wan22_vae_config();
     let decoder = WanDecoder::new(&vcfg, &w.pp("vae"))?;
     let encoder = WanEncoder::new(&vcfg, &w.pp("vae_encoder"))?;

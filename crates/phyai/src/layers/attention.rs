@@ -72,6 +72,36 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     }
 }
 
+/// Whether [`attention_fp8`] can run FP8 on `device` in this build (CUDA with the FP8
+/// attention kernels compiled in).
+pub fn fp8_available(device: &Device) -> bool {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return super::cuda::fp8_attention::available();
+    }
+    let _ = device;
+    false
+}
+
+/// Unmasked attention with q, k and v quantized to FP8 E4M3 (one scale per head) and both
+/// products in FP8 (Hopper, see [`super::cuda::fp8_attention`]); where that cannot run
+/// (another GPU, another head size) it says so once and runs [`attention`].
+pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        match super::cuda::fp8_attention::attention(q, k, v) {
+            Ok(out) => return Ok(out),
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("FP8 attention cannot run here ({e}); using bf16 attention")
+                });
+            }
+        }
+    }
+    attention(q, k, v, false)
+}
+
 /// Additive mask of one (query tile, key tile) pair: −∞ where key index > query index.
 fn causal_bias(q0: usize, nq: usize, k0: usize, nk: usize, dev: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; nq * nk];

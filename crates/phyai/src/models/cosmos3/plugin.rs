@@ -59,6 +59,9 @@ pub struct Cosmos3Args {
     /// Quantize an unquantized transformer at load (`--quantize fp8`); a checkpoint that is
     /// already FP8 keeps its own quantization.
     pub quantize: Option<Quantize>,
+    /// Run the generation tower's attention in FP8 in the W8A8 steps (`--fp8-attention`;
+    /// needs an FP8 transformer on a CUDA device of a build with the FP8 attention kernels).
+    pub fp8_attention: bool,
 }
 
 impl Cosmos3Args {
@@ -72,6 +75,7 @@ impl Cosmos3Args {
             sigma_schedule: SigmaStyle::default(),
             vae_decode: VaeDecode::default(),
             quantize: None,
+            fp8_attention: false,
         }
     }
 }
@@ -153,8 +157,24 @@ impl Plugin for Cosmos3Plugin {
         let tdir = require_dir(ckpt, "transformer")?;
         // The topology was checked against this config before any rank loaded (`check`).
         let tcfg = transformer_config(ckpt)?;
-        let transformer =
+        if args.fp8_attention {
+            // Refused before the weights are read.
+            let why = if tcfg.quantization_config.is_none() && args.quantize.is_none() {
+                Some("needs an FP8 transformer (an FP8 checkpoint or --quantize fp8)")
+            } else if !crate::layers::attention::fp8_available(&device) {
+                Some("needs a CUDA device and a build with the FP8 attention kernels")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::invalid("fp8_attention", why));
+            }
+        }
+        let mut transformer =
             Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;
+        if args.fp8_attention {
+            transformer.enable_fp8_attention()?;
+        }
         let sfile = require_dir(ckpt, "scheduler")?.join("scheduler_config.json");
         let fixed_step = FixedStepSchedule::from_checkpoint(ckpt)?;
         let scheduler = match fixed_step {

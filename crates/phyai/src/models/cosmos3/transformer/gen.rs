@@ -8,7 +8,8 @@ use super::block::{norm_scale, ExpertBlock, GEN_KEYS};
 use super::config::TransformerConfig;
 use super::und::UndKv;
 use crate::io::weights::Weights;
-use crate::layers::attention::attention;
+use crate::layers::attention::{attention, attention_fp8};
+use crate::layers::fp8::{ActivationPrecision, PrecisionSwitch};
 use crate::layers::glue;
 use crate::layers::norm::RmsNorm;
 use crate::layers::sp::SeqShard;
@@ -19,6 +20,9 @@ use crate::{Error, Result};
 pub struct GenTower {
     layers: Vec<ExpertBlock>,
     norm: RmsNorm,
+    /// With FP8 attention on: the tower's activation precision (attention runs FP8 in W8A8
+    /// steps and bf16 in the W8A16 ones of the step policy).
+    fp8_attention: Option<PrecisionSwitch>,
 }
 
 impl GenTower {
@@ -33,7 +37,16 @@ impl GenTower {
             cfg.rms_norm_eps,
             norm_scale(cfg),
         )?;
-        Ok(Self { layers, norm })
+        Ok(Self {
+            layers,
+            norm,
+            fp8_attention: None,
+        })
+    }
+
+    /// Runs attention in FP8 whenever `precision` says W8A8 (`None`: always bf16).
+    pub fn set_fp8_attention(&mut self, precision: Option<PrecisionSwitch>) {
+        self.fp8_attention = precision;
     }
 
     /// This rank's shard of the tokens `[shard.len, hidden]` with its rotary tables
@@ -89,7 +102,12 @@ impl GenTower {
             };
             let k_all = join(&uk, &k)?;
             let v_all = join(&uv, &v)?;
-            let a = attention(&q, &k_all, &v_all, false)?;
+            let a = match &self.fp8_attention {
+                Some(p) if p.get() == ActivationPrecision::W8A8 => {
+                    attention_fp8(&q, &k_all, &v_all)?
+                }
+                _ => attention(&q, &k_all, &v_all, false)?,
+            };
             let a = sp.heads_to_seq(&a, shard)?;
             let next = self
                 .layers

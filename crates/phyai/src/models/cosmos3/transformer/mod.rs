@@ -272,6 +272,30 @@ impl Cosmos3Transformer {
         self.fp8.is_some()
     }
 
+    /// Runs the generation tower's attention in FP8 (E4M3 q, k, v with per-head scales, FP8
+    /// tensor-core products) in the steps whose linear layers run W8A8; the step policy's
+    /// W8A16 steps keep bf16 attention. Needs an FP8 model on a CUDA device of a build with
+    /// the FP8 attention kernels; otherwise an error naming `fp8_attention`.
+    pub fn enable_fp8_attention(&mut self) -> Result<()> {
+        let Some(f) = &self.fp8 else {
+            return Err(Error::invalid(
+                "fp8_attention",
+                "needs an FP8 transformer (an FP8 checkpoint or --quantize fp8)",
+            ));
+        };
+        if !self.device.is_cuda() {
+            return Err(Error::invalid("fp8_attention", "runs on CUDA devices only"));
+        }
+        if !crate::layers::attention::fp8_available(&self.device) {
+            return Err(Error::invalid(
+                "fp8_attention",
+                "this build has no FP8 attention kernels (build with PHYAI_FLASHINFER_DIR set)",
+            ));
+        }
+        self.gen.set_fp8_attention(Some(f.gen.clone()));
+        Ok(())
+    }
+
     /// The step policy of an FP8 model (`None`: every step W8A8, or a 16-bit model).
     pub fn step_policy(&self) -> Option<StepPolicy> {
         self.fp8.as_ref().and_then(|f| f.policy)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Start-up on the GPU machine, in parts that each fit one device call:
+#   demo        the demo generation on a fresh machine: empty driver cache with the compiled
+#               kernel images, the same with CUDA_CACHE_DISABLE=1, then the PTX path
+#               (PHYAI_KERNEL_IMAGES=0) for comparison, and `bench --part jit`
+#   checkpoint  writes a random Nano checkpoint in the published layout ($CK, default
+#               /var/tmp/phyai-nano, on disk) and generates W480 from it twice: first with the files
+#               dropped from the page cache (cold), then again (warm); `--json` gives the
+#               load split and the first denoising step
+#   serve       the server on that checkpoint: its time outside the engine against its own
+#               full-size generations (serve_overhead.py)
+# Logs and JSON under $OUT. Uses the carried binary (.carry/phyai.gz).
+set -uo pipefail
+# shellcheck source=tools/gpu/env.sh
+. "$(dirname "$0")/env.sh"
+export PHYAI_LOG=${PHYAI_LOG:-warn}
+CK=${CK:-/var/tmp/phyai-nano}
+P="A robot arm stacks three red cubes on a wooden table"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
+
+# Runs one command, appending its wall time and JSON summary to $OUT/$1.jsonl.
+timed() {
+  local name=$1
+  shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
+  local rc=$?
+  t1=$(date +%s.%N)
+  python3 - "$name" "$t0" "$t1" "$rc" "$OUT/$name.json" <<'PY' | tee -a "$OUT/startup.jsonl"
+import json, sys
+name, t0, t1, rc, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+try:
+    summary = json.load(open(path))
+except Exception:
+    summary = None
+print(json.dumps({"run": name, "rc": rc, "wall_seconds": round(t1 - t0, 3), "summary": summary}))
+PY
+}
+
+# Drops the checkpoint's files from the page cache (root: the whole cache; else per file).
+drop_cache() {
+  sync
+  if ! (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null; then
+    python3 - "$CK" <<'PY'
+import os, sys
+for root, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        fd = os.open(os.path.join(root, f), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PY
+  fi
+}
+
+case "${1:-demo}" in
+demo)
+  rm -rf ~/.nv/ComputeCache
+  G=(/tmp/phyai generate --device cuda --sound --json --prompt "$P")
+  CUDA_CACHE_DISABLE=1 timed demo_images_nocache "${G[@]}" --out "$OUT/demo1"
+  timed demo_images_first "${G[@]}" --out "$OUT/demo2"
+  timed demo_images_second "${G[@]}" --out "$OUT/demo3"
+  CUDA_CACHE_DISABLE=1 PHYAI_KERNEL_IMAGES=0 timed demo_ptx_nocache "${G[@]}" --out "$OUT/demo4"
+  CUDA_CACHE_DISABLE=1 /tmp/phyai bench --part jit --json > "$OUT/jit.jsonl" 2>&1
+  ;;
+checkpoint)
+  df -h "$(dirname "$CK")" | tee "$OUT/df.txt"
+  rm -rf "$CK"
+  timed make_checkpoint /tmp/phyai make-checkpoint --out "$CK" --quiet
+  du -sh "$CK" | tee -a "$OUT/df.txt"
+  G=(/tmp/phyai generate --checkpoint "$CK" --device cuda --width 832 --height 480
+     --num-frames 93 --json --quiet --prompt "$P")
+  drop_cache
+  timed w480_cold "${G[@]}" --out "$OUT/w480_cold"
+  timed w480_warm "${G[@]}" --out "$OUT/w480_warm"
+  ;;
+serve)
+  python3 "$(dirname "$0")/serve_overhead.py" /tmp/phyai --checkpoint "$CK" --jobs "${JOBS:-2}" \
+    2>&1 | tee "$OUT/serve_overhead.txt"
+  ;;
+*)
+  echo "usage: startup.sh demo|checkpoint|serve" >&2
+  exit 2
+  ;;
+esac
