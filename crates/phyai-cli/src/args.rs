@@ -267,6 +267,12 @@ pub struct ServeArgs {
     /// Compute dtype [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// Quantize the transformer's linear layers at load, as `generate --quantize`.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
+    /// FP8 attention in the W8A8 steps, as `generate --fp8-attention`.
+    #[arg(long)]
+    pub fp8_attention: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

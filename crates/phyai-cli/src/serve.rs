@@ -5,7 +5,7 @@ use phyai::engine::Target;
 use phyai::{Error, Result};
 use phyai_serve::{BackendArgs, ServeConfig};
 
-use crate::args::{DeviceArg, DtypeArg, ServeArgs};
+use crate::args::{DeviceArg, DtypeArg, QuantizeArg, ServeArgs};
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     if std::env::var_os("WORLD_SIZE").is_some() {
@@ -46,6 +46,10 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             cfg: a.cfg,
             tp: a.tp,
             sp: a.sp,
+            quantize: a.quantize.map(|q| match q {
+                QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
+            }),
+            fp8_attention: a.fp8_attention,
         },
         host: a.host.clone(),
         port: a.port,

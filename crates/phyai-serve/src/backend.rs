@@ -29,6 +29,10 @@ pub struct BackendArgs {
     pub cfg: usize,
     pub tp: usize,
     pub sp: usize,
+    /// `--quantize fp8`: FP8 linear layers from a 16-bit checkpoint.
+    pub quantize: Option<phyai::layers::fp8::Quantize>,
+    /// `--fp8-attention`.
+    pub fp8_attention: bool,
 }
 
 /// What the running request reports and asks, on the engine's thread.
@@ -119,6 +123,8 @@ impl Backend {
             plugin: Cosmos3Plugin::NAME.into(),
             plugin_args: Cosmos3Args {
                 load_sound: sound,
+                quantize: args.quantize,
+                fp8_attention: args.fp8_attention,
                 ..Cosmos3Args::new(&checkpoint)
             },
             config: EngineConfig {
