@@ -601,7 +601,9 @@ fn cuda_fp8_attention_tracks_exact_attention() {
     let (e16, e8) = (rel_err(&bf16, &exact), rel_err(&fp8, &exact));
     println!("attention vs exact f32: bf16 (cuDNN) {e16:.2e}, FP8 {e8:.2e}");
     assert!(e16 < 1e-2, "bf16 {e16:.2e}");
-    assert!(e8 < 8e-2, "FP8 {e8:.2e}");
+    // E4M3 keeps 3 mantissa bits: a few per cent on q, k, v and P each (the number goes
+    // to BENCHMARKS.md beside the velocity and PSNR guards).
+    assert!(e8 < 0.15, "FP8 {e8:.2e}");
     assert!(e8 > e16, "the FP8 result must come from the FP8 kernel");
     // Token-major storage viewed head-major, as the tower joins text and video keys.
     let token_major = |t: &Tensor| {
