@@ -28,6 +28,9 @@ $("#form").addEventListener("submit", async (ev) => {
   for (const [k, v] of [...form.entries()]) {
     if (v === "" || (v instanceof File && v.size === 0)) form.delete(k);
   }
+  // A control clip makes the request a transfer: the field is named after its hint.
+  const control = $("#control").files[0];
+  if (control) form.append("control_" + $("#hint").value, control);
   try {
     const video = await (await api("/v1/videos", { method: "POST", body: form })).json();
     $("#message").textContent = "Queued " + video.id;
