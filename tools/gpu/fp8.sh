@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FP8 on the GPU machine, in one run beside bf16: the FP8 layer tests (the carried test
 # binary .carry/fp8_parity.gz, built with `cargo test --features cuda --no-run`), the GEMMs
-# of one Nano generation layer against bf16 and a square ceiling, and the Nano generation
+# of one Nano generation layer against bf16 and a square ceiling, attention alone (cuDNN
+# bf16 and the FP8 kernel), and the Nano generation
 # forward at W480 and W720 in bf16, FP8, and FP8 with FP8 attention (`--fp8-attention`).
 # `quality` as first argument adds the FP8 quality guard (velocity error, PSNR of a W480
 # request; without and with FP8 attention) and a W720 FP8 request end to end.
@@ -15,6 +16,11 @@ if [ -f .carry/fp8_parity.gz ]; then
   PHYAI_FIXTURES=tests/fixtures PHYAI_GPU_TESTS=1 /tmp/fp8_parity --ignored --nocapture cuda_fp8 2>&1 | tee "$OUT/fp8_test.txt"
 fi
 B="/tmp/phyai bench --json"
+# Attention alone at the generation shapes: cuDNN bf16, then the FP8 kernel.
+for f in "" "--fp8-attention"; do
+  # shellcheck disable=SC2086
+  $B --part attention --preset w720 --preset w480 $f 2>&1 | tee -a "$OUT/attention.jsonl"
+done
 $B --part fp8-gemm --preset w720 --preset w480 --preset i720 2>&1 | tee "$OUT/fp8_gemm.jsonl"
 for q in "" "--quantize fp8" "--quantize fp8 --fp8-attention"; do
   # shellcheck disable=SC2086

@@ -121,7 +121,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub quantize: Option<crate::args::QuantizeArg>,
     /// With FP8 linear layers (--quantize fp8 or --precision fp8): run the video tower's
-    /// attention in FP8 too (Hopper; gen, e2e, transfer, fp8-quality, --workload).
+    /// attention in FP8 too (Hopper; gen, e2e, transfer, fp8-quality, --workload); with
+    /// --part attention, time the FP8 kernel alone.
     #[arg(long)]
     pub fp8_attention: bool,
     /// Print one JSON object per measurement instead of text.
@@ -282,18 +283,23 @@ fn report_attention(
     device: &Device,
     a: &BenchArgs,
 ) -> phyai::Result<()> {
-    let r = bench::attention_bench(device, s, a.runs)?;
+    // FP8 runs the unmasked generation attention only; the causal text pass stays bf16.
+    let fp8 = a.fp8_attention && !s.causal;
+    let r = bench::attention_bench(device, s, a.runs, fp8)?;
     if a.json {
-        emit(attention_json(name, &s, &r));
+        let mut v = attention_json(name, &s, &r);
+        v["precision"] = json!(if fp8 { "fp8" } else { "bf16" });
+        emit(v);
     } else {
         println!(
-            "attention {name}: {} queries × {} keys, {}/{} heads of {}, bf16{}: median {:.2} ms \
+            "attention {name}: {} queries × {} keys, {}/{} heads of {}, {}{}: median {:.2} ms \
              (min {:.2}, max {:.2}, {} runs) = {:.0} TFLOP/s; vs f32 reference {:.1e}",
             s.queries,
             s.keys,
             s.heads,
             s.kv_heads,
             s.head_dim,
+            if fp8 { "fp8" } else { "bf16" },
             if s.causal { ", causal" } else { "" },
             r.timing.median_ms,
             r.timing.min_ms,

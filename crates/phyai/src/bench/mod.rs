@@ -155,11 +155,21 @@ pub struct AttentionReport {
 }
 
 /// Times the engine's attention entry point (fused on CUDA for bf16/f16) at `spec`.
+/// With `fp8` the FP8 kernel runs instead (unmasked attention only; an error where it
+/// cannot run).
 pub fn attention_bench(
     device: &Device,
     spec: AttentionSpec,
     runs: usize,
+    fp8: bool,
 ) -> Result<AttentionReport> {
+    let run = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        if fp8 && !spec.causal {
+            attention::try_attention_fp8(q, k, v)
+        } else {
+            attention::attention(q, k, v, spec.causal)
+        }
+    };
     let make = |h: usize, s: usize| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 1.0, (h, s, spec.head_dim), device)?.to_dtype(spec.dtype)?)
     };
@@ -172,7 +182,7 @@ pub fn attention_bench(
         make(spec.kv_heads, ck)?,
         make(spec.kv_heads, ck)?,
     );
-    let got = attention::attention(&q, &k, &v, spec.causal)?.to_dtype(DType::F32)?;
+    let got = run(&q, &k, &v)?.to_dtype(DType::F32)?;
     let f = |t: &Tensor| t.to_dtype(DType::F32);
     let want = attention::tiled(&f(&q)?, &f(&k)?, &f(&v)?, spec.causal, 256, 1024)?;
     let check_rel_err = rel_err(&got, &want)?;
@@ -182,9 +192,7 @@ pub fn attention_bench(
         make(spec.kv_heads, spec.keys)?,
         make(spec.kv_heads, spec.keys)?,
     );
-    let timing = time_runs(device, 2, runs, || {
-        attention::attention(&q, &k, &v, spec.causal).map(drop)
-    })?;
+    let timing = time_runs(device, 2, runs, || run(&q, &k, &v).map(drop))?;
     Ok(AttentionReport {
         tflops: spec.flops() / (timing.median_ms * 1e-3) / 1e12,
         timing,

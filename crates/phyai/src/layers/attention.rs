@@ -87,9 +87,8 @@ pub fn fp8_available(device: &Device) -> bool {
 /// products in FP8 (Hopper, see [`super::cuda::fp8_attention`]); where that cannot run
 /// (another GPU, another head size) it says so once and runs [`attention`].
 pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
     if q.device().is_cuda() {
-        match super::cuda::fp8_attention::attention(q, k, v) {
+        match try_attention_fp8(q, k, v) {
             Ok(out) => return Ok(out),
             Err(e) => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
@@ -100,6 +99,19 @@ pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         }
     }
     attention(q, k, v, false)
+}
+
+/// FP8 attention or an error saying why it cannot run here (no fallback: for measuring it).
+pub fn try_attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return super::cuda::fp8_attention::attention(q, k, v);
+    }
+    let _ = (q, k, v);
+    Err(Error::invalid(
+        "fp8_attention",
+        "runs on CUDA devices of a build with the FP8 attention kernels only",
+    ))
 }
 
 /// Additive mask of one (query tile, key tile) pair: −∞ where key index > query index.
