@@ -9,12 +9,20 @@
 #               load split and the first denoising step
 #   serve       the server on that checkpoint: its time outside the engine against its own
 #               full-size generations (serve_overhead.py)
-# Logs and JSON under $OUT. Uses the carried binary (.carry/phyai.gz).
+# Logs and JSON under $OUT. Uses the carried binary (.carry/phyai.gz). For a dry run of the
+# script on a CPU: DEVICE=cpu SIZE=tiny W=64 H=64 F=5 STEPS=2 BIN=<gzipped CPU binary>.
 set -uo pipefail
 # shellcheck source=tools/gpu/env.sh
 . "$(dirname "$0")/env.sh"
 export PHYAI_LOG=${PHYAI_LOG:-warn}
 CK=${CK:-/var/tmp/phyai-nano}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-nano}
+W=${W:-832}
+H=${H:-480}
+F=${F:-93}
+STEP_ARGS=()
+[ -n "${STEPS:-}" ] && STEP_ARGS=(--steps "$STEPS")
 P="A robot arm stacks three red cubes on a wooden table"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
 
@@ -56,7 +64,7 @@ PY
 case "${1:-demo}" in
 demo)
   rm -rf ~/.nv/ComputeCache
-  G=(/tmp/phyai generate --device cuda --sound --json --prompt "$P")
+  G=(/tmp/phyai generate --device "$DEVICE" --sound --json --prompt "$P")
   CUDA_CACHE_DISABLE=1 timed demo_images_nocache "${G[@]}" --out "$OUT/demo1"
   timed demo_images_first "${G[@]}" --out "$OUT/demo2"
   timed demo_images_second "${G[@]}" --out "$OUT/demo3"
@@ -66,16 +74,17 @@ demo)
 checkpoint)
   df -h "$(dirname "$CK")" | tee "$OUT/df.txt"
   rm -rf "$CK"
-  timed make_checkpoint /tmp/phyai make-checkpoint --out "$CK" --quiet
+  timed make_checkpoint /tmp/phyai make-checkpoint --out "$CK" --size "$SIZE" --quiet
   du -sh "$CK" | tee -a "$OUT/df.txt"
-  G=(/tmp/phyai generate --checkpoint "$CK" --device cuda --width 832 --height 480
-     --num-frames 93 --json --quiet --prompt "$P")
+  G=(/tmp/phyai generate --checkpoint "$CK" --device "$DEVICE" --width "$W" --height "$H"
+     --num-frames "$F" "${STEP_ARGS[@]}" --json --quiet --prompt "$P")
   drop_cache
   timed w480_cold "${G[@]}" --out "$OUT/w480_cold"
   timed w480_warm "${G[@]}" --out "$OUT/w480_warm"
   ;;
 serve)
   python3 "$(dirname "$0")/serve_overhead.py" /tmp/phyai --checkpoint "$CK" --jobs "${JOBS:-2}" \
+    --device "$DEVICE" --width "$W" --height "$H" --frames "$F" --steps "${STEPS:-35}" \
     2>&1 | tee "$OUT/serve_overhead.txt"
   ;;
 *)
