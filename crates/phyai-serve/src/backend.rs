@@ -52,7 +52,8 @@ pub struct Clip {
     video: Tensor,
     /// The waveform `[1, C, N]` and its rate, on the CPU.
     audio: Option<(Tensor, u32)>,
-    /// The engine's own time: tokenizing, image encoding, denoising and decoding.
+    /// The engine's own time: tokenizing, image encoding, denoising, decoding and the
+    /// clip's copy to the host.
     pub engine_time: Duration,
 }
 
@@ -186,14 +187,15 @@ impl Backend {
             request.transfer = Some(transfer_input(t, p.height, p.width, control)?);
         }
         let output = self.engine.step_with_progress(&request, &Hook(observer))?;
-        let engine_time = started.elapsed();
-        // Only the copy to the host stays on the engine's timeline (no device memory is
-        // held while the next job runs).
+        // The clip on the host is the engine's result: the copy waits for the device's
+        // queued work, so the engine's time ends after it (no device memory is held while
+        // the next job runs).
         let video = output.video.to_device(&Device::Cpu)?;
         let audio = match output.audio {
             Some((wave, rate)) => Some((wave.to_device(&Device::Cpu)?, rate)),
             None => None,
         };
+        let engine_time = started.elapsed();
         Ok(Clip {
             video,
             audio,
