@@ -77,6 +77,14 @@ pub enum QuantizeArg {
     Fp8,
 }
 
+impl From<QuantizeArg> for phyai::layers::fp8::Quantize {
+    fn from(q: QuantizeArg) -> Self {
+        match q {
+            QuantizeArg::Fp8 => Self::Fp8,
+        }
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigmaScheduleArg {
     /// What diffusers derives from the checkpoint's scheduler_config.json.

@@ -131,14 +131,17 @@ pub struct BenchArgs {
 }
 
 fn quantize(a: &BenchArgs) -> Option<phyai::layers::fp8::Quantize> {
-    a.quantize.map(|q| match q {
-        crate::args::QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
-    })
+    a.quantize.map(Into::into)
 }
 
 /// The precision label of the transformer's linear layers (and attention).
 fn precision(a: &BenchArgs) -> &'static str {
-    match (a.quantize.is_some(), a.fp8_attention) {
+    precision_label(a.quantize.is_some(), a.fp8_attention)
+}
+
+/// `bf16`, `fp8` (FP8 linear layers) or `fp8+fp8-attention`.
+pub(crate) fn precision_label(fp8: bool, fp8_attention: bool) -> &'static str {
+    match (fp8, fp8_attention) {
         (true, true) => "fp8+fp8-attention",
         (true, false) => "fp8",
         _ => "bf16",

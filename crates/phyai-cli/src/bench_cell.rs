@@ -56,6 +56,7 @@ pub fn run(
         a.resolutions.clone()
     };
     let fp8 = a.precision == PrecisionArg::Fp8 || a.quantize.is_some();
+    let fp8_attention = fp8 && a.fp8_attention;
     for r in resolutions {
         let res = match r {
             ResolutionArg::P256 => Resolution::P256,
@@ -69,12 +70,12 @@ pub fn run(
             workload,
             res,
             fp8,
-            fp8 && a.fp8_attention,
+            fp8_attention,
             a.steps,
             a.guidance,
             a.layers,
         )?;
-        report(&c, fp8 && a.fp8_attention, a.json);
+        report(&c, fp8_attention, a.json);
     }
     Ok(())
 }
@@ -82,11 +83,7 @@ pub fn run(
 fn report(c: &CellReport, fp8_attention: bool, as_json: bool) {
     let p = c.published.as_ref();
     let ratio = |v: Option<f64>| v.map(|v| c.seconds / v);
-    let precision = match (c.fp8, fp8_attention) {
-        (true, true) => "fp8+fp8-attention",
-        (true, false) => "fp8",
-        _ => "bf16",
-    };
+    let precision = crate::bench::precision_label(c.fp8, fp8_attention);
     let scaled = c.layers < c.full_layers;
     if as_json {
         emit(json!({

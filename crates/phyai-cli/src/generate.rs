@@ -22,7 +22,7 @@ use phyai::parallel::MeshShape;
 use phyai::{Error, Result};
 
 use crate::args::{
-    DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, QuantizeArg, SigmaScheduleArg, VaeDecodeArg,
+    DeviceArg, DtypeArg, GenerateArgs, PromptStyleArg, SigmaScheduleArg, VaeDecodeArg,
 };
 use crate::progress::{summary, Bars, LoadBar, StallHook};
 
@@ -258,9 +258,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
                 VaeDecodeArg::Full => VaeDecode::Full,
                 VaeDecodeArg::Tiled => VaeDecode::Tiled,
             },
-            quantize: a.quantize.map(|q| match q {
-                QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
-            }),
+            quantize: a.quantize.map(Into::into),
             fp8_attention: a.fp8_attention,
         },
         config,

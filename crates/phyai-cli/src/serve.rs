@@ -5,7 +5,7 @@ use phyai::engine::Target;
 use phyai::{Error, Result};
 use phyai_serve::{BackendArgs, ServeConfig};
 
-use crate::args::{DeviceArg, DtypeArg, QuantizeArg, ServeArgs};
+use crate::args::{DeviceArg, DtypeArg, ServeArgs};
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     if std::env::var_os("WORLD_SIZE").is_some() {
@@ -46,9 +46,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             cfg: a.cfg,
             tp: a.tp,
             sp: a.sp,
-            quantize: a.quantize.map(|q| match q {
-                QuantizeArg::Fp8 => phyai::layers::fp8::Quantize::Fp8,
-            }),
+            quantize: a.quantize.map(Into::into),
             fp8_attention: a.fp8_attention,
         },
         host: a.host.clone(),

@@ -27,7 +27,7 @@ pub fn transfer_input(a: &GenerateArgs, height: usize, width: usize) -> Result<T
             ));
         }
         let frames = load_video_resized(path, height, width, "controls")
-            .map_err(|e| Error::invalid("controls", format!("{hint}: {}", message(&e))))?;
+            .map_err(|e| Error::invalid("controls", format!("{hint}: {}", e.detail())))?;
         controls.push(Control { hint, frames });
     }
     let mut t = TransferInput::new(controls);
@@ -57,12 +57,4 @@ pub fn transfer_input(a: &GenerateArgs, height: usize, width: usize) -> Result<T
         t.chunk_noise = Some(noise.to_dtype(DType::F32)?);
     }
     Ok(t)
-}
-
-/// An error's text without its field prefix (the caller names the field).
-fn message(e: &Error) -> String {
-    match e {
-        Error::Invalid { msg, .. } => msg.clone(),
-        other => other.to_string(),
-    }
 }

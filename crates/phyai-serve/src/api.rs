@@ -22,7 +22,7 @@ use crate::object::video_object;
 use crate::params::{resolve, CreateFields};
 use crate::state::State;
 use crate::store::{new_id, InsertError, Job};
-use crate::transfer::{field_hint, message, resolve_transfer, FIELD_PREFIX};
+use crate::transfer::{field_hint, resolve_transfer, FIELD_PREFIX};
 use phyai::models::cosmos3::Hint;
 
 type St = axum::extract::State<Arc<State>>;
@@ -219,7 +219,8 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
 }
 
 /// Writes each control clip beside the job's inputs and decodes it once (without keeping
-/// the pixels), so an unreadable clip is refused at once; the frame count of each, by hint.
+/// the pixels), so an unreadable clip is refused at once; the frame count of each, by hint
+/// (a hint sent twice is refused by `resolve_transfer`).
 /// Clips of another size are resized when the job runs, as `phyai generate` does.
 async fn store_controls(
     st: &State,
@@ -229,9 +230,6 @@ async fn store_controls(
     let mut out = Vec::with_capacity(controls.len());
     for (hint, bytes) in controls {
         let field = format!("{FIELD_PREFIX}{hint}");
-        if out.iter().any(|(h, _)| *h == hint) {
-            return Err(ApiError::invalid(&field, "is given twice"));
-        }
         let path = st.store.control_path(id, hint.name());
         phyai::io::atomic::write_atomic(&path, &bytes)?;
         let (f, p) = (field.clone(), path.clone());
@@ -240,7 +238,7 @@ async fn store_controls(
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let (frames, _, _) = read.map_err(|e| {
             // The reader names the stored file; the client knows it as its upload.
-            let msg = message(&e);
+            let msg = e.detail();
             let prefix = format!("{}: ", path.display());
             let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
             ApiError::invalid(&field, format!("not a readable H.264 mp4: {msg}"))

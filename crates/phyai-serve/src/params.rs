@@ -273,7 +273,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), ApiError> {
     Ok((w, h))
 }
 
-fn number<T: std::str::FromStr>(param: &str, s: &str) -> Result<T, ApiError> {
+pub(crate) fn number<T: std::str::FromStr>(param: &str, s: &str) -> Result<T, ApiError> {
     s.trim()
         .parse()
         .map_err(|_| ApiError::invalid(param, format!("not a valid number: {s:?}")))

@@ -9,7 +9,7 @@ use phyai::models::cosmos3::Hint;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::ApiError;
-use crate::params::{format_seconds, CreateFields, JobParams, MAX_FRAMES};
+use crate::params::{format_seconds, number, CreateFields, JobParams, MAX_FRAMES};
 
 /// The multipart field prefix of a control clip.
 pub const FIELD_PREFIX: &str = "control_";
@@ -33,7 +33,7 @@ pub fn field_hint(name: &str) -> Option<Result<Hint, ApiError>> {
         return None;
     }
     let hint = name.strip_prefix(FIELD_PREFIX)?;
-    Some(Hint::parse(hint, name).map_err(|e| ApiError::invalid(name, message(&e))))
+    Some(Hint::parse(hint, name).map_err(|e| ApiError::invalid(name, e.detail())))
 }
 
 /// Makes `p` a transfer job: `controls` are the uploaded hints with each clip's frame count.
@@ -97,7 +97,7 @@ pub fn resolve_transfer(
     let control_guidance_interval = match f.control_guidance_interval.as_deref() {
         Some(s) => {
             GuidanceInterval::parse(s, "control_guidance_interval")
-                .map_err(|e| ApiError::invalid("control_guidance_interval", message(&e)))?;
+                .map_err(|e| ApiError::invalid("control_guidance_interval", e.detail()))?;
             Some(s.trim().to_string())
         }
         None => None,
@@ -133,20 +133,6 @@ pub fn resolve_transfer(
         control_guidance_interval,
     });
     Ok(())
-}
-
-fn number<T: std::str::FromStr>(param: &str, s: &str) -> Result<T, ApiError> {
-    s.trim()
-        .parse()
-        .map_err(|_| ApiError::invalid(param, format!("not a valid number: {s:?}")))
-}
-
-/// An engine error's text without its field prefix (the API error names the field).
-pub fn message(e: &phyai::Error) -> String {
-    match e {
-        phyai::Error::Invalid { msg, .. } => msg.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,14 @@ impl Error {
             msg: msg.into(),
         }
     }
+    /// The text without the field prefix of an [`Error::Invalid`] (for a caller that names
+    /// the field itself); other errors whole.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Invalid { msg, .. } => msg.clone(),
+            other => other.to_string(),
+        }
+    }
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
     }

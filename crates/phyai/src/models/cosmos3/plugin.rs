@@ -159,16 +159,8 @@ impl Plugin for Cosmos3Plugin {
         let tcfg = transformer_config(ckpt)?;
         if args.fp8_attention {
             // Refused before the weights are read.
-            let why = if tcfg.quantization_config.is_none() && args.quantize.is_none() {
-                Some("needs an FP8 transformer (an FP8 checkpoint or --quantize fp8)")
-            } else if !crate::layers::attention::fp8_available(&device) {
-                Some("needs a CUDA device and a build with the FP8 attention kernels")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(Error::invalid("fp8_attention", why));
-            }
+            let fp8_model = tcfg.quantization_config.is_some() || args.quantize.is_some();
+            crate::models::cosmos3::transformer::check_fp8_attention(fp8_model, &device)?;
         }
         let mut transformer =
             Cosmos3Transformer::load_quantized(&tdir, &tcfg, dtype, &device, &mesh, args.quantize)?;

@@ -142,6 +142,21 @@ fn fp8_contexts(
     Ok(Some((ctx(und), ctx(ActivationPrecision::W8A8), policy)))
 }
 
+/// Whether FP8 attention can run for a model whose linear layers are FP8 (`fp8_model`) on
+/// `device`: an error naming `fp8_attention` when not (checkable before loading weights).
+pub fn check_fp8_attention(fp8_model: bool, device: &candle_core::Device) -> Result<()> {
+    let why = if !fp8_model {
+        "needs an FP8 transformer (an FP8 checkpoint or --quantize fp8)"
+    } else if !device.is_cuda() {
+        "needs a CUDA device"
+    } else if !crate::layers::attention::fp8_available(device) {
+        "this build has no FP8 attention kernels (build with PHYAI_FLASHINFER_DIR set)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid("fp8_attention", why))
+}
+
 impl Cosmos3Transformer {
     /// Builds the model from checkpoint weights (dtype and device of `w`), unsharded.
     pub fn new(cfg: &TransformerConfig, w: Weights) -> Result<Self> {
@@ -277,22 +292,10 @@ impl Cosmos3Transformer {
     /// W8A16 steps keep bf16 attention. Needs an FP8 model on a CUDA device of a build with
     /// the FP8 attention kernels; otherwise an error naming `fp8_attention`.
     pub fn enable_fp8_attention(&mut self) -> Result<()> {
-        let Some(f) = &self.fp8 else {
-            return Err(Error::invalid(
-                "fp8_attention",
-                "needs an FP8 transformer (an FP8 checkpoint or --quantize fp8)",
-            ));
-        };
-        if !self.device.is_cuda() {
-            return Err(Error::invalid("fp8_attention", "runs on CUDA devices only"));
+        check_fp8_attention(self.fp8.is_some(), &self.device)?;
+        if let Some(f) = &self.fp8 {
+            self.gen.set_fp8_attention(Some(f.gen.clone()));
         }
-        if !crate::layers::attention::fp8_available(&self.device) {
-            return Err(Error::invalid(
-                "fp8_attention",
-                "this build has no FP8 attention kernels (build with PHYAI_FLASHINFER_DIR set)",
-            ));
-        }
-        self.gen.set_fp8_attention(Some(f.gen.clone()));
         Ok(())
     }
 
