@@ -274,11 +274,18 @@ impl Store {
             params![id, now(), json, has_image],
         )
         .map_err(|e| InsertError::Store(db(e)))?;
+        // Read back inside the transaction: the answer is the job as created
+        // ("queued"), even if a worker claims it the moment it commits.
+        let job = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                row_to_job,
+            )
+            .map_err(|e| InsertError::Store(db(e)))?
+            .map_err(InsertError::Store)?;
         tx.commit().map_err(|e| InsertError::Store(db(e)))?;
-        drop(conn);
-        self.get(id)
-            .map_err(InsertError::Store)?
-            .ok_or_else(|| InsertError::Store(Error::msg("database: inserted job vanished")))
+        Ok(job)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Job>> {
