@@ -7,6 +7,8 @@
 #               /var/tmp/phyai-nano, on disk) and generates W480 from it twice: first with the files
 #               dropped from the page cache (cold), then again (warm); `--json` gives the
 #               load split and the first denoising step
+#   read        `bench --part read` on that checkpoint: positioned reads against the memory
+#               map, after dropping the page cache and again
 #   serve       the server on that checkpoint: its time outside the engine against its own
 #               full-size generations (serve_overhead.py)
 # Logs and JSON under $OUT. Uses the carried binary (.carry/phyai.gz). For a dry run of the
@@ -78,9 +80,26 @@ checkpoint)
   du -sh "$CK" | tee -a "$OUT/df.txt"
   G=(/tmp/phyai generate --checkpoint "$CK" --device "$DEVICE" --width "$W" --height "$H"
      --num-frames "$F" "${STEP_ARGS[@]}" --json --quiet --prompt "$P")
+  # Can this machine's page cache hold the checkpoint at all? (a memory cgroup charges the
+  # cache to the container)
+  { cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null
+    grep -E 'MemTotal|MemAvailable|^Cached' /proc/meminfo; } | tee "$OUT/memory.txt"
   drop_cache
   timed w480_cold "${G[@]}" --out "$OUT/w480_cold"
   timed w480_warm "${G[@]}" --out "$OUT/w480_warm"
+  PHYAI_LOAD_READ=mmap timed w480_warm_mmap "${G[@]}" --out "$OUT/w480_warm_mmap"
+  # The read alone, each way: cold first, then as the cache holds it.
+  drop_cache
+  /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_cold.jsonl" 2>&1
+  /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_warm.jsonl" 2>&1
+  cat "$OUT"/read_*.jsonl
+  ;;
+read)
+  # The read alone on an existing checkpoint ($CK).
+  drop_cache
+  /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_cold.jsonl"
+  /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_warm.jsonl"
+  PHYAI_LOAD_READ=mmap /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_warm_mmap_first.jsonl"
   ;;
 serve)
   python3 "$(dirname "$0")/serve_overhead.py" /tmp/phyai --checkpoint "$CK" --jobs "${JOBS:-2}" \
@@ -88,7 +107,7 @@ serve)
     2>&1 | tee "$OUT/serve_overhead.txt"
   ;;
 *)
-  echo "usage: startup.sh demo|checkpoint|serve" >&2
+  echo "usage: startup.sh demo|checkpoint|read|serve" >&2
   exit 2
   ;;
 esac

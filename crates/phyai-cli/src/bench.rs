@@ -45,6 +45,9 @@ pub enum BenchPart {
     /// FP8 against bf16 on the same random weights: one forward's velocity error and the
     /// PSNR of one whole request's video (--steps, --guidance), with both requests timed.
     Fp8Quality,
+    /// Reading --weights' files into host memory: positioned reads against copies from the
+    /// memory map, each pass on a fresh map (not per preset).
+    Read,
     /// One whole edge transfer at the preset (the control clip as long as the video; text
     /// and control guidance, chunking from --guidance, --control-guidance, --chunk-frames).
     Transfer,
@@ -125,6 +128,9 @@ pub struct BenchArgs {
     /// --part attention, time the FP8 kernel alone.
     #[arg(long)]
     pub fp8_attention: bool,
+    /// Read: a weight folder (a checkpoint's `transformer/`) or a whole checkpoint.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
@@ -191,6 +197,10 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
     if let Some(w) = a.workload {
         return crate::bench_cell::run(a, w, &cfg, &device(a)?);
     }
+    if a.parts == [BenchPart::Read] {
+        // Host-side only: needs no device.
+        return crate::bench_read::run(a);
+    }
     let device = device(a)?;
     let parts = if a.parts.is_empty() {
         vec![BenchPart::Attention, BenchPart::Gen]
@@ -243,6 +253,10 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
                 BenchPart::AudioOps => {
                     let ops = bench::audio_ops_bench(&device, cfg.base_fps, a.runs)?;
                     print_ops("audio-ops", &ops, a.json);
+                    break;
+                }
+                BenchPart::Read => {
+                    crate::bench_read::run(a)?;
                     break;
                 }
                 BenchPart::VaeOps => {

@@ -378,12 +378,16 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
 }
 
 /// The load split (summed over ranks): reading the files into host memory, copying to the
-/// device, and the kernel set-up of the whole run (kernel modules load at first use).
+/// device, and the kernel set-up of the whole run (kernel modules load at first use); how
+/// the files were read and how much of them the page cache held when opened.
 fn load_json(load: &phyai::io::load_stats::LoadStats) -> serde_json::Value {
     let kernels = phyai::layers::kernel_setup::kernel_setup();
     serde_json::json!({
         "bytes": load.bytes,
         "tensors": load.tensors,
+        "read_mode": phyai::io::read::ReadMode::from_env().name(),
+        "file_bytes": load.file_bytes,
+        "page_cache_bytes": load.resident_bytes,
         "read_seconds": load.read_seconds,
         "copy_seconds": load.copy_seconds,
         "kernel_setup_seconds": kernels.map(|k| k.seconds),

@@ -4,6 +4,7 @@ mod action;
 mod args;
 mod bench;
 mod bench_cell;
+mod bench_read;
 mod generate;
 mod progress;
 mod serve;

@@ -380,6 +380,53 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
         summary["load"]["bytes"].as_u64().is_some_and(|b| b > 0),
         "{summary}"
     );
+    // How the weights were read, and how much of their files the page cache held: the demo
+    // checkpoint was just written, so (on Linux) some of it, and never more than the files.
+    let l = &summary["load"];
+    assert_eq!(l["read_mode"], "pread", "{summary}");
+    let files = l["file_bytes"].as_u64().unwrap();
+    assert!(files >= l["bytes"].as_u64().unwrap(), "{summary}");
+    if cfg!(target_os = "linux") {
+        let cached = l["page_cache_bytes"].as_u64().expect("page_cache_bytes");
+        assert!(cached > 0 && cached <= files, "{summary}");
+    }
+
+    // The read benchmark on the same files: three passes, each reading every stored byte.
+    let tdir = tmp.path().join("cache/demo-v1/transformer");
+    let stored: u64 = std::fs::read_dir(&tdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| {
+            // A safetensors file: 8-byte header length, the header, then the tensor bytes.
+            let bytes = std::fs::read(&p).unwrap();
+            let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            bytes.len() as u64 - 8 - header
+        })
+        .sum();
+    let o = phyai(&[
+        "bench",
+        "--part",
+        "read",
+        "--json",
+        "--weights",
+        tdir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let passes: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = passes.iter().map(|p| p["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["pread", "mmap", "pread"]);
+    for p in &passes {
+        assert_eq!(p["bytes"].as_u64(), Some(stored), "{p}");
+        assert!(p["gb_per_s"].as_f64().is_some_and(|r| r > 0.0), "{p}");
+    }
+    let o = phyai(&["bench", "--part", "read"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--weights"));
+
     let mp4 = tmp.path().join("demo.mp4");
     assert!(mp4.exists() && tmp.path().join("demo.wav").exists());
     let probe = Command::new("ffprobe")

@@ -23,6 +23,7 @@ pub mod e2e;
 pub mod fp8;
 pub mod jit;
 pub mod published;
+pub mod read;
 pub mod transfer;
 pub mod vae_tiles;
 /// The benchmarks' memory figures (kept here so callers of `bench` need no other path).
@@ -31,6 +32,7 @@ pub use audio::{audio_bench, audio_ops_bench, AudioReport};
 pub use e2e::{e2e_bench, Conditioning, E2eOptions, E2eReport};
 pub use fp8::{fp8_gemm_bench, fp8_quality_bench, Fp8Quality, GemmRow};
 pub use jit::jit_bench;
+pub use read::{read_bench, ReadPass};
 pub use transfer::{transfer_bench, TransferOptions};
 pub use vae_tiles::{vae_tiles_bench, TileReport};
 

@@ -11,6 +11,9 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 static TENSORS: AtomicU64 = AtomicU64::new(0);
 static READ_NS: AtomicU64 = AtomicU64::new(0);
 static COPY_NS: AtomicU64 = AtomicU64::new(0);
+static FILE_BYTES: AtomicU64 = AtomicU64::new(0);
+static RESIDENT_BYTES: AtomicU64 = AtomicU64::new(0);
+static RESIDENT_KNOWN: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoadStats {
@@ -19,6 +22,11 @@ pub struct LoadStats {
     pub tensors: u64,
     pub read_seconds: f64,
     pub copy_seconds: f64,
+    /// Size of the weight files opened.
+    pub file_bytes: u64,
+    /// How much of them was in the page cache when opened (cold disk: near 0); `None`
+    /// where the system cannot tell.
+    pub resident_bytes: Option<u64>,
 }
 
 impl LoadStats {
@@ -29,6 +37,11 @@ impl LoadStats {
             tensors: self.tensors - earlier.tensors,
             read_seconds: self.read_seconds - earlier.read_seconds,
             copy_seconds: self.copy_seconds - earlier.copy_seconds,
+            file_bytes: self.file_bytes - earlier.file_bytes,
+            resident_bytes: match (self.resident_bytes, earlier.resident_bytes) {
+                (Some(a), Some(b)) => Some(a - b),
+                _ => None,
+            },
         }
     }
 }
@@ -41,6 +54,15 @@ pub(crate) fn record(bytes: usize, read: Duration, copy: Duration) {
     COPY_NS.fetch_add(copy.as_nanos() as u64, Ordering::Relaxed);
 }
 
+/// Records one weight file opened: its size and how much of it the page cache held.
+pub(crate) fn record_open(bytes: usize, resident: Option<u64>) {
+    FILE_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    if let Some(r) = resident {
+        RESIDENT_BYTES.fetch_add(r, Ordering::Relaxed);
+        RESIDENT_KNOWN.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// The totals so far.
 pub fn load_stats() -> LoadStats {
     LoadStats {
@@ -48,5 +70,10 @@ pub fn load_stats() -> LoadStats {
         tensors: TENSORS.load(Ordering::Relaxed),
         read_seconds: READ_NS.load(Ordering::Relaxed) as f64 * 1e-9,
         copy_seconds: COPY_NS.load(Ordering::Relaxed) as f64 * 1e-9,
+        file_bytes: FILE_BYTES.load(Ordering::Relaxed),
+        // Known only if every file opened could say.
+        resident_bytes: (RESIDENT_KNOWN.load(Ordering::Relaxed)
+            == FILE_BYTES.load(Ordering::Relaxed))
+        .then(|| RESIDENT_BYTES.load(Ordering::Relaxed)),
     }
 }

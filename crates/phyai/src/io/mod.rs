@@ -10,6 +10,7 @@ pub mod load_stats;
 pub mod mp4;
 pub mod mp4_read;
 pub mod npy;
+pub mod read;
 pub mod resample;
 pub mod shards;
 pub mod still;

@@ -1,9 +1,9 @@
 //! Weights onto a CUDA device in large copies from pinned memory (built with `cuda` only).
 //!
-//! A tensor's stored bytes go from the memory-mapped file into one of two 64 MiB pinned
-//! staging buffers (in parallel, so page-cache reads run at memory speed) and from there to
-//! the device with an asynchronous copy, while the other buffer is filled: reading and
-//! copying overlap, and every device copy is a full-speed pinned transfer. Used when the
+//! A tensor's stored bytes are read (see [`super::read`]: positioned reads from the file by
+//! default, in parallel pieces) into one of two 64 MiB pinned staging buffers and go from
+//! there to the device with an asynchronous copy, while the other buffer is filled: reading
+//! and copying overlap, and every device copy is a full-speed pinned transfer. Used when the
 //! tensor is loaded whole in its stored dtype (bf16, f16 or f32); everything else takes
 //! candle's path (a host tensor, then `to_device`). `PHYAI_PINNED_LOAD=0` turns it off.
 
@@ -14,8 +14,8 @@ use candle_core::cuda_backend::cudarc::driver::{result, CudaEvent, DevicePtrMut,
 use candle_core::cuda_backend::DeviceId;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Storage, Tensor};
-use rayon::prelude::*;
 
+use super::read::Source;
 use crate::{Error, Result};
 
 const STAGE_BYTES: usize = 64 << 20;
@@ -75,7 +75,7 @@ pub(crate) fn enabled(dtype: DType) -> bool {
 /// Uploads `bytes` (a whole tensor of `shape` in `dtype`) to `dev`; returns the tensor and
 /// the time spent reading into the staging buffers and waiting for device copies.
 pub(crate) fn upload(
-    bytes: &[u8],
+    bytes: Source<'_>,
     dtype: DType,
     shape: &[usize],
     dev: &CudaDevice,
@@ -109,7 +109,7 @@ pub(crate) fn upload(
 /// return every copy has completed.
 fn fill<T>(
     dst: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-    bytes: &[u8],
+    bytes: Source<'_>,
     dev: &CudaDevice,
 ) -> Result<(Duration, Duration)> {
     let stream = dev.cuda_stream();
@@ -119,7 +119,8 @@ fn fill<T>(
         .map_err(|_| Error::msg("staging pool poisoned"))?;
     let (mut read, mut copy) = (Duration::ZERO, Duration::ZERO);
     let (base, guard) = dst.device_ptr_mut(&stream);
-    for (i, chunk) in bytes.chunks(STAGE_BYTES).enumerate() {
+    for (i, start) in (0..bytes.len()).step_by(STAGE_BYTES).enumerate() {
+        let len = STAGE_BYTES.min(bytes.len() - start);
         let stage = &mut stages[i % 2];
         let t = Instant::now();
         if let Some(e) = stage.pending.take() {
@@ -127,13 +128,11 @@ fn fill<T>(
         }
         copy += t.elapsed();
         let t = Instant::now();
-        // SAFETY: the stage holds STAGE_BYTES ≥ chunk.len() bytes and no copy reads it now.
-        let host = unsafe { std::slice::from_raw_parts_mut(stage.ptr, chunk.len()) };
-        host.par_chunks_mut(4 << 20)
-            .zip(chunk.par_chunks(4 << 20))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        // SAFETY: the stage holds STAGE_BYTES ≥ len bytes and no copy reads it now.
+        let host = unsafe { std::slice::from_raw_parts_mut(stage.ptr, len) };
+        bytes.read_into(start, host).map_err(cuda)?;
         read += t.elapsed();
-        let at = base + (i * STAGE_BYTES) as u64;
+        let at = base + start as u64;
         // SAFETY: `at..at + len` lies inside `dst`; `host` stays untouched until the event.
         unsafe { result::memcpy_htod_async(at, host, stream.cu_stream()) }.map_err(cuda)?;
         stage.pending = Some(stream.record_event(None).map_err(cuda)?);

@@ -17,12 +17,14 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
 
+use super::read::{ReadMode, Source, StoredBytes};
 use crate::layers::fp8::Fp8Context;
 use crate::{Error, Result};
 
 /// One memory-mapped safetensors file with its parsed header.
 struct MappedFile {
     path: PathBuf,
+    file: File,
     mmap: Mmap,
     header_len: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -34,10 +36,15 @@ impl MappedFile {
         // SAFETY: the map is read-only; a file truncated underneath us is the user's fault
         // and is detected at open time by the header/length check below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        // Start reading the whole file ahead in the background (a cold disk then overlaps
-        // with the copies of the tensors already read); only a hint.
+        // Before the read-ahead hint below changes it: was this file served from memory?
+        super::load_stats::record_open(mmap.len(), super::read::resident_bytes(&mmap));
+        // Copying from the map: start reading the whole file ahead in the background (a cold
+        // disk then overlaps with the copies of the tensors already read); only a hint.
+        // Positioned reads need no hint: each 4 MiB read goes to the disk whole, many at once.
         #[cfg(unix)]
-        let _ = mmap.advise(memmap2::Advice::WillNeed);
+        if ReadMode::from_env() == ReadMode::Mmap {
+            let _ = mmap.advise(memmap2::Advice::WillNeed);
+        }
         let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             let what = match e {
                 safetensors::SafeTensorError::MetadataIncompleteBuffer => {
@@ -60,6 +67,7 @@ impl MappedFile {
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
+            file,
             mmap,
             header_len: n + 8,
             tensors,
@@ -69,6 +77,50 @@ impl MappedFile {
     fn bytes(&self, info: &TensorInfo) -> &[u8] {
         let (a, b) = info.data_offsets;
         &self.mmap[self.header_len + a..self.header_len + b]
+    }
+
+    fn stored(&self, info: &TensorInfo) -> StoredBytes<'_> {
+        StoredBytes {
+            file: &self.file,
+            offset: (self.header_len + info.data_offsets.0) as u64,
+            map: self.bytes(info),
+        }
+    }
+}
+
+/// A host tensor holding `src`'s bytes as they are stored (`dtype` is the stored dtype),
+/// read straight into the tensor's buffer.
+fn host_tensor(src: Source<'_>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if n * dtype.size_in_bytes() != src.len() {
+        return Err(Error::msg(format!(
+            "{} bytes for {shape:?} of {dtype:?}",
+            src.len()
+        )));
+    }
+    fn read<T: candle_core::WithDType + Default>(
+        src: Source<'_>,
+        n: usize,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let mut v = vec![T::default(); n];
+        // SAFETY: T is a plain number type: any bytes are a valid value, and the view
+        // covers exactly the vector's initialised elements.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>())
+        };
+        src.read_into(0, bytes)
+            .map_err(|e| Error::msg(e.to_string()))?;
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+    match dtype {
+        DType::BF16 => read::<half::bf16>(src, n, shape),
+        DType::F16 => read::<half::f16>(src, n, shape),
+        DType::F32 => read::<f32>(src, n, shape),
+        _ => match src {
+            Source::Stored(s, _) => Ok(Tensor::from_raw_buffer(s.map, dtype, shape, &Device::Cpu)?),
+            Source::Host(b) => Ok(Tensor::from_raw_buffer(b, dtype, shape, &Device::Cpu)?),
+        },
     }
 }
 
@@ -422,6 +474,17 @@ impl WeightStore {
         Ok(f.bytes(info))
     }
 
+    /// Every stored tensor's bytes, file by file in the order they lie on disk.
+    pub fn stored_tensors(&self) -> Vec<StoredBytes<'_>> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            let mut infos: Vec<&TensorInfo> = f.tensors.values().collect();
+            infos.sort_by_key(|i| i.data_offsets.0);
+            out.extend(infos.into_iter().map(|i| f.stored(i)));
+        }
+        out
+    }
+
     /// The stored dtype and shape of a tensor.
     pub fn info(&self, name: &str) -> Result<StoredTensor> {
         let (f, info) = self.locate(name)?;
@@ -438,19 +501,26 @@ impl WeightStore {
         refuse_fp8(src, dtype, &f.path, name)?;
         self.used.lock().unwrap().insert(name.to_string());
         let bytes = f.bytes(info);
+        let stored = Source::Stored(f.stored(info), ReadMode::from_env());
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = device {
             if src == dtype && super::upload::enabled(dtype) {
-                let (t, read, copy) = super::upload::upload(bytes, dtype, &info.shape, dev)
+                let (t, read, copy) = super::upload::upload(stored, dtype, &info.shape, dev)
                     .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
                 super::load_stats::record(bytes.len(), read, copy);
                 return Ok(t);
             }
         }
         let t0 = std::time::Instant::now();
-        let t = Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
-            .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?
-            .to_dtype(dtype)?;
+        let bad =
+            |e: &dyn std::fmt::Display| Error::weights(&f.path, format!("tensor {name}: {e}"));
+        let t = if src == dtype {
+            host_tensor(stored, dtype, &info.shape).map_err(|e| bad(&e))?
+        } else {
+            Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
+                .map_err(|e| bad(&e))?
+                .to_dtype(dtype)?
+        };
         let t1 = std::time::Instant::now();
         let t = t.to_device(device)?;
         super::load_stats::record(bytes.len(), t1 - t0, t1.elapsed());
@@ -475,8 +545,9 @@ impl WeightStore {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = device {
             if src == dtype && super::upload::enabled(dtype) {
-                let (t, _, copy) = super::upload::upload(&out, dtype, &new_shape, dev)
-                    .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
+                let (t, _, copy) =
+                    super::upload::upload(Source::Host(&out), dtype, &new_shape, dev)
+                        .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
                 super::load_stats::record(out.len(), t0.elapsed() - copy, copy);
                 return Ok(t);
             }

@@ -1,0 +1,225 @@
+//! Reading a stored tensor's bytes into memory the loader owns (a pinned staging buffer or a
+//! host tensor).
+//!
+//! Two ways, chosen by `PHYAI_LOAD_READ`:
+//! - `pread` (default): positioned reads from the file in 4 MiB pieces on the rayon pool.
+//!   The kernel copies from the page cache straight into the destination; no page of the
+//!   file is mapped into the process, so there are no page faults and no page-table
+//!   contention between the threads.
+//! - `mmap`: the same pieces copied out of the memory map (every first touch of a page is a
+//!   fault). Kept to compare the two on a given machine.
+//!
+//! [`resident_bytes`] says how much of a mapped file is already in the page cache, so a
+//! load can report whether it was served from memory or from the disk.
+
+use std::fs::File;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Bytes per parallel piece: large enough that each read is one long kernel copy, small
+/// enough that a 64 MiB stage spreads over 16 threads.
+const PIECE: usize = 4 << 20;
+
+/// How the loader reads tensor bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Pread,
+    Mmap,
+}
+
+impl ReadMode {
+    /// From `PHYAI_LOAD_READ` (`pread`, the default, or `mmap`), read once per process.
+    pub fn from_env() -> Self {
+        static MODE: OnceLock<ReadMode> = OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var("PHYAI_LOAD_READ") {
+            Ok(v) if v.trim().eq_ignore_ascii_case("mmap") => ReadMode::Mmap,
+            _ => ReadMode::Pread,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Pread => "pread",
+            ReadMode::Mmap => "mmap",
+        }
+    }
+}
+
+/// One stored tensor: its bytes in the file's memory map, and where they start in the file.
+#[derive(Clone, Copy)]
+pub struct StoredBytes<'a> {
+    pub file: &'a File,
+    /// Offset of `map[0]` in the file.
+    pub offset: u64,
+    pub map: &'a [u8],
+}
+
+impl StoredBytes<'_> {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Fills `dst` with the tensor's bytes `start..start + dst.len()`, in parallel pieces.
+    pub fn read_into(&self, start: usize, dst: &mut [u8], mode: ReadMode) -> std::io::Result<()> {
+        let end = start + dst.len();
+        if end > self.map.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("bytes {start}..{end} of a {}-byte tensor", self.map.len()),
+            ));
+        }
+        dst.par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, d)| {
+                let at = start + i * PIECE;
+                match mode {
+                    ReadMode::Mmap => {
+                        d.copy_from_slice(&self.map[at..at + d.len()]);
+                        Ok(())
+                    }
+                    ReadMode::Pread => pread_exact(self.file, d, self.offset + at as u64),
+                }
+            })
+    }
+}
+
+/// Bytes for the loader to copy from: a stored tensor, or bytes already in host memory (a
+/// tensor-parallel slice gathered from the map).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Stored(StoredBytes<'a>, ReadMode),
+    Host(&'a [u8]),
+}
+
+impl Source<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Stored(s, _) => s.len(),
+            Source::Host(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `dst` with bytes `start..start + dst.len()`, in parallel pieces.
+    pub fn read_into(&self, start: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        match *self {
+            Source::Stored(s, mode) => s.read_into(start, dst, mode),
+            Source::Host(b) => {
+                let src = b.get(start..start + dst.len()).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("bytes {start}.. of {} in memory", b.len()),
+                    )
+                })?;
+                dst.par_chunks_mut(PIECE)
+                    .zip(src.par_chunks(PIECE))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn pread_exact(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, dst, at)
+}
+
+#[cfg(not(unix))]
+fn pread_exact(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(dst)
+}
+
+/// How many bytes of `map` (a whole-file mapping) are in the page cache now; `None` where
+/// the system cannot say.
+#[cfg(target_os = "linux")]
+pub fn resident_bytes(map: &[u8]) -> Option<u64> {
+    if map.is_empty() {
+        return Some(0);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page <= 0 {
+        return None;
+    }
+    let page = page as usize;
+    let pages = map.len().div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` starts on a page boundary (it is a whole mapping) and `vec` has one
+    // byte per page of it.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), vec.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    let whole = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
+    // The last page may be partial; count it as what it holds.
+    let tail = (pages * page - map.len()) as u64;
+    let last_in = vec.last().is_some_and(|&b| b & 1 == 1);
+    Some(whole * page as u64 - if last_in { tail } else { 0 })
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn resident_bytes(_map: &[u8]) -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn pread_and_mmap_read_the_same_bytes_at_every_offset() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let head = 77usize;
+        let len = 2 * PIECE + 12_345;
+        let data: Vec<u8> = (0..head + len).map(|i| (i * 131 + i / 7) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        let file = File::open(f.path()).unwrap();
+        // SAFETY: a private read-only map of a file this test owns.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let t = StoredBytes {
+            file: &file,
+            offset: head as u64,
+            map: &map[head..],
+        };
+        for (start, n) in [(0, len), (1, PIECE), (PIECE - 3, PIECE + 9), (len - 5, 5)] {
+            for mode in [ReadMode::Pread, ReadMode::Mmap] {
+                let mut dst = vec![0u8; n];
+                t.read_into(start, &mut dst, mode).unwrap();
+                assert!(
+                    dst == data[head + start..head + start + n],
+                    "{mode:?} at {start}+{n}"
+                );
+            }
+        }
+        let mut dst = vec![0u8; 6];
+        let e = t.read_into(len - 5, &mut dst, ReadMode::Pread).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_just_written_is_resident() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&vec![3u8; 3 * 4096 + 100]).unwrap();
+        f.flush().unwrap();
+        let file = File::open(f.path()).unwrap();
+        // SAFETY: a private read-only map of a file this test owns.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        // Freshly written pages sit in the page cache (tmpfs or disk-backed alike).
+        assert_eq!(resident_bytes(&map), Some(3 * 4096 + 100));
+    }
+}
