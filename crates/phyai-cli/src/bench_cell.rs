@@ -4,7 +4,7 @@
 
 use candle_core::Device;
 use clap::ValueEnum;
-use phyai::bench::published::{cell_bench, CellReport, Resolution, Workload};
+use phyai::bench::published::{cell_bench, implied_tflops, CellReport, Resolution, Workload};
 use phyai::models::cosmos3::transformer::TransformerConfig;
 use serde_json::json;
 
@@ -104,6 +104,9 @@ fn report(c: &CellReport, fp8_attention: bool, as_json: bool) {
                 "nim_fp8": p.nim_fp8,
             })),
             "ratio_to_nvidia_fp8": ratio(p.and_then(|p| p.nvidia_pytorch_fp8)),
+            "nvidia_fp8_implied_tflops": p
+                .and_then(|p| p.nvidia_pytorch_fp8)
+                .map(|s| implied_tflops(c.flops, s).0),
             "ratio_to_vllm_omni_bf16": ratio(p.and_then(|p| p.vllm_omni_bf16)),
             "run": e2e_json(c.resolution.name(), &c.run),
         }));
@@ -122,9 +125,20 @@ fn report(c: &CellReport, fp8_attention: bool, as_json: bool) {
         ),
         None => "no published cell".into(),
     };
+    let implied = match p.and_then(|p| p.nvidia_pytorch_fp8) {
+        Some(s) => {
+            let (t, frac) = implied_tflops(c.flops, s);
+            format!(
+                "; NVIDIA's FP8 time implies {t:.0} TFLOP/s over the whole request ({:.0}% of \
+                 the dense FP8 peak)",
+                100.0 * frac
+            )
+        }
+        None => String::new(),
+    };
     println!(
         "{} {} {precision}: {:.2} s{}; peak {}; FLOP floor {:.2} s ({:.0} PFLOP of transformer \
-         forwards at the H200's dense {precision} peak); {published}",
+         forwards at the H200's dense {precision} peak); {published}{implied}",
         c.workload.name(),
         c.resolution.name(),
         c.seconds,

@@ -146,6 +146,14 @@ pub fn flop_floor_s(
     (flops, flops / (peak_tflops * 1e12))
 }
 
+/// The average throughput a published time implies for `flops` of transformer work
+/// (TFLOP/s), and its fraction of the H200's dense FP8 peak: how fast every kernel of a
+/// request would have to run, on average, to do the whole workload exactly in that time.
+pub fn implied_tflops(flops: f64, seconds: f64) -> (f64, f64) {
+    let t = flops / seconds / 1e12;
+    (t, t / H200_PEAK_TFLOPS.1)
+}
+
 /// One workload run against its published cell.
 #[derive(Debug, Clone)]
 pub struct CellReport {
@@ -273,5 +281,12 @@ mod tests {
         assert!(secs > 120.0 && secs < 132.0, "{secs}");
         let (_, fp8) = flop_floor_s(&cfg, s, 0, 35, 2, H200_PEAK_TFLOPS.1);
         assert!((secs / fp8 - 2.0).abs() < 0.01);
+        // NVIDIA's FP8 720p cell (94.57 s) implies 1.32 PFLOP/s averaged over the request,
+        // two thirds of the dense FP8 peak, attention included.
+        let (t, frac) = implied_tflops(flops, 94.57);
+        assert!(
+            (t - 1315.0).abs() < 5.0 && (frac - 0.665).abs() < 0.005,
+            "{t} {frac}"
+        );
     }
 }
