@@ -131,6 +131,11 @@ pub struct BenchArgs {
     /// Read: a weight folder (a checkpoint's `transformer/`) or a whole checkpoint.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// e2e, --workload: time the process's first request, first-use costs included (cuBLAS
+    /// and cuDNN handles and plans, the memory pool), instead of a request after a short
+    /// warm-up request at the same shapes.
+    #[arg(long)]
+    pub no_warmup: bool,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
@@ -468,6 +473,11 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         fp8_attention: a.fp8_attention,
         weight_seed: None,
         conditioning: bench::Conditioning::Text,
+        warmup_steps: if a.no_warmup {
+            0
+        } else {
+            bench::e2e::warmup_steps(a.steps, a.quantize.is_some())
+        },
     };
     let r = bench::e2e_bench(device, cfg, g, opts)?;
     let stage = |name: &str| {
@@ -601,6 +611,7 @@ pub(crate) fn e2e_json(preset: &str, r: &bench::E2eReport) -> Value {
         "steps": r.steps,
         "guidance": r.guidance,
         "total_ms": r.total_ms,
+        "warmup_ms": r.warmup_ms,
     });
     for (stage, ms) in &r.stages {
         v[format!("{stage}_ms")] = json!(ms);
@@ -732,6 +743,8 @@ fn fp8_quality(
         fp8_attention: a.fp8_attention,
         weight_seed: None,
         conditioning: bench::Conditioning::Text,
+        // Both requests are timed as they come: the quality is what this part measures.
+        warmup_steps: 0,
     };
     let q = bench::fp8_quality_bench(device, cfg, g, opts)?;
     if a.json {

@@ -74,6 +74,7 @@ pub fn run(
             a.steps,
             a.guidance,
             a.layers,
+            !a.no_warmup,
         )?;
         report(&c, fp8_attention, a.json);
     }

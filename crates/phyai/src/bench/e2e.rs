@@ -26,6 +26,8 @@ pub struct E2eReport {
     pub guidance: f64,
     /// Wall time of the request, from submission to pixels on the host.
     pub total_ms: f64,
+    /// Wall time of the warm-up request (its steps in `E2eOptions::warmup_steps`), if any.
+    pub warmup_ms: Option<f64>,
     /// The engine's own stage timings (text, denoise, decode), host clock.
     pub stages: Vec<(String, f64)>,
     /// Peak device memory during the request, resident weights included.
@@ -63,6 +65,21 @@ pub struct E2eOptions {
     pub weight_seed: Option<u64>,
     /// Clean pixels the request is conditioned on (random, at the request size).
     pub conditioning: Conditioning,
+    /// Steps of an untimed warm-up request at the same shapes before the timed one (0:
+    /// none, the timed request pays every first use); see [`warmup_steps`].
+    pub warmup_steps: usize,
+}
+
+/// Steps of the warm-up request that loads every kernel, library handle, plan and memory
+/// pool the timed request uses: one step in bf16; with FP8 layers, enough steps for the
+/// published step policy to run both activation precisions (3 + 1 + 3).
+pub fn warmup_steps(steps: usize, quantized: bool) -> usize {
+    let p = crate::layers::fp8::StepPolicy::PUBLISHED;
+    if quantized {
+        steps.min(p.first_steps + p.last_steps + 1)
+    } else {
+        steps.min(1)
+    }
 }
 
 /// What an end-to-end request is conditioned on besides the text.
@@ -77,9 +94,9 @@ pub enum Conditioning {
 }
 
 /// Builds the transformer of `config` (all its layers unless `layers` says fewer) and
-/// decodes with the full VAE, then times one `steps`-step request at `spec` and the
-/// config's base frame rate with guidance `guidance`. With `sound`, the request is text to
-/// audio and video: sound tokens for the clip's duration join the generation tower and the
+/// decodes with the full VAE, then (after the warm-up request, if any) times one
+/// `steps`-step request at `spec` and the config's base frame rate with guidance
+/// `guidance`. With `sound`, the request is text to audio and video: sound tokens for the clip's duration join the generation tower and the
 /// shipped audio decoder makes the waveform.
 pub fn e2e_bench(
     device: &Device,
@@ -97,6 +114,7 @@ pub fn e2e_bench(
         fp8_attention,
         weight_seed,
         conditioning,
+        warmup_steps,
     } = opts;
     if let Some(s) = weight_seed {
         device.set_seed(s)?;
@@ -166,6 +184,15 @@ pub fn e2e_bench(
             })
         }
     }
+    let warmup_ms = if warmup_steps > 0 {
+        let mut warm = request.clone();
+        warm.steps = warmup_steps;
+        let start = Instant::now();
+        plugin.step(&warm, &Silent)?.video.to_device(&Device::Cpu)?;
+        Some(start.elapsed().as_secs_f64() * 1e3)
+    } else {
+        None
+    };
     reset_peak_memory(device); // waits for the model build to finish
     let start = Instant::now();
     let out = plugin.step(&request, &Silent)?;
@@ -194,6 +221,7 @@ pub fn e2e_bench(
         steps,
         guidance,
         total_ms,
+        warmup_ms,
         stages: out
             .timings
             .iter()
@@ -208,4 +236,19 @@ pub fn e2e_bench(
         audio,
         pixels: video,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warmup_steps;
+
+    #[test]
+    fn warmup_runs_every_activation_precision_of_the_step_policy() {
+        // bf16: one step loads everything; FP8: the published policy's 3 W8A16 steps, one
+        // W8A8 step and 3 W8A16 steps again, never more than the request has.
+        assert_eq!(warmup_steps(35, false), 1);
+        assert_eq!(warmup_steps(35, true), 7);
+        assert_eq!(warmup_steps(4, true), 4);
+        assert_eq!(warmup_steps(0, false), 0);
+    }
 }

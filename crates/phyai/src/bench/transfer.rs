@@ -127,6 +127,8 @@ pub fn transfer_bench(
         steps: opts.steps,
         guidance: opts.guidance,
         total_ms,
+        // A transfer run is minutes long; its first-use costs are noise in it.
+        warmup_ms: None,
         stages: out
             .timings
             .iter()
