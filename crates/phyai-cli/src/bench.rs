@@ -812,6 +812,7 @@ mod tests {
             steps: 3,
             guidance: 6.0,
             total_ms: 10.0,
+            warmup_ms: None,
             stages: vec![("text".into(), 1.0), ("denoise".into(), 8.0)],
             peak_bytes: None,
             video: vec![1, 3, 5, 64, 96],
