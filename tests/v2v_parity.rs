@@ -1,13 +1,14 @@
 //! Video-to-video continuation against diffusers 0.42.1's `Cosmos3OmniPipeline(video=…)`
 //! (`refs/v2v_<case>.safetensors`, input frames `refs/v2v_frames/*.png`, see the fixtures
-//! README): the PNG folder read exactly, the conditioning clip chosen by
+//! README): the PNG folder read exactly (or resized as the reference's video processor does,
+//! for frames of another size), the conditioning clip chosen by
 //! `condition_frame_indexes_vision` / `condition_video_keep`, its clean latents from the VAE
 //! encoder, and the guided run with those frames held clean (f32, CPU).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use phyai::io::frames::load_png_frames;
+use phyai::io::frames::load_video_resized;
 use phyai::models::cosmos3::continuation::{VideoCondition, VideoKeep};
 use phyai::models::cosmos3::vae::WanVae;
 use phyai::models::cosmos3::{Cosmos3Request, InitNoise, Prompt, VaeDecode, VideoInput};
@@ -45,11 +46,15 @@ fn continuation_matches_diffusers() {
     let encoder = vae.encoder.as_ref().unwrap();
     let engine_ckpt = fixtures().join("tiny");
     let mut engine = engine_on(&engine_ckpt, false, MeshShape::single(), VaeDecode::Full);
-    for case in ["first", "last", "single"] {
+    for case in ["first", "last", "single", "resized"] {
         let (r, meta) = load(case);
         let n = |k: &str| meta[k].parse::<f64>().unwrap();
         let (h, w) = (n("height") as usize, n("width") as usize);
-        let frames = load_png_frames(&fixtures().join("refs/v2v_frames"), h, w, "video").unwrap();
+        // As `phyai generate --video` reads them: frames of another size are resized.
+        let folder = meta.get("frames").map_or("v2v_frames", |s| s.as_str());
+        let frames =
+            load_video_resized(&fixtures().join("refs").join(folder), h, w, "video").unwrap();
+        assert_eq!(frames.dims(), [1, 3, 7, h, w]);
         let cond = condition(&meta);
         let init = r["init_video"].clone();
         let t = init.dim(2).unwrap();

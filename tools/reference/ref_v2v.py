@@ -20,6 +20,8 @@ from the start (`keep` "first") or the end ("last") of the input):
   first   9 frames, indexes (0, 1), keep first: input frames 0..4
   last    9 frames, indexes (0, 1), keep last:  input frames 2..6
   single  9 frames, indexes (0,),   keep first: input frame 0
+  resized 9 frames, indexes (0, 1), keep first, from refs/v2v_frames_44x56/ (7 frames of
+          44x56, resized to 32x48 by the video processor)
 
 Run: python ref_v2v.py <fixtures dir> [--seed S]   (needs tiny/)
 """
@@ -40,17 +42,23 @@ CASES = {
     "first": dict(num_frames=9, indexes=(0, 1), keep="first"),
     "last": dict(num_frames=9, indexes=(0, 1), keep="last"),
     "single": dict(num_frames=9, indexes=(0,), keep="first"),
+    # Frames of another size (and aspect ratio): the video processor resizes them.
+    "resized": dict(num_frames=9, indexes=(0, 1), keep="first", frames="v2v_frames_44x56"),
 }
+# Folder name → frame size of the input videos.
+FRAME_SIZES = {"v2v_frames": (SIZE["height"], SIZE["width"]), "v2v_frames_44x56": (44, 56)}
 STEPS = 3
 GUIDANCE = 6.0
 FPS = 24.0
 
 
-def write_frames(refs: Path, seed: int) -> None:
+def write_frames(refs: Path, seed: int, name: str = "v2v_frames") -> None:
     """The input video: seeded 8-bit frames, written as a PNG folder."""
-    gen = torch.Generator().manual_seed(seed + 4000)
-    frames = (torch.rand(IN_FRAMES, 3, SIZE["height"], SIZE["width"], generator=gen) * 255).round() / 255
-    folder = refs / "v2v_frames"
+    h, w = FRAME_SIZES[name]
+    offset = 4000 if name == "v2v_frames" else 4001
+    gen = torch.Generator().manual_seed(seed + offset)
+    frames = (torch.rand(IN_FRAMES, 3, h, w, generator=gen) * 255).round() / 255
+    folder = refs / name
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
@@ -63,7 +71,8 @@ def run_case(pipe, name: str, case: dict, seed: int, refs: Path) -> None:
     from diffusers import UniPCMultistepScheduler
 
     num_frames, indexes, keep = case["num_frames"], case["indexes"], case["keep"]
-    pil = [Image.open(refs / "v2v_frames" / f"{i:03d}.png").convert("RGB") for i in range(IN_FRAMES)]
+    folder = case.get("frames", "v2v_frames")
+    pil = [Image.open(refs / folder / f"{i:03d}.png").convert("RGB") for i in range(IN_FRAMES)]
     gen = torch.Generator().manual_seed(seed + 4100)  # the same noise for every case
     lt = (num_frames - 1) // 4 + 1
     noise = torch.randn(1, 48, lt, SIZE["height"] // 16, SIZE["width"] // 16, generator=gen)
@@ -135,6 +144,7 @@ def run_case(pipe, name: str, case: dict, seed: int, refs: Path) -> None:
         guidance_scale=GUIDANCE,
         indexes=",".join(str(i) for i in indexes),
         keep=keep,
+        frames=folder,
     )
     save_file(
         {k: v.detach().contiguous().clone() for k, v in tensors.items()},
@@ -143,17 +153,19 @@ def run_case(pipe, name: str, case: dict, seed: int, refs: Path) -> None:
     )
 
 
-def make(out_dir: Path, seed: int) -> None:
+def make(out_dir: Path, seed: int, only: str | None = None) -> None:
     from diffusers import Cosmos3OmniPipeline
 
     out_dir = Path(out_dir)
     refs = out_dir / "refs"
     refs.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    write_frames(refs, seed)
+    cases = {k: v for k, v in CASES.items() if only is None or k == only}
+    for folder in {c.get("frames", "v2v_frames") for c in cases.values()}:
+        write_frames(refs, seed, folder)
     pipe = Cosmos3OmniPipeline.from_pretrained(out_dir / "tiny", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    for name, case in CASES.items():
+    for name, case in cases.items():
         run_case(pipe, name, case, seed, refs)
 
 
@@ -161,10 +173,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="fixtures folder (reads tiny/, writes refs/)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=sorted(CASES), help="write this case (and its frames) only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    make(args.out, args.seed)
+    make(args.out, args.seed, args.only)
 
 
 if __name__ == "__main__":

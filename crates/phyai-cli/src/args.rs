@@ -116,8 +116,9 @@ pub struct GenerateArgs {
     /// Conditioning image (PNG/JPEG) for image-to-video.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Video-to-video continuation: an mp4 or a folder of PNG frames, at the request size,
-    /// whose leading (or, with --condition-video-keep last, trailing) frames condition the clip.
+    /// Video-to-video continuation: an mp4 or a folder of PNG frames (resized to the request
+    /// size as diffusers' video processor does), whose leading (or, with
+    /// --condition-video-keep last, trailing) frames condition the clip.
     #[arg(long, conflicts_with = "image")]
     pub video: Option<PathBuf>,
     /// Latent frames kept from --video, comma-separated (frame k uses pixel frames up to 4k).

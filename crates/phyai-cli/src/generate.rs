@@ -189,7 +189,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             ));
         }
         request.video = Some(VideoInput {
-            frames: phyai::io::frames::load_video(v, height, width, "video")?,
+            frames: phyai::io::frames::load_video_resized(v, height, width, "video")?,
             condition: condition.clone(),
         });
         Cosmos3Plugin::validate(&request)?;
