@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use phyai::io::frames::load_native;
-use phyai::models::cosmos3::action::canvas;
+use phyai::io::frames::load_native_16;
+use phyai::models::cosmos3::action::{canvas, content_size};
 use phyai::models::cosmos3::continuation::VideoCondition;
 use phyai::models::cosmos3::processor::{Processor, PromptStyle};
 use phyai::models::cosmos3::{
@@ -58,7 +58,8 @@ fn request(r: &HashMap<String, Tensor>, meta: &HashMap<String, String>) -> Cosmo
         0,
         0,
     );
-    let pixels = load_native(&fixtures().join("refs").join(&meta["input"]), "input").unwrap();
+    // As `phyai generate` reads action inputs (sides rounded down to multiples of 16).
+    let pixels = load_native_16(&fixtures().join("refs").join(&meta["input"]), "input").unwrap();
     if action.mode == ActionMode::InverseDynamics {
         req.video = Some(VideoInput {
             frames: pixels,
@@ -83,14 +84,17 @@ fn request(r: &HashMap<String, Tensor>, meta: &HashMap<String, String>) -> Cosmo
 fn action_modes_match_diffusers() {
     let processor = Processor::from_dir(&checkpoint().join("text_tokenizer")).unwrap();
     let mut engine = engine_on(&checkpoint(), false, MeshShape::single(), VaeDecode::Full);
-    for case in ["policy", "forward", "inverse"] {
+    for case in ["policy", "forward", "inverse", "large"] {
         let (r, meta) = load(case);
         let req = request(&r, &meta);
         let action = req.action.as_ref().unwrap();
         let (pixels, _) = req.action_pixels().unwrap();
-        let (h, w) = (pixels.dim(3).unwrap(), pixels.dim(4).unwrap());
-        let (ch, cw) = canvas(action.resolution_tier, h, w).unwrap();
+        let (ph, pw) = (pixels.dim(3).unwrap(), pixels.dim(4).unwrap());
+        let (ch, cw) = canvas(action.resolution_tier, ph, pw).unwrap();
         assert_eq!(format!("{ch}x{cw}"), meta["canvas"], "{case}: canvas");
+        // `large` is shrunk into its canvas; the others fit as they are.
+        let (h, w) = content_size(ph, pw, (ch, cw));
+        assert_eq!((h, w) == (ph, pw), case != "large", "{case}: {ph}x{pw}");
         assert_eq!(format!("{h}x{w}"), meta["content"], "{case}: content");
 
         // The JSON caption tokenizes to the reference's ids (the negative prompt as is).
@@ -117,7 +121,13 @@ fn action_modes_match_diffusers() {
                 (crop, c)
             }
         };
-        assert_eq!(out.video.dims()[2..], [action.num_frames(), h, w], "{case}");
+        // The output is the content in whole latent pixels.
+        let (oh, ow) = (16 * (h / 16), 16 * (w / 16));
+        assert_eq!(
+            out.video.dims()[2..],
+            [action.num_frames(), oh, ow],
+            "{case}"
+        );
         let vid = rel_err(&video, want);
         let act = match (r.get("actions"), &out.actions) {
             (Some(want), Some(got)) => rel_err(got, want),

@@ -11,6 +11,8 @@
                                 padded by reflection)
   refs/action_small.png         one 32x48 frame, the image of policy and forward dynamics
                                 (padded by replication into its canvas)
+  refs/action_large.png         one 210x380 frame, larger than its canvas: the policy case
+                                `large` (shrunk with torch's antialiased bicubic, then padded)
   refs/action_<case>.safetensors
 
 Each case runs `Cosmos3OmniBlocks` (the modular pipeline, workflow chosen by `action=`)
@@ -28,8 +30,8 @@ Tensors:
                                dynamics, whose frames are all clean); latents = the last
   action_step{i}    [chunk,12] action latents after step i; action_latents = the last
   actions           [chunk,raw_dim] the predicted actions (policy, inverse dynamics)
-  video             [1,3,T,H,W] in [0,1] (image cases); video_crop its top-left 32x48
-                    (inverse dynamics, whose input is large)
+  video             [1,3,T,H,W] in [0,1] (small-image cases); video_crop its top-left
+                    32x48 (inverse dynamics and `large`, whose outputs are large)
   raw_actions       [n,raw_dim] the forward-dynamics input (n < chunk: last row repeated)
 metadata: prompt, mode, domain, chunk, tier, fps, steps, guidance_scale, input (the PNGs),
 canvas "HxW", content "HxW".
@@ -59,11 +61,13 @@ GUIDANCE = 6.0
 FPS = 24.0
 FRAME_SIZE = (176, 304)  # -> tier 256, canvas 192x320, padded by reflection
 SMALL_SIZE = (32, 48)  # -> tier 256, canvas 192x320, padded by replication
+LARGE_SIZE = (210, 380)  # -> tier 256: larger than its canvas, shrunk (bicubic) and padded
 
 CASES = {
     "policy": dict(mode="policy", domain="bridge_orig_lerobot", input="small"),
     "forward": dict(mode="forward_dynamics", domain="fractal", input="small", actions=3),
     "inverse": dict(mode="inverse_dynamics", domain="pusht", input="video"),
+    "large": dict(mode="policy", domain="bridge_orig_lerobot", input="large"),
 }
 # The large input's decoded video is stored as its top-left crop (fixture size).
 CROP = (32, 48)
@@ -112,12 +116,22 @@ def write_inputs(refs: Path, seed: int) -> None:
     Image.fromarray(small.numpy()).save(refs / "action_small.png")
 
 
+def write_large(refs: Path, seed: int) -> None:
+    """refs/action_large.png: one frame larger than its tier's canvas, in 10x10 blocks."""
+    gen = torch.Generator().manual_seed(seed + 6300)
+    h, w = LARGE_SIZE
+    blocks = (torch.rand(h // 10, w // 10, 3, generator=gen) * 255).round().to(torch.uint8)
+    img = blocks.repeat_interleave(10, dim=0).repeat_interleave(10, dim=1)
+    Image.fromarray(img.numpy()).save(refs / "action_large.png")
+
+
 def inputs_of(refs: Path, case: dict):
     frames = [Image.open(p).convert("RGB") for p in sorted((refs / "action_frames").glob("*.png"))]
     if case["input"] == "video":
         return dict(video=frames), "action_frames"
-    if case["input"] == "small":
-        return dict(image=Image.open(refs / "action_small.png").convert("RGB")), "action_small.png"
+    if case["input"] in ("small", "large"):
+        name = f"action_{case['input']}.png"
+        return dict(image=Image.open(refs / name).convert("RGB")), name
     return dict(image=frames[0]), "action_frames/000.png"
 
 
@@ -249,7 +263,7 @@ def run_case(modular, classic, name: str, case: dict, seed: int, refs: Path) -> 
         "init_action": action,
     }
     video = video.permute(1, 0, 2, 3).unsqueeze(0)
-    if case["input"] == "video":
+    if case["input"] in ("video", "large"):
         tensors["video_crop"] = video[..., : CROP[0], : CROP[1]]
     else:
         tensors["video"] = video
@@ -286,7 +300,7 @@ def run_case(modular, classic, name: str, case: dict, seed: int, refs: Path) -> 
     )
 
 
-def make(out_dir: Path, seed: int) -> None:
+def make(out_dir: Path, seed: int, only: str | None = None) -> None:
     from diffusers import Cosmos3OmniPipeline
     from diffusers.modular_pipelines.cosmos.modular_blocks_cosmos3 import Cosmos3OmniBlocks
 
@@ -294,8 +308,13 @@ def make(out_dir: Path, seed: int) -> None:
     refs = out_dir / "refs"
     refs.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    root = write_checkpoint(out_dir, seed)
-    write_inputs(refs, seed)
+    if only is None:
+        root = write_checkpoint(out_dir, seed)
+        write_inputs(refs, seed)
+    else:  # one case against the committed checkpoint and inputs
+        root = out_dir / "tiny_action"
+    if only in (None, "large"):
+        write_large(refs, seed)
     classic = Cosmos3OmniPipeline.from_pretrained(root, torch_dtype=torch.float32)
     classic.set_progress_bar_config(disable=True)
     modular = Cosmos3OmniBlocks().init_pipeline()
@@ -309,20 +328,22 @@ def make(out_dir: Path, seed: int) -> None:
     modular.register_to_config(enable_safety_checker=False)
     modular.set_progress_bar_config(disable=True)
     for name, case in CASES.items():
-        run_case(modular, classic, name, case, seed, refs)
+        if only in (None, name):
+            run_case(modular, classic, name, case, seed, refs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="fixtures folder (reads tiny/, writes tiny_action/ and refs/)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=sorted(CASES), help="write this case only (keeps tiny_action/)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    make(args.out, args.seed)
+    make(args.out, args.seed, args.only)
 
 
 if __name__ == "__main__":

@@ -83,12 +83,12 @@ pub fn load_pixels(
     };
     if let Some(p) = image {
         check(p, "image")?;
-        request.image = Some(phyai::io::frames::load_native(p, "image")?.squeeze(2)?);
+        request.image = Some(phyai::io::frames::load_native_16(p, "image")?.squeeze(2)?);
     }
     if let Some(p) = video {
         check(p, "video")?;
         request.video = Some(VideoInput {
-            frames: phyai::io::frames::load_native(p, "video")?,
+            frames: phyai::io::frames::load_native_16(p, "video")?,
             condition: VideoCondition::default(),
         });
     }

@@ -1,6 +1,6 @@
-//! Conditioning videos (video-to-video continuation): an mp4, or a folder of PNG frames read
-//! in file-name order, exactly, so tests can feed the same pixels as the reference. 8-bit
-//! levels map to [−1, 1] as `k/127.5 − 1`.
+//! Conditioning videos (video-to-video continuation, transfer controls, action inputs): an
+//! mp4, or a folder of PNG frames read in file-name order, exactly, so tests can feed the
+//! same pixels as the reference. 8-bit levels map to [−1, 1] as `k/127.5 − 1`.
 
 use std::path::{Path, PathBuf};
 
@@ -190,7 +190,53 @@ fn read_rgb8(path: &Path, field: &str) -> Result<super::mp4_read::RgbFrames> {
 /// does (Pillow's bilinear resize, see [`super::resample`]); frames of the request size are
 /// used exactly as they are.
 pub fn load_video_resized(path: &Path, height: usize, width: usize, field: &str) -> Result<Tensor> {
-    let v = read_rgb8(path, field)?;
+    resized_tensor(read_rgb8(path, field)?, height, width)
+}
+
+/// Loads conditioning pixels as the reference's video processor takes a clip without a
+/// target size: a PNG folder, an mp4, or one image file (`F` = 1), each side rounded down to
+/// a multiple of 16 (Pillow's bilinear resize when that changes it), as `[1, 3, F, H, W]` f32
+/// in [−1, 1]. The action modes' input.
+pub fn load_native_16(path: &Path, field: &str) -> Result<Tensor> {
+    let is_mp4 = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4"));
+    let v = if path.is_dir() || is_mp4 {
+        read_rgb8(path, field)?
+    } else {
+        let img = image::ImageReader::open(path)
+            .map_err(|e| Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?
+            .decode()
+            .map_err(|e| Error::invalid(field, format!("{}: {e}", path.display())))?
+            .to_rgb8();
+        super::mp4_read::RgbFrames {
+            height: img.height() as usize,
+            width: img.width() as usize,
+            frames: 1,
+            data: img.into_raw(),
+        }
+    };
+    let (h, w) = (v.height - v.height % 16, v.width - v.width % 16);
+    if h == 0 || w == 0 {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{}: frames are {}x{}, smaller than 16 pixels",
+                path.display(),
+                v.height,
+                v.width
+            ),
+        ));
+    }
+    resized_tensor(v, h, w)
+}
+
+/// `v`'s frames at `height`×`width` (Pillow's bilinear resize where the size differs) as
+/// `[1, 3, F, height, width]` f32 in [−1, 1].
+fn resized_tensor(v: super::mp4_read::RgbFrames, height: usize, width: usize) -> Result<Tensor> {
     let (f, plane) = (v.frames, height * width);
     let src_plane = v.height * v.width * 3;
     let mut data = vec![0f32; 3 * f * plane];

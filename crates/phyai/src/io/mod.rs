@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod audio;
+pub mod bicubic;
 pub mod frames;
 pub mod image;
 pub mod json;

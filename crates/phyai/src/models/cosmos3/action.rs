@@ -6,10 +6,11 @@
 //! - inverse dynamics: every frame is given; the actions are generated.
 //!
 //! As in the reference, the conditioning frames are placed on a canvas picked by the
-//! resolution tier (the bin whose aspect ratio is closest to the input's), padded on the
-//! right and bottom (by reflection, or by replication when the padding is as wide as the
-//! content), encoded, and the latents cropped back to the content: the output has the
-//! input's size. Actions are the embodiment's raw vectors, zero-padded to the model's
+//! resolution tier (the bin whose aspect ratio is closest to the input's), shrunk to fit it
+//! when larger (aspect kept, antialiased bicubic), padded on the right and bottom (by
+//! reflection, or by replication when the padding is as wide as the content), encoded, and
+//! the latents cropped back to the content: the output has the content's size, rounded down
+//! to whole latent pixels (16). Actions are the embodiment's raw vectors, zero-padded to the model's
 //! `action_dim`; predicted actions are the denoised latents cut back to the domain's width
 //! (no normalisation either way). The prompt becomes the JSON action caption the model was
 //! trained on; the negative prompt is used as is (empty by default).
@@ -281,19 +282,14 @@ impl ActionRequest {
         if h == 0 || w == 0 || h % 16 != 0 || w % 16 != 0 {
             return Err(Error::invalid(
                 field,
-                format!("is {h}x{w}; action modes need sides that are multiples of 16"),
-            ));
-        }
-        let (ch, cw) = canvas(self.resolution_tier, h, w)?;
-        if h > ch || w > cw {
-            return Err(Error::invalid(
-                field,
                 format!(
-                    "is {h}x{w}, larger than the {ch}x{cw} canvas of resolution tier {}: pick a higher tier or downscale the input",
-                    self.resolution_tier
+                    "is {h}x{w}; action modes need sides that are multiples of 16 (the \
+                     reference's video processor resizes files to that first, as\
+                     io::frames::load_native_16 does)"
                 ),
             ));
         }
+        let (ch, cw) = canvas(self.resolution_tier, h, w)?;
         match (self.mode, &self.actions) {
             (ActionMode::ForwardDynamics, None) => {
                 return Err(Error::invalid(
@@ -406,6 +402,29 @@ impl ActionRequest {
         ]);
         Ok(pyjson::dumps(&caption))
     }
+}
+
+/// The content size of `h`×`w` frames in a `canvas`: scaled down (never up) to fit, aspect
+/// kept, rounded half up, as the reference sizes it.
+pub fn content_size(h: usize, w: usize, canvas: (usize, usize)) -> (usize, usize) {
+    let (ch, cw) = canvas;
+    let scale = f64::min(f64::min(cw as f64 / w as f64, ch as f64 / h as f64), 1.0);
+    let fit = |n: usize| ((scale * n as f64 + 0.5) as usize).max(1);
+    (fit(h), fit(w))
+}
+
+/// `pixels` `[1, 3, F, H, W]` brought to their content size in `canvas` (see
+/// [`content_size`]): unchanged when they fit, else shrunk with torch's antialiased bicubic
+/// filter as the reference does.
+pub fn fit_to_canvas(pixels: &Tensor, canvas: (usize, usize)) -> Result<Tensor> {
+    let (f, h, w) = (pixels.dim(2)?, pixels.dim(3)?, pixels.dim(4)?);
+    let (th, tw) = content_size(h, w, canvas);
+    if (th, tw) == (h, w) {
+        return Ok(pixels.clone());
+    }
+    let src: Vec<f32> = pixels.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let out = crate::io::bicubic::resize_bicubic_aa(&src, 3 * f, (h, w), (th, tw));
+    Ok(Tensor::from_vec(out, (1, 3, f, th, tw), pixels.device())?.to_dtype(pixels.dtype())?)
 }
 
 /// The frames to encode: the first `frames` of `pixels` `[1, 3, F, H, W]` (the last one
@@ -553,13 +572,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("action_chunk: "));
-        let big = Tensor::zeros((1, 3, 1, 272, 320), DType::F32, &Device::Cpu).unwrap();
+        // Larger than its canvas: accepted, and shrunk to fit with the aspect kept.
+        let big = Tensor::ones((1, 3, 1, 272, 320), DType::F32, &Device::Cpu).unwrap();
         let mut r = ActionRequest::new(ActionMode::Policy, "pusht", 4);
         r.resolution_tier = 256;
-        let e = r.validate(&big, "image").unwrap_err().to_string();
-        assert!(
-            e.contains("is 272x320, larger than the 256x320 canvas"),
-            "{e}"
-        );
+        let (_, canvas) = r.validate(&big, "image").unwrap();
+        assert_eq!(canvas, (256, 320));
+        assert_eq!(content_size(272, 320, canvas), (256, 301));
+        let fitted = fit_to_canvas(&big, canvas).unwrap();
+        assert_eq!(fitted.dims(), &[1, 3, 1, 256, 301]);
+        let m = fitted.flatten_all().unwrap().min(0).unwrap();
+        assert!((m.to_scalar::<f32>().unwrap() - 1.0).abs() < 1e-5);
+        // Smaller content is left as it is.
+        assert_eq!(content_size(32, 48, canvas), (32, 48));
+        let odd = Tensor::zeros((1, 3, 1, 40, 50), DType::F32, &Device::Cpu).unwrap();
+        let e = r.validate(&odd, "image").unwrap_err().to_string();
+        assert!(e.contains("multiples of 16"), "{e}");
     }
 }

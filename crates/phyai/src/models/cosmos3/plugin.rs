@@ -580,6 +580,7 @@ impl Cosmos3Plugin {
         }
         let (pixels, field) = request.action_pixels()?;
         let (emb, canvas) = a.validate(&pixels, field)?;
+        let pixels = action::fit_to_canvas(&pixels, canvas)?;
         if emb.raw_dim > action_dim {
             return Err(Error::invalid(
                 "domain",
@@ -611,7 +612,8 @@ impl Cosmos3Plugin {
         let t = Instant::now();
         let (h, w) = (pixels.dim(3)?, pixels.dim(4)?);
         let frames = a.num_frames();
-        let latent = pixel_to_latent_shape(frames, h, w)?;
+        // The content in whole latent pixels (the crop of the encoded canvas below).
+        let latent = pixel_to_latent_shape(frames, 16 * (h / 16).max(1), 16 * (w / 16).max(1))?;
         // The encoder is causal: latent frame 0 needs pixel frame 0 alone.
         let (encode_frames, frame_indexes) = match a.mode {
             ActionMode::InverseDynamics => (frames, (0..latent.t).collect()),
