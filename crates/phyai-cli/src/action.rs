@@ -21,6 +21,7 @@ pub fn request(a: &GenerateArgs) -> Result<Option<ActionRequest>> {
             (a.actions.is_some(), "actions"),
             (a.action_chunk.is_some(), "action_chunk"),
             (a.resolution_tier.is_some(), "resolution_tier"),
+            (a.view_point.is_some(), "view_point"),
         ] {
             if set {
                 return Err(Error::invalid(field, "needs --action-mode"));
@@ -59,13 +60,16 @@ pub fn request(a: &GenerateArgs) -> Result<Option<ActionRequest>> {
     if let Some(t) = a.resolution_tier {
         r.resolution_tier = t;
     }
+    if let Some(v) = &a.view_point {
+        r.view_point = v.clone();
+    }
     if let Some(p) = &a.actions {
         r.actions = Some(read_actions(p)?);
     }
     Ok(Some(r))
 }
 
-/// Puts the conditioning pixels (at their own size) into the request: `--image` or
+/// Puts the conditioning pixels (sides rounded down to multiples of 16) into the request: `--image` or
 /// `--video` (mp4, PNG folder or one image).
 pub fn load_pixels(
     request: &mut Cosmos3Request,

@@ -145,6 +145,10 @@ pub struct GenerateArgs {
     /// Canvas tier of the conditioning input: 256, 480, 704 or 720 [default: 480].
     #[arg(long)]
     pub resolution_tier: Option<usize>,
+    /// Camera framing named in the action caption: ego_view, third_person_view, wrist_view
+    /// or concat_view [default: ego_view].
+    #[arg(long)]
+    pub view_point: Option<String>,
     /// Forward dynamics: the actions [n, width of the domain], a .npy or JSON file.
     #[arg(long)]
     pub actions: Option<PathBuf>,

@@ -81,6 +81,7 @@ fn flag_of(field: &str) -> Option<String> {
         "domain",
         "action_chunk",
         "resolution_tier",
+        "view_point",
         "actions",
         "chunk_frames",
         "conditional_frames",

@@ -158,6 +158,18 @@ fn bad_action_inputs_give_one_line() {
             vec!["--domain", "fractal"],
             "--domain: needs --action-mode",
         ),
+        (
+            &action_ckpt,
+            vec![
+                "--action-mode",
+                "policy",
+                "--domain",
+                "fractal",
+                "--view-point",
+                "drone_view",
+            ],
+            "--view-point: expected ego_view, third_person_view, wrist_view or concat_view",
+        ),
     ];
     for (ckpt, extra, needle) in cases {
         let mut args = base(ckpt);
@@ -177,4 +189,19 @@ fn bad_action_inputs_give_one_line() {
             assert!(!with(&out, ext).exists(), "{needle}: left {ext}");
         }
     }
+    // An action flag alone names itself.
+    let o = phyai(&[
+        "generate",
+        "--checkpoint",
+        path(&plain_ckpt),
+        "--prompt",
+        "x",
+        "--view-point",
+        "wrist_view",
+        "--out",
+        path(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(stderr.trim(), "error: --view-point: needs --action-mode");
 }

@@ -523,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn view_points_frame_the_caption_as_the_reference() {
+        // diffusers 0.42.1 `Cosmos3OmniPipeline._build_action_json_prompt("stack the cubes",
+        // view_point=…, num_frames=17, fps=24.0, height=192, width=320)`.
+        let tail = r#""actions": [{"time": "0:00-0:01", "description": "stack the cubes."}], "duration": "0s", "fps": 24.0, "resolution": {"H": 192, "W": 320}, "aspect_ratio": "16,9"}"#;
+        for (view, framing) in [
+            ("wrist_view", "This video is captured from a wrist-mounted camera."),
+            (
+                "third_person_view",
+                "This video is captured from a third-person perspective looking towards the agent from the front.",
+            ),
+            (
+                "concat_view",
+                "This video contains concatenated views from multiple camera perspectives.",
+            ),
+        ] {
+            let mut r = ActionRequest::new(ActionMode::Policy, "pusht", 16);
+            r.view_point = view.into();
+            let want = format!(r#"{{"cinematography": {{"framing": "{framing}"}}, {tail}"#);
+            assert_eq!(r.caption("stack the cubes", 24.0, 192, 320).unwrap(), want);
+        }
+    }
+
+    #[test]
     fn padding_reflects_or_replicates() {
         let x = Tensor::arange(0f32, 3.0, &Device::Cpu)
             .unwrap()
