@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
-use phyai::engine::{Engine, EngineArgs, EngineConfig, Plugin};
+use candle_core::{DType, Tensor};
+use phyai::engine::{DeviceConfig, Engine, EngineArgs, EngineConfig, Plugin, Target};
 use phyai::models::cosmos3::{
-    Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, Prompt, VaeDecode,
+    CfgPair, Cosmos3Args, Cosmos3Output, Cosmos3Plugin, Cosmos3Request, Prompt, VaeDecode,
 };
 use phyai::parallel::MeshShape;
 
@@ -30,8 +30,14 @@ fn run(
     parallel: MeshShape,
     vae_decode: VaeDecode,
 ) -> (Cosmos3Output, HashMap<String, Tensor>) {
+    run_with(
+        case,
+        engine_on(&fixtures().join("tiny"), case.sound, parallel, vae_decode),
+    )
+}
+
+fn run_with(case: &Case, mut e: Engine<Cosmos3Plugin>) -> (Cosmos3Output, HashMap<String, Tensor>) {
     let r = load_ref(&format!("trajectory_{}.safetensors", case.name));
-    let mut e = engine_on(&fixtures().join("tiny"), case.sound, parallel, vae_decode);
     let mut req = request(case, &r);
     if case.image {
         // The pipeline's [0, 1] 8-bit image → [−1, 1], encoded as the clean frame 0.
@@ -60,6 +66,10 @@ fn run(
 
 fn check(case: Case) {
     let (out, r) = run(&case, MeshShape::single(), VaeDecode::Full);
+    check_output(&case, &out, &r);
+}
+
+fn check_output(case: &Case, out: &Cosmos3Output, r: &HashMap<String, Tensor>) {
     let lat = rel_err(&out.latents, &r["latents"]);
     let vid = rel_err(&out.video, &r["video"]);
     println!("{}: latents {lat:.2e}, video {vid:.2e}", case.name);
@@ -126,6 +136,49 @@ fn i2v_trajectory_matches_diffusers() {
         sound: false,
         image: true,
     });
+}
+
+/// Both CFG branches in one pass of the generation tower (`CfgPair::On`, what CUDA runs
+/// on small clips) against diffusers and against the branches run one after the other.
+#[test]
+fn paired_cfg_branches_match_diffusers() {
+    for case in [
+        Case {
+            name: "t2av",
+            fps: 24.0,
+            sound: true,
+            image: false,
+        },
+        Case {
+            name: "i2v",
+            fps: 24.0,
+            sound: false,
+            image: true,
+        },
+    ] {
+        let e = Engine::new(EngineArgs {
+            plugin: Cosmos3Plugin::NAME.into(),
+            plugin_args: Cosmos3Args {
+                load_sound: case.sound,
+                cfg_pair: CfgPair::On,
+                ..Cosmos3Args::new(fixtures().join("tiny"))
+            },
+            config: EngineConfig {
+                device: DeviceConfig {
+                    target: Target::Cpu,
+                    dtype: DType::F32,
+                },
+                parallel: MeshShape::single(),
+            },
+        })
+        .unwrap();
+        let (paired, r) = run_with(&case, e);
+        check_output(&case, &paired, &r);
+        let (one_by_one, _) = run(&case, MeshShape::single(), VaeDecode::Full);
+        let d = rel_err(&paired.latents, &one_by_one.latents);
+        println!("{}: paired vs one by one {d:.2e}", case.name);
+        assert!(d <= 1e-5, "{}: paired branches differ by {d:e}", case.name);
+    }
 }
 
 #[test]

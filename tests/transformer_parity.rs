@@ -194,6 +194,47 @@ fn positions_match_reference_exactly() {
     }
 }
 
+/// Both branches of a step in one pass (`velocity_pair`) give each branch's reference
+/// velocity: the cond and uncond cases share their latents and differ in the prompt.
+#[test]
+fn paired_branches_match_reference() {
+    let (m, _) = model(DType::F32);
+    for family in ["t2v", "t2av", "padded", "i2v"] {
+        let c = load_case(&format!("{family}_cond"));
+        let u = load_case(&format!("{family}_uncond"));
+        assert_eq!(
+            rel_err(&c.tensors["video_latent"], &u.tensors["video_latent"]),
+            0.0
+        );
+        let (kc, ku) = (m.und(&text_ids(&c)).unwrap(), m.und(&text_ids(&u)).unwrap());
+        assert_ne!(kc.text_len, ku.text_len, "{family}: prompts of one length");
+        let sound = c.tensors.get("sound_latent");
+        let noisy = noisy_flags(&c);
+        let [oc, ou] = m
+            .velocity_pair(
+                &kc,
+                &ku,
+                &GenInputs {
+                    video: &c.tensors["video_latent"],
+                    sound,
+                    timestep: timestep(&c),
+                    noisy_frames: &noisy,
+                    fps: c.fps,
+                },
+            )
+            .unwrap();
+        for (out, case, branch) in [(&oc, &c, "cond"), (&ou, &u, "uncond")] {
+            let ev = rel_err(&out.video, &case.tensors["velocity_video"]);
+            println!("{family} {branch} paired: video rel err {ev:.3e}");
+            assert!(ev <= TOL, "{family} {branch}: video rel err {ev:.3e}");
+            if let Some(want) = case.tensors.get("velocity_sound") {
+                let es = rel_err(out.sound.as_ref().unwrap(), want);
+                assert!(es <= TOL, "{family} {branch}: sound rel err {es:.3e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn reused_text_kv_equals_recomputed() {
     let (m, _) = model(DType::F32);

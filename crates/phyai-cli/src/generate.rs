@@ -260,6 +260,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             },
             quantize: a.quantize.map(Into::into),
             fp8_attention: a.fp8_attention,
+            cfg_pair: Default::default(),
         },
         config,
     });

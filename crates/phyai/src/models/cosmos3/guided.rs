@@ -47,6 +47,21 @@ pub trait VelocityModel {
         step: StepInfo,
         noisy: &[bool],
     ) -> Result<Velocity>;
+
+    /// Both branches' velocities (conditional, unconditional) at the same latents. Models
+    /// that can evaluate the two in one pass override this; by default it is two calls.
+    fn velocity_pair(
+        &self,
+        video: &Tensor,
+        sound: Option<&Tensor>,
+        step: StepInfo,
+        noisy: &[bool],
+    ) -> Result<(Velocity, Velocity)> {
+        Ok((
+            self.velocity(Branch::Cond, video, sound, step, noisy)?,
+            self.velocity(Branch::Uncond, video, sound, step, noisy)?,
+        ))
+    }
 }
 
 /// The branches one rank evaluates.
@@ -121,11 +136,10 @@ impl<'a> GuidedVelocity<'a> {
         let mine = Self::branches(g, self.cfg.rank(), self.cfg.size());
         let eval = |b| self.model.velocity(b, video, sound, step, noisy);
         if self.cfg.size() == 1 {
-            let c = eval(Branch::Cond)?;
             if !mine.uncond {
-                return Ok(c);
+                return eval(Branch::Cond);
             }
-            let u = eval(Branch::Uncond)?;
+            let (c, u) = self.model.velocity_pair(video, sound, step, noisy)?;
             return Ok(Velocity {
                 video: cfg_combine(&c.video, &u.video, g)?,
                 sound: match (&c.sound, &u.sound) {

@@ -24,7 +24,7 @@ pub mod vae;
 
 pub use action::{ActionMode, ActionRequest};
 pub use control::{Control, Hint};
-pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
+pub use plugin::{CfgPair, Cosmos3Args, Cosmos3Plugin, VaeDecode};
 pub use request::{
     pixel_to_latent_shape, sound_latent_frames, ClipDefaults, Cosmos3Output, Cosmos3Request,
     InitNoise, LatentShape, Prompt, VideoInput,

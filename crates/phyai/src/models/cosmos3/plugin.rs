@@ -24,7 +24,7 @@ use super::sampler::{
 };
 use super::transfer::TransferInput;
 use super::transfer_loop::{run_transfer, TransferModels, TransferPrompt};
-use super::transformer::{Cosmos3Transformer, GenInputs, TransformerConfig, UndKv};
+use super::transformer::{Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig, UndKv};
 use super::vae::{AudioDecoder, WanVae};
 use crate::engine::{EngineConfig, Plugin, Progress};
 use crate::io::json::read_json;
@@ -62,7 +62,27 @@ pub struct Cosmos3Args {
     /// Run the generation tower's attention in FP8 in the W8A8 steps (`--fp8-attention`;
     /// needs an FP8 transformer on a CUDA device of a build with the FP8 attention kernels).
     pub fp8_attention: bool,
+    /// Whether guided steps evaluate both CFG branches in one pass of the generation tower.
+    pub cfg_pair: CfgPair,
 }
+
+/// When guided steps run both CFG branches in one pass (one rank's tokens of the two
+/// branches side by side; attention per branch): the same velocities with larger GEMMs and
+/// half the launches, which pays where one branch leaves the GPU idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CfgPair {
+    /// On CUDA for at most [`CFG_PAIR_MAX_TOKENS`] generation tokens per branch
+    /// (`PHYAI_CFG_PAIR=0` turns it off, `=1` on for any size and device).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Generation tokens per branch up to which [`CfgPair::Auto`] pairs the branches: a 720p
+/// frame (920) and 256p video (2,880) gain; from 480p video (18,720) on, one branch fills
+/// the GPU and pairing would only double the activations.
+pub const CFG_PAIR_MAX_TOKENS: usize = 8192;
 
 impl Cosmos3Args {
     /// The checkpoint's own settings, without sound.
@@ -76,6 +96,7 @@ impl Cosmos3Args {
             vae_decode: VaeDecode::default(),
             quantize: None,
             fp8_attention: false,
+            cfg_pair: CfgPair::default(),
         }
     }
 }
@@ -288,12 +309,15 @@ impl Plugin for Cosmos3Plugin {
             },
             &self.device,
         )?;
+        let p = self.transformer.config().latent_patch_size.max(1);
+        let tokens = latent.t * latent.h.div_ceil(p) * latent.w.div_ceil(p);
         let model = Denoiser {
             model: &self.transformer,
             cond,
             uncond,
             fps: request.fps,
             dtype: self.dtype,
+            pair: self.pair_branches(tokens),
         };
         let guided = GuidedVelocity::new(&model, request.guidance_scale, self.mesh.cfg.clone())
             .with_interval(request.guidance_interval);
@@ -391,6 +415,7 @@ impl Cosmos3Plugin {
             uncond: None,
             fps: request.fps,
             dtype: self.dtype,
+            pair: false,
         };
         let guided = GuidedVelocity::new(&model, 1.0, self.mesh.cfg.clone());
         let count = fs.steps();
@@ -806,6 +831,21 @@ impl Cosmos3Plugin {
         Ok(video)
     }
 
+    /// Whether guided steps of `tokens` generation tokens per branch pair the branches.
+    fn pair_branches(&self, tokens: usize) -> bool {
+        if !self.transformer.can_pair() {
+            return false;
+        }
+        let env = std::env::var("PHYAI_CFG_PAIR").ok();
+        match (self.args.cfg_pair, env.as_deref().map(str::trim)) {
+            (CfgPair::On, _) => true,
+            (CfgPair::Off, _) => false,
+            (CfgPair::Auto, Some("0")) => false,
+            (CfgPair::Auto, Some("1")) => true,
+            (CfgPair::Auto, _) => self.device.is_cuda() && tokens <= CFG_PAIR_MAX_TOKENS,
+        }
+    }
+
     fn decode_video(&self, latents: &Tensor) -> Result<Tensor> {
         let z = latents.to_dtype(self.dtype)?;
         let world = self.mesh.shape.world();
@@ -833,6 +873,8 @@ struct Denoiser<'a> {
     uncond: Option<UndKv>,
     fps: f64,
     dtype: DType,
+    /// Evaluate both branches in one pass (see [`Cosmos3Transformer::velocity_pair`]).
+    pair: bool,
 }
 
 impl VelocityModel for Denoiser<'_> {
@@ -863,9 +905,43 @@ impl VelocityModel for Denoiser<'_> {
                 fps: self.fps,
             },
         )?;
-        Ok(Velocity {
-            video: out.video.to_dtype(DType::F32)?,
-            sound: out.sound.map(|s| s.to_dtype(DType::F32)).transpose()?,
-        })
+        f32_velocity(out)
     }
+
+    fn velocity_pair(
+        &self,
+        video: &Tensor,
+        sound: Option<&Tensor>,
+        step: StepInfo,
+        noisy: &[bool],
+    ) -> Result<(Velocity, Velocity)> {
+        let (Some(cond), Some(uncond), true) = (&self.cond, &self.uncond, self.pair) else {
+            return Ok((
+                self.velocity(Branch::Cond, video, sound, step, noisy)?,
+                self.velocity(Branch::Uncond, video, sound, step, noisy)?,
+            ));
+        };
+        self.model.begin_step(step.index, step.count);
+        let video_in = video.to_dtype(self.dtype)?;
+        let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
+        let [c, u] = self.model.velocity_pair(
+            cond,
+            uncond,
+            &GenInputs {
+                video: &video_in,
+                sound: sound_in.as_ref(),
+                timestep: step.timestep,
+                noisy_frames: noisy,
+                fps: self.fps,
+            },
+        )?;
+        Ok((f32_velocity(c)?, f32_velocity(u)?))
+    }
+}
+
+fn f32_velocity(out: GenOutput) -> Result<Velocity> {
+    Ok(Velocity {
+        video: out.video.to_dtype(DType::F32)?,
+        sound: out.sound.map(|s| s.to_dtype(DType::F32)).transpose()?,
+    })
 }

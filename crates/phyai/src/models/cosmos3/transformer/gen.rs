@@ -94,21 +94,86 @@ impl GenTower {
             } else {
                 (q, k, v)
             };
-            // Text keys first, then this step's; joined token-major so the copy is two
-            // contiguous runs, and handed to attention as head-major views.
-            let join = |text: &Tensor, gen: &Tensor| -> Result<Tensor> {
-                let t = Tensor::cat(&[&text.transpose(0, 1)?, &gen.transpose(0, 1)?], 0)?;
-                Ok(t.transpose(0, 1)?)
-            };
-            let k_all = join(&uk, &k)?;
-            let v_all = join(&uv, &v)?;
-            let a = match &self.fp8_attention {
-                Some(p) if p.get() == ActivationPrecision::W8A8 => {
-                    attention_fp8(&q, &k_all, &v_all)?
-                }
-                _ => attention(&q, &k_all, &v_all, false)?,
-            };
+            let a = self.attend(&q, &k, &v, &uk, &uv)?;
             let a = sp.heads_to_seq(&a, shard)?;
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |l| l.input_norm());
+            (x, h) = layer.finish_normed(&x, &a, next)?;
+        }
+        Ok(h)
+    }
+}
+
+impl GenTower {
+    /// Attention of the generation tokens' `q` over the text K/V `uk`/`uv`, then their own
+    /// `k`/`v` (head-major views), in FP8 when the step runs W8A8 with FP8 attention on.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        uk: &Tensor,
+        uv: &Tensor,
+    ) -> Result<Tensor> {
+        // Text keys first, then this step's; joined token-major so the copy is two
+        // contiguous runs, and handed to attention as head-major views.
+        let join = |text: &Tensor, gen: &Tensor| -> Result<Tensor> {
+            let t = Tensor::cat(&[&text.transpose(0, 1)?, &gen.transpose(0, 1)?], 0)?;
+            Ok(t.transpose(0, 1)?)
+        };
+        let (k_all, v_all) = (join(uk, k)?, join(uv, v)?);
+        Ok(match &self.fp8_attention {
+            Some(p) if p.get() == ActivationPrecision::W8A8 => attention_fp8(q, &k_all, &v_all)?,
+            _ => attention(q, &k_all, &v_all, false)?,
+        })
+    }
+
+    /// Both CFG branches in one pass (one rank, no sequence parallelism): `x` `[2N, hidden]`
+    /// holds the conditional branch's N tokens, then the unconditional branch's, with their
+    /// rotary tables `cos`/`sin` `[2N, head_dim/2]`. Every token-wise product runs once over
+    /// the 2N tokens (larger GEMMs, half the launches); attention runs per branch over that
+    /// branch's text K/V, so each half equals [`Self::forward`] of its branch.
+    pub fn forward_pair(
+        &self,
+        x: &Tensor,
+        und: [&UndKv; 2],
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        for kv in und {
+            if kv.k.len() != self.layers.len() || kv.v.len() != self.layers.len() {
+                return Err(Error::invalid(
+                    "text K/V",
+                    format!(
+                        "{} layers cached, the model has {}",
+                        kv.k.len(),
+                        self.layers.len()
+                    ),
+                ));
+            }
+        }
+        let total = x.dim(0)?;
+        if total % 2 != 0 {
+            return Err(Error::msg(format!("a branch pair of {total} tokens")));
+        }
+        let n = total / 2;
+        let Some(first) = self.layers.first() else {
+            return self.norm.forward(x);
+        };
+        let mut x = x.clone();
+        let mut h = glue::rms_norm(&x, first.input_norm())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = layer.attn_inputs(&h, cos, sin)?;
+            let dtype = k.dtype();
+            let mut outs = Vec::with_capacity(2);
+            for (b, kv) in und.iter().enumerate() {
+                let half = |t: &Tensor| t.narrow(1, b * n, n);
+                let (uk, uv) = (kv.k[i].to_dtype(dtype)?, kv.v[i].to_dtype(dtype)?);
+                outs.push(self.attend(&half(&q)?, &half(&k)?, &half(&v)?, &uk, &uv)?);
+            }
+            let a = Tensor::cat(&outs, 1)?;
             let next = self
                 .layers
                 .get(i + 1)

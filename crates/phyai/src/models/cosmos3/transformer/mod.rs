@@ -20,6 +20,7 @@ pub mod block;
 pub mod config;
 pub mod embed;
 pub mod gen;
+mod pair;
 pub mod positions;
 pub mod und;
 
@@ -69,6 +70,19 @@ pub struct GenInputs<'a> {
 pub struct GenOutput {
     pub video: Tensor,
     pub sound: Option<Tensor>,
+}
+
+/// One branch's generation stream of a step on this rank (see `Cosmos3Transformer::stream`).
+struct Stream {
+    tokens: Tensor,
+    positions: Vec<[f32; 3]>,
+    shard: crate::layers::sp::SeqShard,
+    grid: embed::PatchGrid,
+    n_context: usize,
+    /// Context and video tokens.
+    n_video: usize,
+    n_sound: usize,
+    n_action: usize,
 }
 
 pub struct Cosmos3Transformer {
@@ -437,18 +451,45 @@ impl Cosmos3Transformer {
         inputs: &GenInputs,
         action: Option<&ActionTokens>,
     ) -> Result<(GenOutput, Option<Tensor>)> {
-        self.check_inputs(inputs)?;
-        let action = match (action, &self.action) {
-            (None, _) => None,
-            (Some(_), None) => return Err(Error::invalid(
+        let action = self.checked_action(action)?;
+        let st = self.stream(und.text_len, context, inputs, action)?;
+        let (cos, sin) = self.gen_rope_tables(st.positions.clone())?;
+        let hidden = self
+            .gen
+            .forward(&st.tokens, und, &cos, &sin, &self.sp, &st.shard)?;
+        let hidden = self.sp.gather_tokens(&hidden, &st.shard)?;
+        self.outputs(&hidden, &st, inputs, action)
+    }
+
+    /// The action heads for `action` tokens, checked against them.
+    fn checked_action<'b>(
+        &'b self,
+        action: Option<&'b ActionTokens<'b>>,
+    ) -> Result<Option<(&'b ActionTokens<'b>, &'b ActionHeads)>> {
+        match (action, &self.action) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err(Error::invalid(
                 "action",
                 "this checkpoint has no action heads (its transformer config has action_gen false)",
             )),
             (Some(a), Some(heads)) => {
                 heads.check(a)?;
-                Some((a, heads))
+                Ok(Some((a, heads)))
             }
-        };
+        }
+    }
+
+    /// This rank's shard of the generation stream of one step: the embedded tokens of the
+    /// context items, video, sound and action (and padding), with their rotary positions,
+    /// which depend on the prompt's length `text_len`.
+    fn stream(
+        &self,
+        text_len: usize,
+        context: &[Tensor],
+        inputs: &GenInputs,
+        action: Option<(&ActionTokens, &ActionHeads)>,
+    ) -> Result<Stream> {
+        self.check_inputs(inputs)?;
         let cfg = &self.cfg;
         let p = cfg.latent_patch_size;
         let video = inputs.video;
@@ -527,7 +568,7 @@ impl Cosmos3Transformer {
                     .broadcast_add(&mask.broadcast_mul(&temb)?)?,
             );
             let item =
-                positions::video_positions(cfg, und.text_len, (grid.t, grid.h, grid.w), inputs.fps);
+                positions::video_positions(cfg, text_len, (grid.t, grid.h, grid.w), inputs.fps);
             let all = item.repeat(context.len() + 1);
             positions.extend_from_slice(&all[vid.clone()]);
         }
@@ -538,7 +579,7 @@ impl Cosmos3Transformer {
                 s.narrow(2, snd.start, snd.len())?
             };
             pieces.push(heads.embed(&s)?.broadcast_add(&temb)?);
-            let all = positions::sound_positions(cfg, und.text_len, n_sound);
+            let all = positions::sound_positions(cfg, text_len, n_sound);
             positions.extend_from_slice(&all[snd.clone()]);
         }
         if let (Some((a, heads)), false) = (action, act.is_empty()) {
@@ -548,7 +589,7 @@ impl Cosmos3Transformer {
                 .embed(&latent.narrow(0, act.start, act.len())?, a.domain)?
                 .broadcast_add(&mask.narrow(0, act.start, act.len())?.broadcast_mul(&temb)?)?;
             pieces.push(tokens);
-            let all = positions::action_positions(cfg, und.text_len, n_action, inputs.fps);
+            let all = positions::action_positions(cfg, text_len, n_action, inputs.fps);
             positions.extend_from_slice(&all[act.clone()]);
         }
         if shard.pad() > 0 {
@@ -564,19 +605,36 @@ impl Cosmos3Transformer {
         } else {
             Tensor::cat(&pieces, 0)?
         };
-        let (cos, sin) = self.gen_rope_tables(positions)?;
-        let hidden = self
-            .gen
-            .forward(&tokens, und, &cos, &sin, &self.sp, &shard)?;
-        let hidden = self.sp.gather_tokens(&hidden, &shard)?;
+        Ok(Stream {
+            tokens,
+            positions,
+            shard,
+            grid,
+            n_context,
+            n_video,
+            n_sound,
+            n_action,
+        })
+    }
 
+    /// The velocities of one step from the tower's final hidden states of the whole stream.
+    fn outputs(
+        &self,
+        hidden: &Tensor,
+        st: &Stream,
+        inputs: &GenInputs,
+        action: Option<(&ActionTokens, &ActionHeads)>,
+    ) -> Result<(GenOutput, Option<Tensor>)> {
+        let cfg = &self.cfg;
+        let (grid, n_context, n_video, n_sound) = (&st.grid, st.n_context, st.n_video, st.n_sound);
+        let p = cfg.latent_patch_size;
         let v = self
             .proj_out
             .forward(&hidden.narrow(0, n_context, n_video - n_context)?)?;
-        let v = unpatchify(&v, &grid, grid.t, p)?;
+        let v = unpatchify(&v, grid, grid.t, p)?;
         let zeros = Tensor::zeros(
             (cfg.latent_channel, 1, grid.latent_h, grid.latent_w),
-            dtype,
+            self.dtype,
             &self.device,
         )?;
         let frames: Vec<Tensor> = inputs
@@ -600,7 +658,7 @@ impl Cosmos3Transformer {
         };
         let action_v = match action {
             Some((a, heads)) => Some(heads.project_out(
-                &hidden.narrow(0, n_video + n_sound, n_action)?,
+                &hidden.narrow(0, n_video + n_sound, st.n_action)?,
                 a.domain,
                 a.noisy,
             )?),
