@@ -10,6 +10,7 @@ pub mod control;
 pub mod control_guidance;
 pub mod demo;
 pub mod denoise;
+mod denoiser;
 pub mod distilled;
 pub mod guided;
 pub mod plugin;
@@ -24,7 +25,8 @@ pub mod vae;
 
 pub use action::{ActionMode, ActionRequest};
 pub use control::{Control, Hint};
-pub use plugin::{CfgPair, Cosmos3Args, Cosmos3Plugin, VaeDecode};
+pub use denoiser::{CfgPair, CFG_PAIR_MAX_TOKENS};
+pub use plugin::{Cosmos3Args, Cosmos3Plugin, VaeDecode};
 pub use request::{
     pixel_to_latent_shape, sound_latent_frames, ClipDefaults, Cosmos3Output, Cosmos3Request,
     InitNoise, LatentShape, Prompt, VideoInput,

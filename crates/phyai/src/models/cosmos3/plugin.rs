@@ -12,8 +12,9 @@ use super::action::{self, ActionMode, ActionRequest};
 use super::action_loop::{ActionDenoiser, ActionLatents};
 use super::config::ModelIndex;
 use super::denoise::{self, Conditioning, Start};
+use super::denoiser::{CfgPair, Denoiser, CFG_PAIR_MAX_TOKENS};
 use super::distilled::denoise_fixed_step;
-use super::guided::{Branch, GuidedVelocity, StepInfo, Velocity, VelocityModel};
+use super::guided::{GuidedVelocity, StepInfo};
 use super::processor::{Processor, PromptInputs};
 use super::request::{
     pixel_to_latent_shape, sound_latent_frames, Cosmos3Output, Cosmos3Request, Prompt, VideoInput,
@@ -24,7 +25,7 @@ use super::sampler::{
 };
 use super::transfer::TransferInput;
 use super::transfer_loop::{run_transfer, TransferModels, TransferPrompt};
-use super::transformer::{Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig, UndKv};
+use super::transformer::{Cosmos3Transformer, TransformerConfig, UndKv};
 use super::vae::{AudioDecoder, WanVae};
 use crate::engine::{EngineConfig, Plugin, Progress};
 use crate::io::json::read_json;
@@ -65,24 +66,6 @@ pub struct Cosmos3Args {
     /// Whether guided steps evaluate both CFG branches in one pass of the generation tower.
     pub cfg_pair: CfgPair,
 }
-
-/// When guided steps run both CFG branches in one pass (one rank's tokens of the two
-/// branches side by side; attention per branch): the same velocities with larger GEMMs and
-/// half the launches, which pays where one branch leaves the GPU idle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CfgPair {
-    /// On CUDA for at most [`CFG_PAIR_MAX_TOKENS`] generation tokens per branch
-    /// (`PHYAI_CFG_PAIR=0` turns it off, `=1` on for any size and device).
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-/// Generation tokens per branch up to which [`CfgPair::Auto`] pairs the branches: a 720p
-/// frame (920) and 256p video (2,880) gain; from 480p video (18,720) on, one branch fills
-/// the GPU and pairing would only double the activations.
-pub const CFG_PAIR_MAX_TOKENS: usize = 8192;
 
 impl Cosmos3Args {
     /// The checkpoint's own settings, without sound.
@@ -863,85 +846,4 @@ impl Cosmos3Plugin {
         };
         Ok(video.to_dtype(DType::F32)?)
     }
-}
-
-/// The transformer seen by the loop: text K/V computed once for each branch this rank
-/// evaluates (under CFG parallelism, only its own).
-struct Denoiser<'a> {
-    model: &'a Cosmos3Transformer,
-    cond: Option<UndKv>,
-    uncond: Option<UndKv>,
-    fps: f64,
-    dtype: DType,
-    /// Evaluate both branches in one pass (see [`Cosmos3Transformer::velocity_pair`]).
-    pair: bool,
-}
-
-impl VelocityModel for Denoiser<'_> {
-    fn velocity(
-        &self,
-        branch: Branch,
-        video: &Tensor,
-        sound: Option<&Tensor>,
-        step: StepInfo,
-        noisy: &[bool],
-    ) -> Result<Velocity> {
-        let und = match branch {
-            Branch::Cond => self.cond.as_ref(),
-            Branch::Uncond => self.uncond.as_ref(),
-        }
-        .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
-        // FP8 checkpoints switch the precision of their activations by step.
-        self.model.begin_step(step.index, step.count);
-        let video_in = video.to_dtype(self.dtype)?;
-        let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
-        let out = self.model.velocity(
-            und,
-            &GenInputs {
-                video: &video_in,
-                sound: sound_in.as_ref(),
-                timestep: step.timestep,
-                noisy_frames: noisy,
-                fps: self.fps,
-            },
-        )?;
-        f32_velocity(out)
-    }
-
-    fn velocity_pair(
-        &self,
-        video: &Tensor,
-        sound: Option<&Tensor>,
-        step: StepInfo,
-        noisy: &[bool],
-    ) -> Result<(Velocity, Velocity)> {
-        let (Some(cond), Some(uncond), true) = (&self.cond, &self.uncond, self.pair) else {
-            return Ok((
-                self.velocity(Branch::Cond, video, sound, step, noisy)?,
-                self.velocity(Branch::Uncond, video, sound, step, noisy)?,
-            ));
-        };
-        self.model.begin_step(step.index, step.count);
-        let video_in = video.to_dtype(self.dtype)?;
-        let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
-        let [c, u] = self.model.velocity_pair(
-            cond,
-            uncond,
-            &GenInputs {
-                video: &video_in,
-                sound: sound_in.as_ref(),
-                timestep: step.timestep,
-                noisy_frames: noisy,
-                fps: self.fps,
-            },
-        )?;
-        Ok((f32_velocity(c)?, f32_velocity(u)?))
-    }
-}
-
-fn f32_velocity(out: GenOutput) -> Result<Velocity> {
-    Ok(Velocity {
-        video: out.video.to_dtype(DType::F32)?,
-        sound: out.sound.map(|s| s.to_dtype(DType::F32)).transpose()?,
-    })
 }
