@@ -177,10 +177,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             act.init_noise = crate::action::init_noise(p)?;
         }
     }
-    let condition = VideoCondition {
-        indexes: parse_indexes(&a.condition_frames)?,
-        keep: VideoKeep::parse(&a.condition_video_keep, "condition_video_keep")?,
-    };
+    let condition = VideoCondition::parse(&a.condition_frames, &a.condition_video_keep)?;
     if let (Some(v), false) = (&a.video, acting) {
         if !v.exists() {
             return Err(Error::invalid(
@@ -445,20 +442,6 @@ fn check_output_dir(prefix: &Path) -> Result<()> {
         return Err(Error::invalid("out", "needs a file name prefix"));
     }
     Ok(())
-}
-
-/// `--condition-frames 0,1` → latent frame indexes.
-fn parse_indexes(text: &str) -> Result<Vec<usize>> {
-    text.split(',')
-        .map(|i| {
-            i.trim().parse::<usize>().map_err(|_| {
-                Error::invalid(
-                    "condition_frames",
-                    format!("expected comma-separated frame indexes, got {text:?}"),
-                )
-            })
-        })
-        .collect()
 }
 
 /// The initial noise, and the per-step noise of distilled checkpoints when the file has it.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::continuation::{is_mp4, resolve_continuation};
 use crate::errors::ApiError;
 use crate::events::Event;
 use crate::object::video_object;
@@ -81,7 +82,8 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
 /// What a create request uploads besides its text fields.
 #[derive(Default)]
 struct Uploads {
-    /// `input_reference`: the image of an image-to-video request.
+    /// `input_reference`: the image of an image-to-video request, or the mp4 of a
+    /// continuation.
     image: Option<Vec<u8>>,
     /// `control_<hint>`: the control clips of a transfer request.
     controls: Vec<(Hint, Vec<u8>)>,
@@ -174,6 +176,9 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
     let image = up.image;
     let mut params = resolve(&fields, &st.model)?;
     let id = new_id();
+    // An mp4 as input_reference continues that video; anything else must be an image.
+    let video = image.as_deref().is_some_and(is_mp4);
+    resolve_continuation(&fields, video, &mut params)?;
     if !up.controls.is_empty() {
         // Stored first (the reader takes a file), checked, and removed again if refused.
         let controls = store_controls(&st, &id, up.controls).await;
@@ -184,7 +189,28 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
             return Err(e);
         }
     }
-    if let Some(bytes) = &image {
+    if let (Some(bytes), true) = (&image, video) {
+        // Stored first (the reader takes a file), decoded once, removed again if unreadable.
+        let path = st.store.input_path(&id);
+        phyai::io::atomic::write_atomic(&path, bytes)?;
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            phyai::io::mp4_read::probe_mp4(&p, "input_reference")
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = read {
+            st.remove_files(&id);
+            // The reader names the stored file; the client knows it as its upload.
+            let msg = e.detail();
+            let prefix = format!("{}: ", path.display());
+            let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
+            return Err(ApiError::invalid(
+                "input_reference",
+                format!("not a readable H.264 mp4: {msg}"),
+            ));
+        }
+    } else if let Some(bytes) = &image {
         let b = bytes.clone();
         let decoded = tokio::task::spawn_blocking(move || image::load_from_memory(&b).map(|_| ()))
             .await
@@ -197,7 +223,7 @@ async fn create(st: St, req: Request) -> Result<Json<Value>, ApiError> {
         })?;
     }
     // The input is in place before the job exists, so a queued job always has it.
-    if let Some(bytes) = &image {
+    if let (Some(bytes), false) = (&image, video) {
         phyai::io::atomic::write_atomic(&st.store.input_path(&id), bytes)?;
     }
     let job = match st.store.insert(&id, &params, image.is_some(), st.max_queue) {

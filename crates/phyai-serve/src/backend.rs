@@ -18,7 +18,7 @@ use crate::params::{JobParams, ModelInfo, DEMO, REFERENCE};
 use crate::transfer::TransferParams;
 use phyai::io::frames::load_video_resized;
 use phyai::models::cosmos3::sampler::GuidanceInterval;
-use phyai::models::cosmos3::{Control, Hint, TransferInput};
+use phyai::models::cosmos3::{Control, Hint, TransferInput, VideoInput};
 
 /// How to load the model: the checkpoint (the demo one when `None`) and the topology.
 #[derive(Debug, Clone)]
@@ -155,7 +155,8 @@ impl Backend {
         &self.info
     }
 
-    /// Runs one request. `image` is the conditioning picture of an image-to-video job;
+    /// Runs one request. `image` is the input file: the conditioning picture of an
+    /// image-to-video job, or the video of a continuation job;
     /// `control` gives the stored clip of each hint of a transfer job.
     pub fn generate(
         &mut self,
@@ -180,8 +181,17 @@ impl Backend {
         request.guidance_scale = p.guidance_scale;
         request.seed = p.seed;
         request.sound = p.sound;
-        if let Some(path) = image {
-            request.image = Some(phyai::io::image::load_image(path, p.height, p.width)?);
+        match (image, &p.continuation) {
+            (Some(path), Some(c)) => {
+                request.video = Some(VideoInput {
+                    frames: load_video_resized(path, p.height, p.width, "input_reference")?,
+                    condition: c.condition()?,
+                });
+            }
+            (Some(path), None) => {
+                request.image = Some(phyai::io::image::load_image(path, p.height, p.width)?);
+            }
+            (None, _) => {}
         }
         if let Some(t) = &p.transfer {
             request.transfer = Some(transfer_input(t, p.height, p.width, control)?);

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod continuation;
 pub mod errors;
 pub mod events;
 pub mod metrics;

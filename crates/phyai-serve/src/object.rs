@@ -40,7 +40,7 @@ pub fn video_object(job: &Job, live: Option<&Live>) -> Value {
         "guidance_scale": p.guidance_scale,
         "seed": p.seed,
         "sound": p.sound,
-        "image_to_video": job.has_image,
+        "image_to_video": job.has_image && p.continuation.is_none(),
         "attempts": job.attempts,
         "generation_seconds": job.generation_seconds,
         "total_seconds": job.total_seconds,
@@ -51,6 +51,11 @@ pub fn video_object(job: &Job, live: Option<&Live>) -> Value {
         v["conditional_frames"] = json!(t.conditional_frames);
         v["control_guidance"] = json!(t.control_guidance);
         v["control_guidance_interval"] = json!(t.control_guidance_interval);
+    }
+    if let Some(c) = &p.continuation {
+        v["video_to_video"] = json!(true);
+        v["condition_frames"] = json!(c.condition_frames);
+        v["condition_video_keep"] = json!(c.keep);
     }
     if let (Status::InProgress, Some(l)) = (job.status, live) {
         v["stage"] = json!(l.stage);

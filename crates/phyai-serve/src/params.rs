@@ -43,6 +43,8 @@ pub struct CreateFields {
     pub conditional_frames: Option<String>,
     pub control_guidance: Option<String>,
     pub control_guidance_interval: Option<String>,
+    pub condition_frames: Option<String>,
+    pub condition_video_keep: Option<String>,
 }
 
 impl CreateFields {
@@ -64,6 +66,8 @@ impl CreateFields {
             "conditional_frames" => &mut self.conditional_frames,
             "control_guidance" => &mut self.control_guidance,
             "control_guidance_interval" => &mut self.control_guidance_interval,
+            "condition_frames" => &mut self.condition_frames,
+            "condition_video_keep" => &mut self.condition_video_keep,
             _ => return,
         };
         *slot = Some(value);
@@ -89,6 +93,9 @@ pub struct JobParams {
     /// Control clips and their settings of a transfer job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferParams>,
+    /// The conditioning of a continuation job (its input file is an mp4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<crate::continuation::ContinuationParams>,
 }
 
 impl JobParams {
@@ -247,6 +254,7 @@ pub fn resolve(f: &CreateFields, model: &ModelInfo) -> Result<JobParams, ApiErro
         sound,
         seconds,
         transfer: None,
+        continuation: None,
     })
 }
 

@@ -51,6 +51,26 @@ impl Default for VideoCondition {
 }
 
 impl VideoCondition {
+    /// From the text of `condition_frames` (comma-separated latent frame indexes, e.g.
+    /// "0,1") and `condition_video_keep` ("first" or "last").
+    pub fn parse(frames: &str, keep: &str) -> Result<Self> {
+        let indexes = frames
+            .split(',')
+            .map(|i| {
+                i.trim().parse::<usize>().map_err(|_| {
+                    Error::invalid(
+                        "condition_frames",
+                        format!("expected comma-separated frame indexes, got {frames:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            indexes,
+            keep: VideoKeep::parse(keep, "condition_video_keep")?,
+        })
+    }
+
     /// Checks the indexes against a request of `latent_frames` latent frames.
     pub fn validate(&self, latent_frames: usize) -> Result<()> {
         let field = "condition_frames";
