@@ -145,11 +145,9 @@ impl Plugin for Cosmos3Plugin {
         let ckpt = &args.checkpoint_dir;
         let (index, _) = ModelIndex::from_checkpoint(checkpoint_dir(ckpt)?)?;
 
-        let device = config.device.target.device()?;
-        let dtype = config.device.dtype;
-
-        // The tokenizer (a large JSON to parse) loads on its own thread while the weights
-        // are read; a failure here is reported by the first text request instead.
+        // The tokenizer (a large JSON to parse: about 0.4 s) loads on its own thread while
+        // the device starts and the weights are read; a failure here is reported by the
+        // first text request instead.
         let tokenizer_dir = ckpt.join("text_tokenizer");
         let tokenizer = std::thread::spawn(move || {
             tokenizer_dir
@@ -157,6 +155,9 @@ impl Plugin for Cosmos3Plugin {
                 .then(|| Processor::from_dir(&tokenizer_dir).ok())
                 .flatten()
         });
+
+        let device = config.device.target.device()?;
+        let dtype = config.device.dtype;
 
         let tdir = require_dir(ckpt, "transformer")?;
         // The topology was checked against this config before any rank loaded (`check`).
