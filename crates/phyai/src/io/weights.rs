@@ -572,7 +572,12 @@ impl WeightStore {
         let bytes = f.bytes(info);
         let Some((dim, range)) = slice else {
             self.used.lock().unwrap().insert(name.to_string());
-            return Ok((bytes.to_vec(), shape.clone(), src));
+            // The whole tensor: the loader's parallel reads, not a copy out of the map.
+            let mut out = vec![0u8; bytes.len()];
+            f.stored(info)
+                .read_into(0, &mut out, ReadMode::from_env())
+                .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
+            return Ok((out, shape.clone(), src));
         };
         if dim >= shape.len() || range.start > range.end || range.end > shape[dim] {
             return Err(Error::weights(
