@@ -7,8 +7,8 @@
 #               /var/tmp/phyai-nano, on disk) and generates W480 from it twice: first with the files
 #               dropped from the page cache (cold), then again (warm); `--json` gives the
 #               load split and the first denoising step
-#   read        `bench --part read` on that checkpoint: positioned reads against the memory
-#               map, after dropping the page cache and again
+#   read        `bench --part read` on that checkpoint: positioned reads, the memory map and
+#               O_DIRECT, after dropping the page cache and again
 #   serve       the server on that checkpoint: its time outside the engine against its own
 #               full-size generations (serve_overhead.py)
 # Logs and JSON under $OUT. Uses the carried binary (.carry/phyai.gz). For a dry run of the
@@ -88,6 +88,7 @@ checkpoint)
   timed w480_cold "${G[@]}" --out "$OUT/w480_cold"
   timed w480_warm "${G[@]}" --out "$OUT/w480_warm"
   PHYAI_LOAD_READ=mmap timed w480_warm_mmap "${G[@]}" --out "$OUT/w480_warm_mmap"
+  PHYAI_LOAD_READ=direct timed w480_direct "${G[@]}" --out "$OUT/w480_direct"
   # The read alone, each way: cold first, then as the cache holds it.
   drop_cache
   /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_cold.jsonl" 2>&1
@@ -99,7 +100,8 @@ read)
   drop_cache
   /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_cold.jsonl"
   /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_warm.jsonl"
-  PHYAI_LOAD_READ=mmap /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_warm_mmap_first.jsonl"
+  drop_cache
+  PHYAI_LOAD_READ=direct /tmp/phyai bench --part read --weights "$CK" --json | tee "$OUT/read_cold_direct_first.jsonl"
   ;;
 serve)
   python3 "$(dirname "$0")/serve_overhead.py" /tmp/phyai --checkpoint "$CK" --jobs "${JOBS:-2}" \

@@ -1,8 +1,9 @@
 //! `phyai bench --part read --weights DIR`: how fast the weight files read into host memory.
-//! Three passes: the loader's way (`PHYAI_LOAD_READ`: positioned reads by default, or copies
-//! from the memory map), the other way, the loader's way again. The first pass meets the
-//! page cache as found (cold after dropping it); the last two compare the ways on whatever
-//! the first left cached.
+//! Four passes: the loader's way (`PHYAI_LOAD_READ`: positioned reads by default, copies
+//! from the memory map, or `O_DIRECT` reads around the page cache), the two other ways, the
+//! loader's way again. The first pass meets the page cache as found (cold after dropping
+//! it); the others compare the ways on whatever the first left cached (`O_DIRECT` always
+//! reads the disk).
 
 use phyai::bench::read_bench;
 use phyai::io::read::ReadMode;
@@ -20,13 +21,15 @@ pub fn run(a: &BenchArgs) -> phyai::Result<()> {
     // A whole checkpoint: its transformer holds nearly all the bytes.
     let t = dir.join("transformer");
     let dir = if t.is_dir() { t } else { dir.clone() };
-    // First as the loader reads (PHYAI_LOAD_READ), then the other way, then the first again.
+    // First as the loader reads (PHYAI_LOAD_READ), then the other ways, then the first again.
     let first = ReadMode::from_env();
-    let other = match first {
-        ReadMode::Pread => ReadMode::Mmap,
-        ReadMode::Mmap => ReadMode::Pread,
-    };
-    let modes = [first, other, first];
+    let mut modes = vec![first];
+    modes.extend(
+        [ReadMode::Pread, ReadMode::Mmap, ReadMode::Direct]
+            .into_iter()
+            .filter(|&m| m != first),
+    );
+    modes.push(first);
     for (i, p) in read_bench(&dir, &modes)?.into_iter().enumerate() {
         if a.json {
             let mut v = serde_json::to_value(&p).map_err(|e| phyai::Error::msg(e.to_string()))?;

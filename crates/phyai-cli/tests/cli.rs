@@ -391,7 +391,7 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
         assert!(cached > 0 && cached <= files, "{summary}");
     }
 
-    // The read benchmark on the same files: three passes, each reading every stored byte.
+    // The read benchmark on the same files: four passes, each reading every stored byte.
     let tdir = tmp.path().join("cache/demo-v1/transformer");
     let stored: u64 = std::fs::read_dir(&tdir)
         .unwrap()
@@ -418,7 +418,7 @@ fn demo_generation_writes_a_playable_mp4_with_audio() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let modes: Vec<&str> = passes.iter().map(|p| p["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, ["pread", "mmap", "pread"]);
+    assert_eq!(modes, ["pread", "mmap", "direct", "pread"]);
     for p in &passes {
         assert_eq!(p["bytes"].as_u64(), Some(stored), "{p}");
         assert!(p["gb_per_s"].as_f64().is_some_and(|r| r > 0.0), "{p}");

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
 
-use super::read::{ReadMode, Source, StoredBytes};
+use super::read::{DirectHandle, ReadMode, Source, StoredBytes};
 use crate::layers::fp8::Fp8Context;
 use crate::{Error, Result};
 
@@ -25,6 +25,7 @@ use crate::{Error, Result};
 struct MappedFile {
     path: PathBuf,
     file: File,
+    direct: DirectHandle,
     mmap: Mmap,
     header_len: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -68,6 +69,7 @@ impl MappedFile {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            direct: DirectHandle::new(path),
             mmap,
             header_len: n + 8,
             tensors,
@@ -82,6 +84,7 @@ impl MappedFile {
     fn stored(&self, info: &TensorInfo) -> StoredBytes<'_> {
         StoredBytes {
             file: &self.file,
+            direct: &self.direct,
             offset: (self.header_len + info.data_offsets.0) as u64,
             map: self.bytes(info),
         }
