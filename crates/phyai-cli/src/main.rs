@@ -23,6 +23,14 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(unix)]
+    if matches!(cli.command, args::Command::Bench(_)) {
+        // `phyai bench … | head`: a closed pipe ends the measurements quietly, as other
+        // tools do, instead of a panic on the next line printed. (Not for generate and
+        // serve, whose processes and sockets report a closed peer as an error.)
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         args::Command::Generate(a) => generate::run(&a),
         args::Command::Bench(a) => bench::run(&a),
