@@ -156,28 +156,35 @@ fn paired_cfg_branches_match_diffusers() {
             image: true,
         },
     ] {
-        let e = Engine::new(EngineArgs {
-            plugin: Cosmos3Plugin::NAME.into(),
-            plugin_args: Cosmos3Args {
-                load_sound: case.sound,
-                cfg_pair: CfgPair::On,
-                ..Cosmos3Args::new(fixtures().join("tiny"))
-            },
-            config: EngineConfig {
-                device: DeviceConfig {
-                    target: Target::Cpu,
-                    dtype: DType::F32,
+        let paired_on = |parallel: MeshShape| {
+            Engine::new(EngineArgs {
+                plugin: Cosmos3Plugin::NAME.into(),
+                plugin_args: Cosmos3Args {
+                    load_sound: case.sound,
+                    cfg_pair: CfgPair::On,
+                    ..Cosmos3Args::new(fixtures().join("tiny"))
                 },
-                parallel: MeshShape::single(),
-            },
-        })
-        .unwrap();
-        let (paired, r) = run_with(&case, e);
+                config: EngineConfig {
+                    device: DeviceConfig {
+                        target: Target::Cpu,
+                        dtype: DType::F32,
+                    },
+                    parallel,
+                },
+            })
+            .unwrap()
+        };
+        let (paired, r) = run_with(&case, paired_on(MeshShape::single()));
         check_output(&case, &paired, &r);
         let (one_by_one, _) = run(&case, MeshShape::single(), VaeDecode::Full);
         let d = rel_err(&paired.latents, &one_by_one.latents);
         println!("{}: paired vs one by one {d:.2e}", case.name);
         assert!(d <= 1e-5, "{}: paired branches differ by {d:e}", case.name);
+        // Tensor parallelism shards the heads; the pair keeps each branch's attention.
+        let (tp2, _) = run_with(&case, paired_on(MeshShape::new(1, 1, 2)));
+        let d = rel_err(&tp2.latents, &one_by_one.latents);
+        println!("{}: paired at tp 2 vs one rank {d:.2e}", case.name);
+        assert!(d <= 1e-5, "{}: paired tp 2 differs by {d:e}", case.name);
     }
 }
 
