@@ -45,8 +45,8 @@ pub enum BenchPart {
     /// FP8 against bf16 on the same random weights: one forward's velocity error and the
     /// PSNR of one whole request's video (--steps, --guidance), with both requests timed.
     Fp8Quality,
-    /// Reading --weights' files into host memory: positioned reads against copies from the
-    /// memory map, each pass on a fresh map (not per preset).
+    /// Reading --weights' files into host memory: positioned reads, copies from the memory
+    /// map and O_DIRECT reads, each pass on a fresh map (not per preset).
     Read,
     /// One whole edge transfer at the preset (the control clip as long as the video; text
     /// and control guidance, chunking from --guidance, --control-guidance, --chunk-frames).
