@@ -19,6 +19,8 @@
 use std::fs::File;
 use std::sync::OnceLock;
 
+use candle_core::{DType, Device, Tensor};
+
 use rayon::prelude::*;
 
 /// Bytes per parallel piece: large enough that each read is one long kernel copy, small
@@ -159,6 +161,42 @@ fn pread_exact(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
     let mut f = file.try_clone()?;
     f.seek(SeekFrom::Start(at))?;
     f.read_exact(dst)
+}
+
+/// A host tensor holding `src`'s bytes as they are stored (`dtype` is the stored dtype),
+/// read straight into the tensor's buffer.
+pub(crate) fn host_tensor(src: Source<'_>, dtype: DType, shape: &[usize]) -> crate::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if n * dtype.size_in_bytes() != src.len() {
+        return Err(crate::Error::msg(format!(
+            "{} bytes for {shape:?} of {dtype:?}",
+            src.len()
+        )));
+    }
+    fn read<T: candle_core::WithDType + Default>(
+        src: Source<'_>,
+        n: usize,
+        shape: &[usize],
+    ) -> crate::Result<Tensor> {
+        let mut v = vec![T::default(); n];
+        // SAFETY: T is a plain number type: any bytes are a valid value, and the view
+        // covers exactly the vector's initialised elements.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>())
+        };
+        src.read_into(0, bytes)
+            .map_err(|e| crate::Error::msg(e.to_string()))?;
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+    match dtype {
+        DType::BF16 => read::<half::bf16>(src, n, shape),
+        DType::F16 => read::<half::f16>(src, n, shape),
+        DType::F32 => read::<f32>(src, n, shape),
+        _ => match src {
+            Source::Stored(s, _) => Ok(Tensor::from_raw_buffer(s.map, dtype, shape, &Device::Cpu)?),
+            Source::Host(b) => Ok(Tensor::from_raw_buffer(b, dtype, shape, &Device::Cpu)?),
+        },
+    }
 }
 
 /// A file's `O_DIRECT` handle, opened on first use.

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
 
-use super::read::{DirectHandle, ReadMode, Source, StoredBytes};
+use super::read::{host_tensor, DirectHandle, ReadMode, Source, StoredBytes};
 use crate::layers::fp8::Fp8Context;
 use crate::{Error, Result};
 
@@ -88,42 +88,6 @@ impl MappedFile {
             offset: (self.header_len + info.data_offsets.0) as u64,
             map: self.bytes(info),
         }
-    }
-}
-
-/// A host tensor holding `src`'s bytes as they are stored (`dtype` is the stored dtype),
-/// read straight into the tensor's buffer.
-fn host_tensor(src: Source<'_>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    if n * dtype.size_in_bytes() != src.len() {
-        return Err(Error::msg(format!(
-            "{} bytes for {shape:?} of {dtype:?}",
-            src.len()
-        )));
-    }
-    fn read<T: candle_core::WithDType + Default>(
-        src: Source<'_>,
-        n: usize,
-        shape: &[usize],
-    ) -> Result<Tensor> {
-        let mut v = vec![T::default(); n];
-        // SAFETY: T is a plain number type: any bytes are a valid value, and the view
-        // covers exactly the vector's initialised elements.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>())
-        };
-        src.read_into(0, bytes)
-            .map_err(|e| Error::msg(e.to_string()))?;
-        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-    }
-    match dtype {
-        DType::BF16 => read::<half::bf16>(src, n, shape),
-        DType::F16 => read::<half::f16>(src, n, shape),
-        DType::F32 => read::<f32>(src, n, shape),
-        _ => match src {
-            Source::Stored(s, _) => Ok(Tensor::from_raw_buffer(s.map, dtype, shape, &Device::Cpu)?),
-            Source::Host(b) => Ok(Tensor::from_raw_buffer(b, dtype, shape, &Device::Cpu)?),
-        },
     }
 }
 
