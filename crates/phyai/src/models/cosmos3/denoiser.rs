@@ -52,20 +52,7 @@ impl VelocityModel for Denoiser<'_> {
             Branch::Uncond => self.uncond.as_ref(),
         }
         .ok_or_else(|| Error::msg(format!("{branch:?} branch requested without its text")))?;
-        // FP8 checkpoints switch the precision of their activations by step.
-        self.model.begin_step(step.index, step.count);
-        let video_in = video.to_dtype(self.dtype)?;
-        let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
-        let out = self.model.velocity(
-            und,
-            &GenInputs {
-                video: &video_in,
-                sound: sound_in.as_ref(),
-                timestep: step.timestep,
-                noisy_frames: noisy,
-                fps: self.fps,
-            },
-        )?;
+        let out = self.step_inputs(video, sound, step, noisy, |i| self.model.velocity(und, i))?;
         f32_velocity(out)
     }
 
@@ -82,21 +69,34 @@ impl VelocityModel for Denoiser<'_> {
                 self.velocity(Branch::Uncond, video, sound, step, noisy)?,
             ));
         };
+        let [c, u] = self.step_inputs(video, sound, step, noisy, |i| {
+            self.model.velocity_pair(cond, uncond, i)
+        })?;
+        Ok((f32_velocity(c)?, f32_velocity(u)?))
+    }
+}
+
+impl Denoiser<'_> {
+    /// Starts step `step` (FP8 checkpoints switch the precision of their activations by
+    /// step) and runs `f` on the step's inputs in the model dtype.
+    fn step_inputs<T>(
+        &self,
+        video: &Tensor,
+        sound: Option<&Tensor>,
+        step: StepInfo,
+        noisy: &[bool],
+        f: impl FnOnce(&GenInputs) -> Result<T>,
+    ) -> Result<T> {
         self.model.begin_step(step.index, step.count);
         let video_in = video.to_dtype(self.dtype)?;
         let sound_in = sound.map(|s| s.to_dtype(self.dtype)).transpose()?;
-        let [c, u] = self.model.velocity_pair(
-            cond,
-            uncond,
-            &GenInputs {
-                video: &video_in,
-                sound: sound_in.as_ref(),
-                timestep: step.timestep,
-                noisy_frames: noisy,
-                fps: self.fps,
-            },
-        )?;
-        Ok((f32_velocity(c)?, f32_velocity(u)?))
+        f(&GenInputs {
+            video: &video_in,
+            sound: sound_in.as_ref(),
+            timestep: step.timestep,
+            noisy_frames: noisy,
+            fps: self.fps,
+        })
     }
 }
 
