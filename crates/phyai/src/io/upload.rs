@@ -44,8 +44,12 @@ fn stages(dev: &CudaDevice) -> Result<Stages> {
     let ctx = dev.cuda_stream().context().clone();
     let mut v = Vec::new();
     for _ in 0..2 {
+        // Plain page-locked memory, not write-combined (cudarc's `alloc_pinned`): the
+        // kernel's copies out of the page cache into write-combined pages ran at 1.9 GB/s,
+        // against 38 GB/s into ordinary memory, on the same machine.
         // SAFETY: the buffer is written before any copy reads it.
-        let mut host = unsafe { ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(cuda)?;
+        let mut host =
+            unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0) }.map_err(cuda)?;
         let ptr = host.as_mut_ptr().map_err(cuda)?;
         v.push(Stage {
             host,
