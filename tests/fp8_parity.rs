@@ -17,7 +17,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use phyai::io::json::read_json;
 use phyai::io::weights::{WeightStore, Weights};
-use phyai::layers::fp8::{e4m3, is_quantizer_state, ActivationPrecision, Quantize};
+use phyai::layers::fp8::{e4m3, is_quantizer_state, Accumulation, ActivationPrecision, Quantize};
 use phyai::models::cosmos3::transformer::{
     Cosmos3Transformer, GenInputs, GenOutput, TransformerConfig,
 };
@@ -490,6 +490,37 @@ fn cuda_fp8_gemms_match_the_cpu_math() {
         println!("layer {p:?}: {e:.2e}");
         // bf16 output rounding (and bf16 products for W8A16) only.
         assert!(e <= 4e-3, "{p:?}: {e:.2e}");
+    }
+    // The longest inner dimension of the Nano (the down projection, k = 12288) in both
+    // accumulations: fast accumulation adds its narrower sums to the bf16 rounding.
+    // Drawn in bf16, so both sides quantize the same values.
+    let bf16 = |t: Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let x = bf16(Tensor::randn(0f32, 1.0, (128, 12288), &Device::Cpu).unwrap());
+    let w = bf16(Tensor::randn(0f32, 0.02, (256, 12288), &Device::Cpu).unwrap());
+    let cpu = phyai::layers::fp8::Fp8Weight::quantize(&w, ActivationPrecision::W8A8)
+        .unwrap()
+        .matmul_t(&x, None)
+        .unwrap();
+    let to_gpu = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_device(&gpu).unwrap();
+    let f =
+        phyai::layers::fp8::Fp8Weight::quantize(&to_gpu(&w), ActivationPrecision::W8A8).unwrap();
+    for (a, bound) in [(Accumulation::Exact, 4e-3), (Accumulation::Fast, 1e-2)] {
+        f.set_accumulation(a);
+        let y = f.matmul_t(&to_gpu(&x), None).unwrap();
+        let e = rel_err(
+            &y.to_dtype(DType::F32)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap(),
+            &cpu,
+        );
+        println!("layer k=12288 {a:?} accumulation: {e:.2e}");
+        assert!(e <= bound, "{a:?}: {e:.2e}");
     }
     // The checkpoint: fused q|k|v blocks with their own scales, static input scales.
     let r = load_ref("fp8_velocity.safetensors");

@@ -150,11 +150,16 @@ fn precision(a: &BenchArgs) -> &'static str {
     precision_label(a.quantize.is_some(), a.fp8_attention)
 }
 
-/// `bf16`, `fp8` (FP8 linear layers) or `fp8+fp8-attention`.
+/// `bf16`, `fp8` (FP8 linear layers) or `fp8+fp8-attention`; `exact-accum` is added where
+/// the FP8 GEMMs promote their sums to f32 (`PHYAI_FP8_ACCUMULATION=exact`).
 pub(crate) fn precision_label(fp8: bool, fp8_attention: bool) -> &'static str {
-    match (fp8, fp8_attention) {
-        (true, true) => "fp8+fp8-attention",
-        (true, false) => "fp8",
+    use phyai::layers::fp8::Accumulation;
+    let exact = Accumulation::from_env() == Accumulation::Exact;
+    match (fp8, fp8_attention, exact) {
+        (true, true, false) => "fp8+fp8-attention",
+        (true, true, true) => "fp8+fp8-attention+exact-accum",
+        (true, false, false) => "fp8",
+        (true, false, true) => "fp8+exact-accum",
         _ => "bf16",
     }
 }
@@ -685,7 +690,7 @@ fn fp8_gemm(
     a: &BenchArgs,
 ) -> phyai::Result<()> {
     for r in bench::fp8_gemm_bench(device, cfg, g, a.runs)? {
-        let gemm_tflops = r.fp8_gemm.as_ref().map(|t| r.tflops(t));
+        let alone = r.fp8_gemm.as_ref();
         if a.json {
             emit(json!({
                 "part": "fp8-gemm",
@@ -696,16 +701,27 @@ fn fp8_gemm(
                 "bf16_tflops": r.tflops(&r.bf16),
                 "fp8_layer_ms": r.fp8_layer.median_ms,
                 "fp8_layer_tflops": r.tflops(&r.fp8_layer),
-                "fp8_gemm_ms": r.fp8_gemm.as_ref().map(|t| t.median_ms),
-                "fp8_gemm_tflops": gemm_tflops,
+                "fp8_gemm_ms": alone.map(|t| t.exact.median_ms),
+                "fp8_gemm_tflops": alone.map(|t| r.tflops(&t.exact)),
+                "fp8_gemm_rel_err": alone.map(|t| t.exact_rel_err),
+                "fp8_gemm_fast_ms": alone.map(|t| t.fast.median_ms),
+                "fp8_gemm_fast_tflops": alone.map(|t| r.tflops(&t.fast)),
+                "fp8_gemm_fast_rel_err": alone.map(|t| t.fast_rel_err),
                 "rel_err": r.rel_err,
             }));
         } else {
-            let alone = match (&r.fp8_gemm, gemm_tflops) {
-                (Some(t), Some(tf)) => {
-                    format!("; GEMM alone {:.3} ms = {tf:.0} TFLOP/s", t.median_ms)
-                }
-                _ => String::new(),
+            let alone = match alone {
+                Some(t) => format!(
+                    "; GEMM alone {:.3} ms = {:.0} TFLOP/s (fast accumulation {:.3} ms = {:.0} \
+                     TFLOP/s, rel. err {:.2e} vs {:.2e})",
+                    t.exact.median_ms,
+                    r.tflops(&t.exact),
+                    t.fast.median_ms,
+                    r.tflops(&t.fast),
+                    t.fast_rel_err,
+                    t.exact_rel_err
+                ),
+                None => String::new(),
             };
             println!(
                 "fp8-gemm {} {} [{}x{}]x[{}x{}]ᵀ: bf16 {:.3} ms = {:.0} TFLOP/s; fp8 (quantize + \

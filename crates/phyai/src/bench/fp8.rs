@@ -29,10 +29,20 @@ pub struct GemmRow {
     pub bf16: Timing,
     /// Quantize the activation (dynamic scale) and multiply.
     pub fp8_layer: Timing,
-    /// The FP8 GEMM alone (CUDA only).
-    pub fp8_gemm: Option<Timing>,
-    /// `‖y_fp8 − y_bf16‖ / ‖y_bf16‖`.
+    /// The FP8 GEMM alone, both accumulations (CUDA only).
+    pub fp8_gemm: Option<GemmAlone>,
+    /// `‖y_fp8 − y_bf16‖ / ‖y_bf16‖` of the layer as the model runs it.
     pub rel_err: f32,
+}
+
+/// cuBLASLt alone on already quantized operands, in each [`crate::layers::fp8::Accumulation`].
+#[derive(Debug, Clone)]
+pub struct GemmAlone {
+    pub exact: Timing,
+    pub fast: Timing,
+    /// `‖y_fast − y_bf16‖ / ‖y_bf16‖` and `‖y_exact − y_bf16‖ / ‖y_bf16‖`.
+    pub fast_rel_err: f32,
+    pub exact_rel_err: f32,
 }
 
 impl GemmRow {
@@ -89,10 +99,8 @@ fn gemm_row(
         x.matmul(&wt).map(drop).map_err(Into::into)
     })?;
     let fp8_layer = time_runs(device, 2, runs, || f.matmul_t(&x, None).map(drop))?;
-    let rel = rel_err(
-        &f.matmul_t(&x, None)?.to_dtype(DType::F32)?,
-        &x.matmul(&wt)?.to_dtype(DType::F32)?,
-    )?;
+    let reference = x.matmul(&wt)?.to_dtype(DType::F32)?;
+    let rel = rel_err(&f.matmul_t(&x, None)?.to_dtype(DType::F32)?, &reference)?;
     Ok(GemmRow {
         name,
         m,
@@ -100,27 +108,44 @@ fn gemm_row(
         k,
         bf16,
         fp8_layer,
-        fp8_gemm: gemm_alone(device, &f, &x, runs)?,
+        fp8_gemm: gemm_alone(device, &f, &x, &reference, runs)?,
         rel_err: rel,
     })
 }
 
 #[cfg(feature = "cuda")]
-fn gemm_alone(device: &Device, f: &Fp8Weight, x: &Tensor, runs: usize) -> Result<Option<Timing>> {
+fn gemm_alone(
+    device: &Device,
+    f: &Fp8Weight,
+    x: &Tensor,
+    reference: &Tensor,
+    runs: usize,
+) -> Result<Option<GemmAlone>> {
     let Some(op) = f.cuda_operand() else {
         return Ok(None);
     };
     let parts = f.parts();
     let (xc, xs) = op.quantize_input(x, 0, None)?;
-    let t = time_runs(device, 2, runs, || {
-        op.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype())
-            .map(drop)
-    })?;
-    Ok(Some(t))
+    let product = |fast| op.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype(), fast);
+    let exact = time_runs(device, 2, runs, || product(false).map(drop))?;
+    let fast = time_runs(device, 2, runs, || product(true).map(drop))?;
+    let err = |fast| -> Result<f32> { rel_err(&product(fast)?.to_dtype(DType::F32)?, reference) };
+    Ok(Some(GemmAlone {
+        exact,
+        fast,
+        fast_rel_err: err(true)?,
+        exact_rel_err: err(false)?,
+    }))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gemm_alone(_: &Device, _: &Fp8Weight, _: &Tensor, _: usize) -> Result<Option<Timing>> {
+fn gemm_alone(
+    _: &Device,
+    _: &Fp8Weight,
+    _: &Tensor,
+    _: &Tensor,
+    _: usize,
+) -> Result<Option<GemmAlone>> {
     Ok(None)
 }
 

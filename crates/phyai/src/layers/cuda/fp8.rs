@@ -264,6 +264,7 @@ impl Fp8Operand {
         x: &Tensor,
         parts: &[Fp8Part],
         group: Option<&dyn Communicator>,
+        fast_accum: bool,
     ) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let k = *dims.last().unwrap_or(&0);
@@ -286,7 +287,7 @@ impl Fp8Operand {
             EMULATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return self.emulate_w8a8(x, parts, group);
         }
-        match self.fp8_gemms(x, m, k, parts, group) {
+        match self.fp8_gemms(x, m, k, parts, group, fast_accum) {
             Ok(out) => Ok(out.reshape(out_dims)?),
             Err(e) => {
                 // cuBLASLt refused this shape or alignment: the same math, unfused.
@@ -308,19 +309,20 @@ impl Fp8Operand {
         k: usize,
         parts: &[Fp8Part],
         group: Option<&dyn Communicator>,
+        fast_accum: bool,
     ) -> Result<Tensor> {
         let x2 = x.reshape((m, k))?.contiguous()?;
         let uniform = parts.iter().all(|p| p.input_scale == parts[0].input_scale);
         let out = if uniform {
             // One quantized input serves every block.
             let (xc, xs) = self.quantize_input(&x2, 0, group)?;
-            self.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype())?
+            self.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype(), fast_accum)?
         } else {
             // Blocks calibrated with different input scales each see their own codes.
             let mut out = None;
             for i in 0..parts.len() {
                 let (xc, xs) = self.quantize_input(&x2, i, group)?;
-                out = Some(self.gemm(&xc, &xs, parts, i..i + 1, out, x.dtype())?);
+                out = Some(self.gemm(&xc, &xs, parts, i..i + 1, out, x.dtype(), fast_accum)?);
             }
             out.ok_or_else(|| Error::msg("FP8: a weight without blocks"))?
         };
@@ -328,7 +330,9 @@ impl Fp8Operand {
     }
 
     /// The FP8 GEMMs of blocks `blocks` on already quantized input codes `xc` `[m, k]` with
-    /// scale `xs` (f32 `[1]`), writing their rows of `out` `[m, n]` (allocated when `None`).
+    /// scale `xs` (f32 `[1]`), writing their rows of `out` `[m, n]` (allocated when `None`);
+    /// `fast_accum`: see [`crate::layers::fp8::Accumulation`].
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
         xc: &Tensor,
@@ -337,6 +341,7 @@ impl Fp8Operand {
         blocks: std::ops::Range<usize>,
         out: Option<Tensor>,
         dtype: DType,
+        fast_accum: bool,
     ) -> Result<Tensor> {
         let (m, k) = xc.dims2()?;
         let n: usize = parts.iter().map(|p| p.rows).sum();
@@ -367,7 +372,7 @@ impl Fp8Operand {
                     k,
                     ldd: n,
                     dtype,
-                    fast_accum: false,
+                    fast_accum,
                 },
             )?;
         }

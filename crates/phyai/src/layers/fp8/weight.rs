@@ -424,6 +424,11 @@ impl Fp8Weight {
         &self.parts
     }
 
+    /// How this layer's FP8 GEMMs accumulate (shared with the layers of its tower).
+    pub fn set_accumulation(&self, a: super::Accumulation) {
+        self.precision.set_accumulation(a);
+    }
+
     /// E4M3 codes on a CUDA device (`None` where the dequantized math runs).
     pub fn codes(&self) -> Option<&Tensor> {
         match &self.operand {
@@ -443,7 +448,10 @@ impl Fp8Weight {
             #[cfg(feature = "cuda")]
             Operand::Cuda(o) if w8a16 => return o.matmul_w8a16(x, &self.parts),
             #[cfg(feature = "cuda")]
-            Operand::Cuda(o) => return o.matmul_w8a8(x, &self.parts, group),
+            Operand::Cuda(o) => {
+                let fast = self.precision.accumulation() == super::Accumulation::Fast;
+                return o.matmul_w8a8(x, &self.parts, group, fast);
+            }
         };
         if w8a16 {
             return matmul_t(x, dequant);
