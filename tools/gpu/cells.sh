@@ -4,8 +4,10 @@
 #   small   t2i 720p and t2v 256p: bf16, FP8, FP8 + FP8 attention, each with the CFG
 #           branches paired (the default on CUDA for these sizes) and one after the other
 #           (PHYAI_CFG_PAIR=0)
+#   quick   t2i 720p and t2v 256p: FP8 + FP8 attention only, paired and not
 #   480p    t2v 480p: FP8, FP8 + FP8 attention
 #   720p    t2v 720p: FP8 + FP8 attention (about 3 minutes a run)
+# PHYAI_FP8_ACCUMULATION=fast in the environment runs the FP8 GEMMs with fast accumulation.
 # JSON lines under $OUT/cells.jsonl. Uses the carried binary (.carry/phyai.gz).
 set -uo pipefail
 # shellcheck source=tools/gpu/env.sh
@@ -41,6 +43,14 @@ small)
     done
   done
   ;;
+quick)
+  for w in "t2i --resolution 720p" "t2v --resolution 256p"; do
+    for pair in 1 0; do
+      # shellcheck disable=SC2086
+      cell "pair$pair" PHYAI_CFG_PAIR=$pair -- --workload $w --precision fp8 --fp8-attention
+    done
+  done
+  ;;
 480p)
   for p in "--precision fp8" "--precision fp8 --fp8-attention"; do
     # shellcheck disable=SC2086
@@ -51,7 +61,7 @@ small)
   cell default PHYAI_LOG=warn -- --workload t2v --resolution 720p --precision fp8 --fp8-attention
   ;;
 *)
-  echo "usage: cells.sh small|480p|720p" >&2
+  echo "usage: cells.sh small|quick|480p|720p" >&2
   exit 2
   ;;
 esac

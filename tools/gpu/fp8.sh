@@ -6,6 +6,9 @@
 # forward at W480 and W720 in bf16, FP8, and FP8 with FP8 attention (`--fp8-attention`).
 # `quality` as first argument adds the FP8 quality guard (velocity error, PSNR of a W480
 # request; without and with FP8 attention) and a W720 FP8 request end to end.
+# `accum` instead compares the FP8 GEMMs' two accumulations (PHYAI_FP8_ACCUMULATION): the
+# GEMMs alone, the W480/W720 forwards beside bf16, and the quality guard with fast
+# accumulation.
 set -uo pipefail
 # shellcheck source=tools/gpu/env.sh
 . "$(dirname "$0")/env.sh"
@@ -16,6 +19,18 @@ if [ -f .carry/fp8_parity.gz ]; then
   PHYAI_FIXTURES=tests/fixtures PHYAI_GPU_TESTS=1 /tmp/fp8_parity --ignored --nocapture cuda_fp8 2>&1 | tee "$OUT/fp8_test.txt"
 fi
 B="/tmp/phyai bench --json"
+if [ "${1:-}" = accum ]; then
+  $B --part fp8-gemm --preset w720 --preset w480 2>&1 | tee "$OUT/fp8_gemm.jsonl"
+  $B --part gen --preset w480 --preset w720 2>&1 | tee -a "$OUT/gen.jsonl"
+  for acc in exact fast; do
+    for q in "--quantize fp8" "--quantize fp8 --fp8-attention"; do
+      # shellcheck disable=SC2086
+      PHYAI_FP8_ACCUMULATION=$acc $B --part gen --preset w480 --preset w720 $q 2>&1 | tee -a "$OUT/gen.jsonl"
+    done
+  done
+  PHYAI_FP8_ACCUMULATION=fast $B --part fp8-quality --preset w480 2>&1 | tee "$OUT/fp8_quality.jsonl"
+  exit 0
+fi
 # Attention alone at the generation shapes: cuDNN bf16, then the FP8 kernel.
 for f in "" "--fp8-attention"; do
   # shellcheck disable=SC2086
