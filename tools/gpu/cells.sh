@@ -7,7 +7,7 @@
 #   quick   t2i 720p and t2v 256p: FP8 + FP8 attention only, paired and not
 #   480p    t2v 480p: FP8, FP8 + FP8 attention
 #   720p    t2v 720p: FP8 + FP8 attention (about 3 minutes a run)
-# PHYAI_FP8_ACCUMULATION=fast in the environment runs the FP8 GEMMs with fast accumulation.
+# PHYAI_FP8_ACCUMULATION=exact in the environment runs the FP8 GEMMs with split accumulation.
 # JSON lines under $OUT/cells.jsonl. Uses the carried binary (.carry/phyai.gz).
 set -uo pipefail
 # shellcheck source=tools/gpu/env.sh

@@ -7,8 +7,9 @@
 //! op N), D = the output (n × m, ld `ldd`). A row block of a fused weight (q | k | v) is its
 //! own GEMM writing its rows of D in place, so each block keeps its own scale.
 //!
-//! One handle and 32 MiB workspace per (thread, stream); the algorithm chosen by the
-//! heuristic is cached per shape, so steady-state calls only set the scale pointers.
+//! One handle and 32 MiB workspace per (thread, stream). The first call of a shape times
+//! the heuristic's first few algorithms on its own operands and keeps the fastest, cached
+//! per shape, so steady-state calls only set the scale pointers.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's other candidates, timed on the first call when tuning is on.
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -51,6 +54,58 @@ impl Drop for Plan {
 /// byte alignment of the A, B and D addresses (cuBLASLt assumes 256 unless told: a block
 /// of a fused weight, or its rows of the output, may start at a smaller one).
 type Key = (usize, usize, usize, usize, DType, bool, [u32; 3]);
+
+/// How many of the heuristic's algorithms the first call of a shape times (cuBLASLt's first
+/// pick is not always its fastest at the generation shapes; torch's TunableOp does the same).
+const CANDIDATES: usize = 8;
+
+/// Whether first calls time the candidates (`PHYAI_FP8_AUTOTUNE=0` takes the first pick).
+fn autotune() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PHYAI_FP8_AUTOTUNE").map_or(true, |v| v != "0"))
+}
+
+/// Up to `count` algorithms for `plan`, best-first by cuBLASLt's heuristic; never empty.
+///
+/// # Safety
+/// `handle`, `plan`'s descriptors and `pref` are live.
+unsafe fn heuristic(
+    handle: sys::cublasLtHandle_t,
+    plan: &Plan,
+    pref: sys::cublasLtMatmulPreference_t,
+    count: usize,
+) -> std::result::Result<Vec<sys::cublasLtMatmulAlgo_t>, lt::CublasError> {
+    let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(count);
+    let mut got = 0i32;
+    // SAFETY: `results` has room for `count` entries; cuBLASLt writes `got` of them.
+    unsafe {
+        sys::cublasLtMatmulAlgoGetHeuristic(
+            handle,
+            plan.desc,
+            plan.a,
+            plan.b,
+            plan.d,
+            plan.d,
+            pref,
+            count as i32,
+            results.as_mut_ptr(),
+            &mut got,
+        )
+        .result()?;
+        results.set_len(got.clamp(0, count as i32) as usize);
+    }
+    let algos: Vec<_> = results
+        .iter()
+        .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+        .map(|r| r.algo)
+        .collect();
+    if algos.is_empty() {
+        return Err(lt::CublasError(
+            sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+        ));
+    }
+    Ok(algos)
+}
 
 /// The largest power of two (at most 256) dividing `addr`.
 fn alignment(addr: u64) -> u32 {
@@ -120,6 +175,7 @@ impl Plan {
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            candidates: Vec::new(),
         };
         plan.b = layout(e4m3, k, m, k)?;
         plan.d = layout(out_type(dtype)?, n, m, ldd)?;
@@ -154,26 +210,22 @@ impl Plan {
                 }
                 Ok(())
             })
-            .and_then(|_| {
-                lt::get_matmul_algo_heuristic(
-                    handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref,
-                )
-            })
+            .and_then(|_| heuristic(handle, &plan, pref, CANDIDATES))
         };
         // SAFETY: created above, destroyed once.
         unsafe {
             let _ = lt::destroy_matmul_pref(pref);
         }
-        plan.algo = picked
-            .map_err(|e| {
-                lt_err(
-                    &format!(
-                        "no FP8 algorithm for m={m} n={n} k={k} (ld {ldd}, {dtype:?}, alignment {align:?})"
-                    ),
-                    e,
-                )
-            })?
-            .algo;
+        let found = picked.map_err(|e| {
+            lt_err(
+                &format!(
+                    "no FP8 algorithm for m={m} n={n} k={k} (ld {ldd}, {dtype:?}, alignment {align:?})"
+                ),
+                e,
+            )
+        })?;
+        plan.algo = found[0];
+        plan.candidates = found;
         Ok(plan)
     }
 }
@@ -233,11 +285,13 @@ pub(crate) fn fp8_gemm(stream: &std::sync::Arc<CudaStream>, g: &Fp8Gemm) -> Resu
                 })
             }
         };
-        if !ctx.plans.contains_key(&key) {
+        let fresh = !ctx.plans.contains_key(&key);
+        if fresh {
             let plan = Plan::new(ctx.handle, key)?;
             ctx.plans.insert(key, plan);
         }
-        let plan = &ctx.plans[&key];
+        let ws = ctx.workspace.device_ptr_mut(stream).0;
+        let plan = ctx.plans.get_mut(&key).expect("inserted above");
         set_desc(
             plan.desc,
             A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
@@ -248,31 +302,35 @@ pub(crate) fn fp8_gemm(stream: &std::sync::Arc<CudaStream>, g: &Fp8Gemm) -> Resu
             A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
             &g.x_scale,
         )?;
-        let (alpha, beta) = (1f32, 0f32);
-        let ws = ctx.workspace.device_ptr_mut(stream).0;
-        // SAFETY: the plan matches the operands' shapes and types; every address is a live
-        // device buffer of at least the size the shapes imply, enqueued on `stream`.
-        unsafe {
-            lt::matmul(
-                ctx.handle,
-                plan.desc,
-                (&alpha as *const f32).cast::<c_void>(),
-                (&beta as *const f32).cast::<c_void>(),
-                g.w as *const c_void,
-                plan.a,
-                g.x as *const c_void,
-                plan.b,
-                g.out as *const c_void,
-                plan.d,
-                g.out as *mut c_void,
-                plan.d,
-                &plan.algo,
-                ws as *mut c_void,
-                WORKSPACE_BYTES,
-                cu as sys::cudaStream_t,
-            )
+        let run = |algo: &sys::cublasLtMatmulAlgo_t| {
+            let (alpha, beta) = (1f32, 0f32);
+            // SAFETY: the plan matches the operands' shapes and types; every address is a
+            // live device buffer of at least the size the shapes imply, enqueued on `stream`.
+            unsafe {
+                lt::matmul(
+                    ctx.handle,
+                    plan.desc,
+                    (&alpha as *const f32).cast::<c_void>(),
+                    (&beta as *const f32).cast::<c_void>(),
+                    g.w as *const c_void,
+                    plan.a,
+                    g.x as *const c_void,
+                    plan.b,
+                    g.out as *const c_void,
+                    plan.d,
+                    g.out as *mut c_void,
+                    plan.d,
+                    algo,
+                    ws as *mut c_void,
+                    WORKSPACE_BYTES,
+                    cu as sys::cudaStream_t,
+                )
+            }
+        };
+        if fresh && plan.candidates.len() > 1 && autotune() {
+            plan.algo = fastest(stream, &plan.candidates, &run, g)?;
         }
-        .map_err(|e| {
+        run(&plan.algo).map_err(|e| {
             lt_err(
                 &format!(
                     "FP8 matmul m={} n={} k={} ld {} alignment {align:?}",
@@ -282,4 +340,54 @@ pub(crate) fn fp8_gemm(stream: &std::sync::Arc<CudaStream>, g: &Fp8Gemm) -> Resu
             )
         })
     })
+}
+
+/// The fastest of `algos` on `g`'s own operands (each run twice untimed, then three times
+/// between CUDA events); an algorithm that fails to launch is skipped. Writes `g.out`, which
+/// the caller's real call then overwrites.
+fn fastest(
+    stream: &std::sync::Arc<CudaStream>,
+    algos: &[sys::cublasLtMatmulAlgo_t],
+    run: &dyn Fn(&sys::cublasLtMatmulAlgo_t) -> std::result::Result<(), lt::CublasError>,
+    g: &Fp8Gemm,
+) -> Result<sys::cublasLtMatmulAlgo_t> {
+    use cudarc::driver::sys::CUevent_flags;
+    const REPS: usize = 3;
+    let cuda = |e: cudarc::driver::DriverError| Error::msg(format!("FP8 GEMM tuning: {e}"));
+    let ctx = stream.context();
+    let (start, end) = (
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?,
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?,
+    );
+    let mut best: Option<(f32, usize)> = None;
+    let mut times = Vec::with_capacity(algos.len());
+    for (i, algo) in algos.iter().enumerate() {
+        if run(algo).and_then(|_| run(algo)).is_err() {
+            times.push(f32::NAN);
+            continue;
+        }
+        start.record(stream).map_err(cuda)?;
+        let ok = (0..REPS).all(|_| run(algo).is_ok());
+        end.record(stream).map_err(cuda)?;
+        let ms = start.elapsed_ms(&end).map_err(cuda)? / REPS as f32;
+        times.push(if ok { ms } else { f32::NAN });
+        if ok && best.is_none_or(|(b, _)| ms < b) {
+            best = Some((ms, i));
+        }
+    }
+    let (ms, i) = best.ok_or_else(|| {
+        Error::msg(format!(
+            "no FP8 algorithm ran for m={} n={} k={}",
+            g.m, g.n, g.k
+        ))
+    })?;
+    tracing::info!(
+        "FP8 GEMM m={} n={} k={}: candidate {i} of {} at {ms:.3} ms (first pick {:.3} ms; all {times:?})",
+        g.m,
+        g.n,
+        g.k,
+        algos.len(),
+        times[0]
+    );
+    Ok(algos[i])
 }
