@@ -67,12 +67,16 @@ case "${1:-demo}" in
 demo)
   rm -rf ~/.nv/ComputeCache
   G=(/tmp/phyai generate --device "$DEVICE" --sound --json --prompt "$P")
-  CUDA_CACHE_DISABLE=1 timed demo_images_nocache "${G[@]}" --out "$OUT/demo1"
+  CUDA_CACHE_DISABLE=1 PHYAI_LOG=warn,phyai::layers::cuda::cudnn_sdpa=info \
+    timed demo_images_nocache "${G[@]}" --out "$OUT/demo1"
   timed demo_images_first "${G[@]}" --out "$OUT/demo2"
   timed demo_images_second "${G[@]}" --out "$OUT/demo3"
   # The first run also paid the cold disk (binary, libraries); this one isolates the cache.
   rm -rf ~/.nv/ComputeCache
   CUDA_CACHE_DISABLE=1 timed demo_images_nocache_warm_disk "${G[@]}" --out "$OUT/demo5"
+  # cuDNN's engines that it ships compiled first (its attention plans are logged).
+  CUDA_CACHE_DISABLE=1 PHYAI_CUDNN_PRECOMPILED=1 PHYAI_LOG=warn,phyai::layers::cuda::cudnn_sdpa=info \
+    timed demo_images_nocache_precompiled "${G[@]}" --out "$OUT/demo6"
   CUDA_CACHE_DISABLE=1 PHYAI_KERNEL_IMAGES=0 timed demo_ptx_nocache "${G[@]}" --out "$OUT/demo4"
   CUDA_CACHE_DISABLE=1 /tmp/phyai bench --part jit --json > "$OUT/jit.jsonl" 2>&1
   ;;

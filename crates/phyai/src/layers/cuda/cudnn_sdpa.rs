@@ -94,6 +94,63 @@ impl Desc {
     }
 }
 
+/// The global index of `cfg`'s engine and whether cuDNN compiles it at run time (NVRTC),
+/// which costs a compilation per new shape on the first call.
+fn engine_of(cfg: &Desc) -> DnnResult<(i64, bool)> {
+    let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
+    let mut n = 0i64;
+    let mut raw = engine.0;
+    // SAFETY: one descriptor element requested into a created engine descriptor.
+    check(
+        unsafe {
+            dnn::cudnnBackendGetAttribute(
+                cfg.0,
+                A::CUDNN_ATTR_ENGINECFG_ENGINE,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                1,
+                &mut n,
+                (&mut raw as *mut dnn::cudnnBackendDescriptor_t).cast(),
+            )
+        },
+        "engine of a config",
+    )?;
+    let mut index = -1i64;
+    // SAFETY: one i64 element requested into a local.
+    check(
+        unsafe {
+            dnn::cudnnBackendGetAttribute(
+                engine.0,
+                A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
+                T::CUDNN_TYPE_INT64,
+                1,
+                &mut n,
+                (&mut index as *mut i64).cast(),
+            )
+        },
+        "engine index",
+    )?;
+    const MAX: usize = dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT as usize;
+    let mut notes = [dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; MAX];
+    let mut got = 0i64;
+    // SAFETY: `notes` has room for `MAX` elements; cuDNN writes `got` of them.
+    check(
+        unsafe {
+            dnn::cudnnBackendGetAttribute(
+                engine.0,
+                A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+                T::CUDNN_TYPE_BEHAVIOR_NOTE,
+                MAX as i64,
+                &mut got,
+                notes.as_mut_ptr().cast(),
+            )
+        },
+        "engine behaviour notes",
+    )?;
+    let rtc = notes[..(got.clamp(0, MAX as i64) as usize)]
+        .contains(&dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION);
+    Ok((index, rtc))
+}
+
 /// Everything that makes two calls share an execution plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -460,7 +517,19 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         "engine configs",
     )?;
     let mut last_err = String::from("no engine config");
-    for cfg in cfgs.iter().take(got.max(0) as usize) {
+    let mut order: Vec<(usize, i64, bool)> = cfgs
+        .iter()
+        .take(got.max(0) as usize)
+        .enumerate()
+        .map(|(i, c)| engine_of(c).map_or((i, -1, true), |(e, rtc)| (i, e, rtc)))
+        .collect();
+    if prefer_precompiled() {
+        // Stable: the heuristic's order within each group.
+        order.sort_by_key(|&(_, _, rtc)| rtc);
+    }
+    for (i, engine, rtc) in order {
+        let cfg = &cfgs[i];
+        let t0 = std::time::Instant::now();
         let plan = Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
         plan.set(
             A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
@@ -486,6 +555,14 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
                     },
                     "workspace size",
                 )?;
+                tracing::info!(
+                    "attention plan {}x{}x{} (heads {}): engine {engine} (heuristic rank {i}, runtime-compiled {rtc}) built in {:.1} ms",
+                    key.sq,
+                    key.sk,
+                    key.d,
+                    key.hq,
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
                 return Ok(Plan {
                     handle,
                     plan,
@@ -496,6 +573,12 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         }
     }
     Err(last_err)
+}
+
+/// Whether engines cuDNN ships compiled go before runtime-compiled ones
+/// (`PHYAI_CUDNN_PRECOMPILED=1`), to spare first calls the compilation.
+fn prefer_precompiled() -> bool {
+    std::env::var("PHYAI_CUDNN_PRECOMPILED").is_ok_and(|v| v == "1")
 }
 
 fn plan_for(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Rc<Plan>> {
