@@ -132,6 +132,21 @@ __global__ void quantize_per_head(const __nv_bfloat16* __restrict__ x, int64_t s
   if (blockIdx.x == 0 && threadIdx.x == 0) scale[h] = s;
 }
 
+// One tile configuration of the kernel: CTA_Q query rows (64 per consumer warp group), CTA_KV
+// keys per pipeline stage, STAGES stages of K and V in shared memory.
+template <int CTA_Q, int CTA_KV, int STAGES>
+cudaError_t run_tiles(Params& p, cudaStream_t stream) {
+  using Traits =
+      flashinfer::FP8AttentionKernelTraits</*USE_TMA_LOAD_KV=*/true, HEAD_DIM, CTA_Q, CTA_KV,
+                                           STAGES, Params::DTypeQ, Params::DTypeKV,
+                                           Params::DTypeO, Params::IdType,
+                                           flashinfer::DefaultFP8Attention>;
+  cudaError_t e = flashinfer::SingleFP8PrefillWithKVCacheKernelTraitsDispatched<
+      Traits, /*LEFT_SLIDING_WINDOW=*/false, /*CAUSAL=*/false>(p, stream);
+  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
 }  // namespace phyai_fp8_attention
 
 using namespace phyai_fp8_attention;
@@ -160,10 +175,12 @@ int phyai_fp8_quantize_heads(const void* x, int64_t stride_s, int64_t stride_h, 
 // o[s, h, :] = softmax(q·kᵀ · sm_scale) · v for contiguous E4M3 q [qo_len, qo_heads, 128],
 // k and v [kv_len, kv_heads, 128], with per-head dequantization scales; o bf16 contiguous
 // [qo_len, qo_heads, 128]. Query head h reads key/value head h / (qo_heads / kv_heads).
+// `tiles` picks the tile configuration (0: FlashInfer's own, 128 x 192 x 2 stages; 1-4: the
+// others below, for measuring).
 int phyai_fp8_attention_sm90(const void* q, const void* k, const void* v, void* o,
                              float* q_scale, float* k_scale, float* v_scale, int qo_len,
-                             int kv_len, int qo_heads, int kv_heads, double sm_scale, int device,
-                             void* stream) {
+                             int kv_len, int qo_heads, int kv_heads, double sm_scale, int tiles,
+                             int device, void* stream) {
   if (kv_heads <= 0 || qo_heads % kv_heads != 0) return cudaErrorInvalidValue;
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return e;
@@ -196,10 +213,21 @@ int phyai_fp8_attention_sm90(const void* q, const void* k, const void* v, void* 
   p.group_size = qo_heads / kv_heads;
   p.window_left = -1;
   p.causal = false;
-  return flashinfer::SingleFP8PrefillWithKVCacheDispatched<HEAD_DIM, flashinfer::MaskMode::kNone,
-                                                           /*LEFT_SLIDING_WINDOW=*/false,
-                                                           flashinfer::DefaultFP8Attention>(
-      p, static_cast<cudaStream_t>(stream));
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (tiles) {
+    case 0:  // FlashInfer's own choice for head dim 128
+      return run_tiles<128, 192, 2>(p, st);
+    case 1:
+      return run_tiles<128, 256, 2>(p, st);
+    case 2:
+      return run_tiles<128, 128, 3>(p, st);
+    case 3:
+      return run_tiles<192, 128, 2>(p, st);
+    case 4:
+      return run_tiles<192, 192, 2>(p, st);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // extern "C"

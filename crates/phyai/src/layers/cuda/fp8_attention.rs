@@ -74,9 +74,23 @@ mod imp {
             qo_heads: i32,
             kv_heads: i32,
             sm_scale: f64,
+            tiles: i32,
             device: i32,
             stream: *mut c_void,
         ) -> i32;
+    }
+
+    /// The kernel's tile configuration (`PHYAI_FP8_ATTENTION_TILES`, 0-4; 0 is FlashInfer's
+    /// own), for measuring the others.
+    fn tiles() -> i32 {
+        static TILES: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+        *TILES.get_or_init(|| {
+            std::env::var("PHYAI_FP8_ATTENTION_TILES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|t| (0..=4).contains(t))
+                .unwrap_or(0)
+        })
     }
 
     fn check(code: i32, what: &str) -> candle_core::Result<()> {
@@ -217,6 +231,7 @@ mod imp {
                             hq as i32,
                             hkv as i32,
                             1.0 / (d as f64).sqrt(),
+                            tiles(),
                             ordinal,
                             raw,
                         ),
