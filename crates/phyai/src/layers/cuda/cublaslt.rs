@@ -356,8 +356,10 @@ fn fastest(
     let cuda = |e: cudarc::driver::DriverError| Error::msg(format!("FP8 GEMM tuning: {e}"));
     let ctx = stream.context();
     let (start, end) = (
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?,
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?,
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda)?,
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda)?,
     );
     let mut best: Option<(f32, usize)> = None;
     let mut times = Vec::with_capacity(algos.len());
