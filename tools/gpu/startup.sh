@@ -6,7 +6,8 @@
 #   checkpoint  writes a random Nano checkpoint in the published layout ($CK, default
 #               /var/tmp/phyai-nano, on disk) and generates W480 from it twice: first with the files
 #               dropped from the page cache (cold), then again (warm); `--json` gives the
-#               load split and the first denoising step
+#               load split and the first denoising step. ALL_READS=1 adds a second warm run,
+#               the other ways of reading, and `bench --part read` cold and warm
 #   read        `bench --part read` on that checkpoint: positioned reads, the memory map and
 #               O_DIRECT, after dropping the page cache and again
 #   serve       the server on that checkpoint: its time outside the engine against its own
@@ -94,16 +95,18 @@ checkpoint)
   drop_cache
   timed w480_cold "${G[@]}" --out "$OUT/w480_cold"
   timed w480_warm "${G[@]}" --out "$OUT/w480_warm"
-  timed w480_warm_again "${G[@]}" --out "$OUT/w480_warm_again"
   if [ -n "${ALL_READS:-}" ]; then
+    timed w480_warm_again "${G[@]}" --out "$OUT/w480_warm_again"
     PHYAI_LOAD_READ=mmap timed w480_warm_mmap "${G[@]}" --out "$OUT/w480_warm_mmap"
     PHYAI_LOAD_READ=direct timed w480_direct "${G[@]}" --out "$OUT/w480_direct"
   fi
   # The read alone, each way: cold first, then as the cache holds it.
-  drop_cache
-  /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_cold.jsonl" 2>&1
-  /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_warm.jsonl" 2>&1
-  cat "$OUT"/read_*.jsonl
+  if [ -n "${ALL_READS:-}" ]; then
+    drop_cache
+    /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_cold.jsonl" 2>&1
+    /tmp/phyai bench --part read --weights "$CK" --json > "$OUT/read_warm.jsonl" 2>&1
+    cat "$OUT"/read_*.jsonl
+  fi
   ;;
 read)
   # The read alone on an existing checkpoint ($CK).
