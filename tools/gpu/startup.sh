@@ -2,7 +2,8 @@
 # Start-up on the GPU machine, in parts that each fit one device call:
 #   demo        the demo generation on a fresh machine: empty driver cache with the compiled
 #               kernel images, the same with CUDA_CACHE_DISABLE=1, then the PTX path
-#               (PHYAI_KERNEL_IMAGES=0) for comparison, and `bench --part jit`
+#               (PHYAI_KERNEL_IMAGES=0) for comparison, and `bench --part jit` (these two
+#               with ALL_READS=1)
 #   checkpoint  writes a random Nano checkpoint in the published layout ($CK, default
 #               /var/tmp/phyai-nano, on disk) and generates W480 from it twice: first with the files
 #               dropped from the page cache (cold), then again (warm); `--json` gives the
@@ -78,8 +79,10 @@ demo)
   # cuDNN's engines that it ships compiled first (its attention plans are logged).
   CUDA_CACHE_DISABLE=1 PHYAI_CUDNN_PRECOMPILED=1 PHYAI_LOG=warn,phyai::layers::cuda::cudnn_sdpa=info \
     timed demo_images_nocache_precompiled "${G[@]}" --out "$OUT/demo6"
-  CUDA_CACHE_DISABLE=1 PHYAI_KERNEL_IMAGES=0 timed demo_ptx_nocache "${G[@]}" --out "$OUT/demo4"
-  CUDA_CACHE_DISABLE=1 /tmp/phyai bench --part jit --json > "$OUT/jit.jsonl" 2>&1
+  if [ -n "${ALL_READS:-}" ]; then
+    CUDA_CACHE_DISABLE=1 PHYAI_KERNEL_IMAGES=0 timed demo_ptx_nocache "${G[@]}" --out "$OUT/demo4"
+    CUDA_CACHE_DISABLE=1 /tmp/phyai bench --part jit --json > "$OUT/jit.jsonl" 2>&1
+  fi
   ;;
 checkpoint)
   df -h "$(dirname "$CK")" | tee "$OUT/df.txt"
