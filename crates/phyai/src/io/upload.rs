@@ -116,6 +116,9 @@ fn fill<T>(
     bytes: Source<'_>,
     dev: &CudaDevice,
 ) -> Result<(Duration, Duration)> {
+    if pageable_staging() {
+        return fill_pageable(dst, bytes, dev);
+    }
     let stream = dev.cuda_stream();
     let pool = stages(dev)?;
     let mut stages = pool
@@ -150,5 +153,44 @@ fn fill<T>(
         let _ = stage.host.len();
     }
     copy += t.elapsed();
+    Ok((read, copy))
+}
+
+/// Whether to stage through ordinary (pageable) memory instead (`PHYAI_LOAD_STAGE=pageable`):
+/// on some virtual machines reads from the page cache into page-locked memory crawl while
+/// the same reads into ordinary memory run at memory speed.
+fn pageable_staging() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PHYAI_LOAD_STAGE").is_ok_and(|v| v.trim() == "pageable"))
+}
+
+/// [`fill`] through one ordinary host buffer: read a piece, copy it (the driver stages
+/// pageable copies itself), repeat.
+fn fill_pageable<T>(
+    dst: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+    bytes: Source<'_>,
+    dev: &CudaDevice,
+) -> Result<(Duration, Duration)> {
+    static BUF: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    let mut buf = BUF
+        .lock()
+        .map_err(|_| Error::msg("staging buffer poisoned"))?;
+    buf.resize(STAGE_BYTES, 0);
+    let stream = dev.cuda_stream();
+    let (mut read, mut copy) = (Duration::ZERO, Duration::ZERO);
+    let (base, guard) = dst.device_ptr_mut(&stream);
+    // The device buffer may still be in use by queued work of the stream that made it.
+    stream.synchronize().map_err(cuda)?;
+    for start in (0..bytes.len()).step_by(STAGE_BYTES) {
+        let len = STAGE_BYTES.min(bytes.len() - start);
+        let t = Instant::now();
+        bytes.read_into(start, &mut buf[..len]).map_err(cuda)?;
+        read += t.elapsed();
+        let t = Instant::now();
+        // SAFETY: `base + start .. + len` lies inside `dst`; the copy completes before return.
+        unsafe { result::memcpy_htod_sync(base + start as u64, &buf[..len]) }.map_err(cuda)?;
+        copy += t.elapsed();
+    }
+    drop(guard);
     Ok((read, copy))
 }
