@@ -13,7 +13,7 @@ if [ -f .carry/fp8_parity.gz ]; then
   tail -4 "$OUT/fp8_test.txt"
 fi
 B="/tmp/phyai bench --json"
-for tune in 0 1; do
+for tune in 0 1; do  # 1: time the candidates
   export PHYAI_FP8_AUTOTUNE=$tune
   PHYAI_LOG=phyai=info $B --part fp8-gemm --preset w720 --preset w480 2> >(grep -a "FP8 GEMM" >> "$OUT/tune.log") | tee -a "$OUT/fp8_gemm.jsonl"
   $B --part gen --preset w480 --preset w720 --quantize fp8 --fp8-attention 2>/dev/null | tee -a "$OUT/gen.jsonl"

@@ -81,7 +81,8 @@ mod imp {
     }
 
     /// The kernel's tile configuration (`PHYAI_FP8_ATTENTION_TILES`, 0-4; 0 is FlashInfer's
-    /// own), for measuring the others.
+    /// own and the fastest measured: 38.5 ms at W720 on an H100 against 41.2-143.7 ms for
+    /// the others), for measuring.
     fn tiles() -> i32 {
         static TILES: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
         *TILES.get_or_init(|| {
