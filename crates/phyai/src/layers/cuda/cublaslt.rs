@@ -34,7 +34,7 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
-    /// The heuristic's other candidates, timed on the first call when tuning is on.
+    /// With tuning on, the heuristic's candidates until the first call has timed them.
     candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
@@ -211,7 +211,10 @@ impl Plan {
                 }
                 Ok(())
             })
-            .and_then(|_| heuristic(handle, &plan, pref, CANDIDATES))
+            .and_then(|_| {
+                let count = if autotune() { CANDIDATES } else { 1 };
+                heuristic(handle, &plan, pref, count)
+            })
         };
         // SAFETY: created above, destroyed once.
         unsafe {
@@ -226,7 +229,9 @@ impl Plan {
             )
         })?;
         plan.algo = found[0];
-        plan.candidates = found;
+        if found.len() > 1 {
+            plan.candidates = found;
+        }
         Ok(plan)
     }
 }
@@ -286,8 +291,7 @@ pub(crate) fn fp8_gemm(stream: &std::sync::Arc<CudaStream>, g: &Fp8Gemm) -> Resu
                 })
             }
         };
-        let fresh = !ctx.plans.contains_key(&key);
-        if fresh {
+        if !ctx.plans.contains_key(&key) {
             let plan = Plan::new(ctx.handle, key)?;
             ctx.plans.insert(key, plan);
         }
@@ -328,8 +332,9 @@ pub(crate) fn fp8_gemm(stream: &std::sync::Arc<CudaStream>, g: &Fp8Gemm) -> Resu
                 )
             }
         };
-        if fresh && plan.candidates.len() > 1 && autotune() {
-            plan.algo = fastest(stream, &plan.candidates, &run, g)?;
+        if !plan.candidates.is_empty() {
+            let candidates = std::mem::take(&mut plan.candidates);
+            plan.algo = fastest(stream, &candidates, &run, g)?;
         }
         run(&plan.algo).map_err(|e| {
             lt_err(

@@ -82,6 +82,25 @@ impl Desc {
         )
     }
 
+    /// Reads up to `out.len()` elements of attribute `name` (of the type named by `ty`);
+    /// returns how many the descriptor holds (with an empty `out`: the count alone).
+    fn get<V>(&self, name: A, ty: T, out: &mut [V]) -> DnnResult<usize> {
+        let mut n = 0i64;
+        let ptr = if out.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            out.as_mut_ptr().cast::<c_void>()
+        };
+        // SAFETY: `out` has room for `len` elements of the type named by `ty`.
+        check(
+            unsafe {
+                dnn::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut n, ptr)
+            },
+            &format!("get {name:?}"),
+        )?;
+        Ok(n.max(0) as usize)
+    }
+
     fn set_descs(&self, name: A, descs: &[&Desc]) -> DnnResult<()> {
         let raw: Vec<_> = descs.iter().map(|d| d.0).collect();
         self.set(name, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &raw)
@@ -97,58 +116,29 @@ impl Desc {
 /// The global index of `cfg`'s engine and whether cuDNN compiles it at run time (NVRTC),
 /// which costs a compilation per new shape on the first call.
 fn engine_of(cfg: &Desc) -> DnnResult<(i64, bool)> {
+    use dnn::cudnnBackendBehaviorNote_t as Note;
     let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut n = 0i64;
-    let mut raw = engine.0;
-    // SAFETY: one descriptor element requested into a created engine descriptor.
-    check(
-        unsafe {
-            dnn::cudnnBackendGetAttribute(
-                cfg.0,
-                A::CUDNN_ATTR_ENGINECFG_ENGINE,
-                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                1,
-                &mut n,
-                (&mut raw as *mut dnn::cudnnBackendDescriptor_t).cast(),
-            )
-        },
-        "engine of a config",
+    cfg.get(
+        A::CUDNN_ATTR_ENGINECFG_ENGINE,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut [engine.0],
     )?;
-    let mut index = -1i64;
-    // SAFETY: one i64 element requested into a local.
-    check(
-        unsafe {
-            dnn::cudnnBackendGetAttribute(
-                engine.0,
-                A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
-                T::CUDNN_TYPE_INT64,
-                1,
-                &mut n,
-                (&mut index as *mut i64).cast(),
-            )
-        },
-        "engine index",
+    let mut index = [-1i64];
+    engine.get(
+        A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
+        T::CUDNN_TYPE_INT64,
+        &mut index,
     )?;
-    const MAX: usize = dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT as usize;
-    let mut notes = [dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; MAX];
-    let mut got = 0i64;
-    // SAFETY: `notes` has room for `MAX` elements; cuDNN writes `got` of them.
-    check(
-        unsafe {
-            dnn::cudnnBackendGetAttribute(
-                engine.0,
-                A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
-                T::CUDNN_TYPE_BEHAVIOR_NOTE,
-                MAX as i64,
-                &mut got,
-                notes.as_mut_ptr().cast(),
-            )
-        },
-        "engine behaviour notes",
+    let mut notes =
+        [Note::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; Note::CUDNN_BEHAVIOR_NOTE_TYPE_COUNT as usize];
+    let got = engine.get(
+        A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+        T::CUDNN_TYPE_BEHAVIOR_NOTE,
+        &mut notes,
     )?;
-    let rtc = notes[..(got.clamp(0, MAX as i64) as usize)]
-        .contains(&dnn::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION);
-    Ok((index, rtc))
+    let rtc =
+        notes[..got.min(notes.len())].contains(&Note::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION);
+    Ok((index[0], rtc))
 }
 
 /// Everything that makes two calls share an execution plan.
@@ -479,20 +469,10 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         &[dnn::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A],
     )?;
     let heur = heur.finalize("engine heuristics")?;
-    let mut count = 0i64;
-    // SAFETY: querying the count only (no elements requested).
-    check(
-        unsafe {
-            dnn::cudnnBackendGetAttribute(
-                heur.0,
-                A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                0,
-                &mut count,
-                std::ptr::null_mut(),
-            )
-        },
-        "engine count",
+    let count = heur.get::<dnn::cudnnBackendDescriptor_t>(
+        A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut [],
     )?;
     if count == 0 {
         return Err("cuDNN has no engine for this attention graph".into());
@@ -501,33 +481,19 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         .map(|_| Desc::new(K::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
         .collect::<DnnResult<_>>()?;
     let mut raw_cfgs: Vec<dnn::cudnnBackendDescriptor_t> = cfgs.iter().map(|c| c.0).collect();
-    let mut got = 0i64;
-    // SAFETY: `raw_cfgs` holds `count` created engine-config descriptors for cuDNN to fill.
-    check(
-        unsafe {
-            dnn::cudnnBackendGetAttribute(
-                heur.0,
-                A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                count,
-                &mut got,
-                raw_cfgs.as_mut_ptr().cast::<c_void>(),
-            )
-        },
-        "engine configs",
+    let got = heur.get(
+        A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut raw_cfgs,
     )?;
     let mut last_err = String::from("no engine config");
-    let mut order: Vec<(usize, i64, bool)> = cfgs
-        .iter()
-        .take(got.max(0) as usize)
-        .enumerate()
-        .map(|(i, c)| engine_of(c).map_or((i, -1, true), |(e, rtc)| (i, e, rtc)))
-        .collect();
+    let cfgs = &cfgs[..got.min(cfgs.len())];
+    let mut order: Vec<usize> = (0..cfgs.len()).collect();
     if prefer_precompiled() {
         // Stable: the heuristic's order within each group.
-        order.sort_by_key(|&(_, _, rtc)| rtc);
+        order.sort_by_cached_key(|&i| engine_of(&cfgs[i]).map_or(true, |(_, rtc)| rtc));
     }
-    for (i, engine, rtc) in order {
+    for i in order {
         let cfg = &cfgs[i];
         let t0 = std::time::Instant::now();
         let plan = Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
@@ -539,34 +505,28 @@ fn build_plan(key: &Key, stream: dnn::cudaStream_t) -> DnnResult<Plan> {
         plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[cfg])?;
         match plan.finalize("execution plan") {
             Ok(plan) => {
-                let mut ws = 0i64;
-                let mut n = 0i64;
-                // SAFETY: one i64 element requested into a local.
-                check(
-                    unsafe {
-                        dnn::cudnnBackendGetAttribute(
-                            plan.0,
-                            A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                            T::CUDNN_TYPE_INT64,
-                            1,
-                            &mut n,
-                            (&mut ws as *mut i64).cast(),
-                        )
-                    },
-                    "workspace size",
+                let mut ws = [0i64];
+                plan.get(
+                    A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                    T::CUDNN_TYPE_INT64,
+                    &mut ws,
                 )?;
-                tracing::info!(
-                    "attention plan {}x{}x{} (heads {}): engine {engine} (heuristic rank {i}, runtime-compiled {rtc}) built in {:.1} ms",
-                    key.sq,
-                    key.sk,
-                    key.d,
-                    key.hq,
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
+                let built_ms = t0.elapsed().as_secs_f64() * 1e3;
+                if tracing::enabled!(tracing::Level::INFO) {
+                    // For the log only: an engine cuDNN will not describe is no error.
+                    let (engine, rtc) = engine_of(cfg).unwrap_or((-1, true));
+                    tracing::info!(
+                        "attention plan {}x{}x{} (heads {}): engine {engine} (heuristic rank {i}, runtime-compiled {rtc}) built in {built_ms:.1} ms",
+                        key.sq,
+                        key.sk,
+                        key.d,
+                        key.hq,
+                    );
+                }
                 return Ok(Plan {
                     handle,
                     plan,
-                    workspace: ws.max(0) as usize,
+                    workspace: ws[0].max(0) as usize,
                 });
             }
             Err(e) => last_err = e,
