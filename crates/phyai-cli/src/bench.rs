@@ -136,6 +136,11 @@ pub struct BenchArgs {
     /// warm-up request at the same shapes.
     #[arg(long)]
     pub no_warmup: bool,
+    /// gen, e2e, --workload: also report where the device time goes, stage by stage of
+    /// the video tower's layers (gen: one more forward after the timed ones; e2e and
+    /// --workload: the timed request itself, one CUDA event per stage boundary).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
@@ -483,8 +488,12 @@ fn e2e(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         } else {
             bench::e2e::warmup_steps(a.steps, a.quantize.is_some())
         },
+        profile: a.profile,
     };
     let r = bench::e2e_bench(device, cfg, g, opts)?;
+    if let Some(p) = &r.profile {
+        print_profile(g.name, p, a.json);
+    }
     let stage = |name: &str| {
         r.stages
             .iter()
@@ -644,7 +653,11 @@ fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         quantize(a),
         a.fp8_attention,
         a.runs,
+        a.profile,
     )?;
+    if let Some(p) = &r.profile {
+        print_profile(g.name, p, a.json);
+    }
     let full_layers = cfg.num_hidden_layers;
     if a.json {
         emit(json!({
@@ -681,6 +694,32 @@ fn gen(device: &Device, cfg: &TransformerConfig, g: GenSpec, a: &BenchArgs) -> p
         );
     }
     Ok(())
+}
+
+/// Device time per stage (see `phyai::layers::profile`), largest first, with its share.
+pub(crate) fn print_profile(
+    what: &str,
+    stages: &[phyai::layers::profile::StageTime],
+    as_json: bool,
+) {
+    let total: f64 = stages.iter().map(|s| s.ms).sum();
+    if as_json {
+        emit(json!({"part": "profile", "of": what, "total_ms": total, "stages": stages}));
+        return;
+    }
+    let mut sorted = stages.to_vec();
+    sorted.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    println!("profile of {what}: {total:.1} ms of device time between the first and last mark");
+    for s in &sorted {
+        println!(
+            "  {:<34} {:>10.2} ms {:>5.1}%  ({} calls, {:.3} ms each)",
+            s.stage,
+            s.ms,
+            100.0 * s.ms / total.max(1e-9),
+            s.calls,
+            s.ms / s.calls.max(1) as f64
+        );
+    }
 }
 
 fn fp8_gemm(
@@ -761,6 +800,7 @@ fn fp8_quality(
         conditioning: bench::Conditioning::Text,
         // Both requests are timed as they come: the quality is what this part measures.
         warmup_steps: 0,
+        profile: false,
     };
     let q = bench::fp8_quality_bench(device, cfg, g, opts)?;
     if a.json {

@@ -75,8 +75,13 @@ pub fn run(
             a.guidance,
             a.layers,
             !a.no_warmup,
+            a.profile,
         )?;
         report(&c, fp8_attention, a.json);
+        if let Some(p) = &c.run.profile {
+            let what = format!("{} {}", c.workload.name(), c.resolution.name());
+            crate::bench::print_profile(&what, p, a.json);
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{peak_memory, reset_peak_memory, wan22_vae_config, GenSpec};
 use crate::engine::{Plugin, Silent};
 use crate::io::weights::{WeightStore, Weights};
+use crate::layers::profile::StageTime;
 use crate::models::cosmos3::continuation::VideoCondition;
 use crate::models::cosmos3::plugin::Cosmos3Plugin;
 use crate::models::cosmos3::transformer::{Cosmos3Transformer, TransformerConfig};
@@ -43,6 +44,8 @@ pub struct E2eReport {
     pub audio: Option<(Vec<usize>, f32, usize)>,
     /// The video itself, on the host (for comparing precisions).
     pub pixels: Tensor,
+    /// Device time per stage of the timed request, with `E2eOptions::profile`.
+    pub profile: Option<Vec<StageTime>>,
 }
 
 /// What one end-to-end run does besides the model and preset.
@@ -68,6 +71,8 @@ pub struct E2eOptions {
     /// Steps of an untimed warm-up request at the same shapes before the timed one (0:
     /// none, the timed request pays every first use); see [`warmup_steps`].
     pub warmup_steps: usize,
+    /// Profile the timed request stage by stage ([`crate::layers::profile`]).
+    pub profile: bool,
 }
 
 /// Steps of the warm-up request that loads every kernel, library handle, plan and memory
@@ -115,6 +120,7 @@ pub fn e2e_bench(
         weight_seed,
         conditioning,
         warmup_steps,
+        profile,
     } = opts;
     if let Some(s) = weight_seed {
         device.set_seed(s)?;
@@ -194,10 +200,22 @@ pub fn e2e_bench(
         None
     };
     reset_peak_memory(device); // waits for the model build to finish
+    if profile {
+        crate::layers::profile::start();
+    }
     let start = Instant::now();
-    let out = plugin.step(&request, &Silent)?;
+    let out = plugin.step(&request, &Silent);
+    if profile {
+        crate::layers::profile::mark(device, "after the last forward (decode)");
+    }
+    let out = out?;
     let video = out.video.to_device(&Device::Cpu)?;
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
+    let profile = if profile {
+        Some(crate::layers::profile::stop()?)
+    } else {
+        None
+    };
     let peak_bytes = peak_memory(device);
     let flat = video.flatten_all()?;
     // NaN fails both comparisons, ±inf one of them.
@@ -235,6 +253,7 @@ pub fn e2e_bench(
         non_finite,
         audio,
         pixels: video,
+        profile,
     })
 }
 

@@ -290,6 +290,8 @@ pub struct GenReport {
     pub gen_full_ms: f64,
     pub tflops: f64,
     pub peak_bytes: Option<usize>,
+    /// Device time per stage of one more forward, when asked for.
+    pub profile: Option<Vec<crate::layers::profile::StageTime>>,
 }
 
 /// Builds the transformer of `config` (optionally fewer layers) with random weights on
@@ -306,6 +308,7 @@ pub fn gen_bench(
     quantize: Option<Quantize>,
     fp8_attention: bool,
     runs: usize,
+    profile: bool,
 ) -> Result<GenReport> {
     let full_layers = config.num_hidden_layers;
     let layers = layers.unwrap_or(full_layers).clamp(1, full_layers);
@@ -336,6 +339,16 @@ pub fn gen_bench(
     reset_peak_memory(device);
     let gen = time_runs(device, 1, runs, || model.velocity(&und, &inputs).map(drop))?;
     let peak_bytes = peak_memory(device);
+    let profile = if profile {
+        crate::layers::profile::start();
+        let v = model.velocity(&und, &inputs);
+        crate::layers::profile::mark(device, "after the tower");
+        let stages = crate::layers::profile::stop()?;
+        v?;
+        Some(stages)
+    } else {
+        None
+    };
     let tokens = spec.tokens(&cfg);
     let full = gen.median_ms * full_layers as f64 / layers as f64;
     Ok(GenReport {
@@ -346,6 +359,7 @@ pub fn gen_bench(
         tflops: gen_flops(&cfg, tokens, spec.text_tokens) / (gen.median_ms * 1e-3) / 1e12,
         gen,
         peak_bytes,
+        profile,
     })
 }
 

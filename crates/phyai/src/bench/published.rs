@@ -188,6 +188,7 @@ pub fn cell_bench(
     guidance: f64,
     layers: Option<usize>,
     warmup: bool,
+    profile: bool,
 ) -> Result<CellReport> {
     let spec = workload_spec(w, r);
     let opts = E2eOptions {
@@ -215,6 +216,7 @@ pub fn cell_bench(
         } else {
             0
         },
+        profile,
     };
     let run = e2e_bench(device, cfg, spec, opts)?;
     let full_layers = cfg.num_hidden_layers;

@@ -142,5 +142,6 @@ pub fn transfer_bench(
         non_finite: v.len() - finite.len(),
         audio: None,
         pixels: video,
+        profile: None,
     })
 }

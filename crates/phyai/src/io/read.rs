@@ -82,6 +82,16 @@ impl StoredBytes<'_> {
         self.map.is_empty()
     }
 
+    /// Bytes `range` of these bytes (within bounds; the caller checked them).
+    pub fn sub(&self, range: std::ops::Range<usize>) -> Self {
+        StoredBytes {
+            file: self.file,
+            direct: self.direct,
+            offset: self.offset + range.start as u64,
+            map: &self.map[range],
+        }
+    }
+
     /// Fills `dst` with the tensor's bytes `start..start + dst.len()`, in parallel pieces.
     pub fn read_into(&self, start: usize, dst: &mut [u8], mode: ReadMode) -> std::io::Result<()> {
         let end = start + dst.len();

@@ -1,16 +1,26 @@
-//! Weights onto a CUDA device in large copies from pinned memory (built with `cuda` only).
+//! Weights onto a CUDA device in large copies from page-locked memory (built with `cuda`
+//! only).
 //!
 //! A tensor's stored bytes are read (see [`super::read`]: positioned reads from the file by
-//! default, in parallel pieces) into one of two 64 MiB pinned staging buffers and go from
-//! there to the device with an asynchronous copy, while the other buffer is filled: reading
-//! and copying overlap, and every device copy is a full-speed pinned transfer. Used when the
-//! tensor is loaded whole in its stored dtype (bf16, f16 or f32); everything else takes
-//! candle's path (a host tensor, then `to_device`). `PHYAI_PINNED_LOAD=0` turns it off.
+//! default, in parallel pieces) into one of two 64 MiB page-locked staging buffers and go
+//! from there to the device with an asynchronous copy, while the other buffer is filled:
+//! reading and copying overlap, and every device copy is a full-speed DMA transfer. Used
+//! when the tensor is loaded whole in its stored dtype (bf16, f16 or f32); everything else
+//! takes candle's path (a host tensor, then `to_device`). `PHYAI_PINNED_LOAD=0` turns it off.
+//!
+//! `PHYAI_LOAD_STAGE` picks the staging memory: `registered` (the default) is ordinary
+//! process memory page-locked with `cuMemHostRegister`, so the CPU writes it through its
+//! own cached mapping; `pinned` is memory the driver allocates and maps (`cuMemHostAlloc`),
+//! which on some virtual machines the CPU writes at a small fraction of memory speed;
+//! `pageable` reads into ordinary buffers and lets the driver stage the copies, on a second
+//! thread.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaEvent, DevicePtrMut, PinnedHostSlice};
+use candle_core::cuda_backend::cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, DevicePtrMut, PinnedHostSlice,
+};
 use candle_core::cuda_backend::DeviceId;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Storage, Tensor};
@@ -20,14 +30,94 @@ use crate::{Error, Result};
 
 const STAGE_BYTES: usize = 64 << 20;
 
-/// One pinned staging buffer and the copy that last read it.
+/// Where the staging buffers live (`PHYAI_LOAD_STAGE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staging {
+    Registered,
+    Pinned,
+    Pageable,
+}
+
+fn staging() -> Staging {
+    static MODE: OnceLock<Staging> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        match std::env::var("PHYAI_LOAD_STAGE")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Ok("pinned") => Staging::Pinned,
+            Ok("pageable") => Staging::Pageable,
+            _ => Staging::Registered,
+        }
+    })
+}
+
+/// Page-locked host memory: allocated by the driver, or ordinary memory registered with it.
+enum HostMemory {
+    /// Kept for its drop, which frees the allocation.
+    #[allow(dead_code)]
+    Pinned(PinnedHostSlice<u8>),
+    Registered {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+        ctx: Arc<CudaContext>,
+    },
+}
+
+impl HostMemory {
+    /// Ordinary memory, 2 MiB aligned (whole huge pages where the kernel offers them),
+    /// page-locked and mapped for the device by the driver; `None` if registration fails.
+    fn registered(ctx: &Arc<CudaContext>, bytes: usize) -> Option<Self> {
+        let layout = std::alloc::Layout::from_size_align(bytes, 2 << 20).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on memory this function just allocated; failure is harmless.
+        unsafe {
+            libc::madvise(ptr.cast(), bytes, libc::MADV_HUGEPAGE);
+        }
+        let ok = ctx.bind_to_thread().is_ok()
+            // SAFETY: `ptr..ptr + bytes` is a live allocation owned by the result.
+            && unsafe { sys::cuMemHostRegister_v2(ptr.cast(), bytes, 0) }
+                == sys::CUresult::CUDA_SUCCESS;
+        if !ok {
+            // SAFETY: allocated above with `layout`, never handed out.
+            unsafe { std::alloc::dealloc(ptr, layout) };
+            return None;
+        }
+        Some(HostMemory::Registered {
+            ptr,
+            layout,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        if let HostMemory::Registered { ptr, layout, ctx } = self {
+            // SAFETY: registered and allocated by `registered` with this layout; the copies
+            // that read it completed before the stage was dropped.
+            unsafe {
+                let _ = ctx.bind_to_thread();
+                let _ = sys::cuMemHostUnregister(ptr.cast());
+                std::alloc::dealloc(*ptr, *layout);
+            }
+        }
+    }
+}
+
+/// One page-locked staging buffer and the copy that last read it.
 struct Stage {
-    host: PinnedHostSlice<u8>,
+    _host: HostMemory,
     ptr: *mut u8,
     pending: Option<CudaEvent>,
 }
 
-// SAFETY: the pointer is the pinned allocation `host` owns; stages are used under a lock.
+// SAFETY: the pointer is the page-locked memory `_host` owns; stages are used under a lock.
 unsafe impl Send for Stage {}
 
 type Stages = Arc<Mutex<Vec<Stage>>>;
@@ -44,15 +134,31 @@ fn stages(dev: &CudaDevice) -> Result<Stages> {
     let ctx = dev.cuda_stream().context().clone();
     let mut v = Vec::new();
     for _ in 0..2 {
-        // Plain page-locked memory, not write-combined (cudarc's `alloc_pinned`): the
-        // kernel's copies out of the page cache into write-combined pages ran at 1.9 GB/s,
-        // against 38 GB/s into ordinary memory, on the same machine.
-        // SAFETY: the buffer is written before any copy reads it.
-        let mut host =
-            unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0) }.map_err(cuda)?;
-        let ptr = host.as_mut_ptr().map_err(cuda)?;
+        let registered = match staging() {
+            Staging::Registered => HostMemory::registered(&ctx, STAGE_BYTES),
+            _ => None,
+        };
+        let (host, ptr) = match registered {
+            Some(h) => {
+                let HostMemory::Registered { ptr, .. } = &h else {
+                    unreachable!("made by HostMemory::registered")
+                };
+                let p = *ptr;
+                (h, p)
+            }
+            None => {
+                // Plain page-locked memory (flags 0), not write-combined as cudarc's
+                // `alloc_pinned` makes it: the CPU fills it, and write-combined memory is
+                // uncached.
+                // SAFETY: the buffer is written before any copy reads it.
+                let mut h =
+                    unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0) }.map_err(cuda)?;
+                let p = h.as_mut_ptr().map_err(cuda)?;
+                (HostMemory::Pinned(h), p)
+            }
+        };
         v.push(Stage {
-            host,
+            _host: host,
             ptr,
             pending: None,
         });
@@ -116,7 +222,7 @@ fn fill<T>(
     bytes: Source<'_>,
     dev: &CudaDevice,
 ) -> Result<(Duration, Duration)> {
-    if pageable_staging() {
+    if staging() == Staging::Pageable {
         return fill_pageable(dst, bytes, dev);
     }
     let stream = dev.cuda_stream();
@@ -150,47 +256,76 @@ fn fill<T>(
         if let Some(e) = stage.pending.take() {
             e.synchronize().map_err(cuda)?;
         }
-        let _ = stage.host.len();
     }
     copy += t.elapsed();
     Ok((read, copy))
 }
 
-/// Whether to stage through ordinary (pageable) memory instead (`PHYAI_LOAD_STAGE=pageable`):
-/// on some virtual machines reads from the page cache into page-locked memory crawl while
-/// the same reads into ordinary memory run at memory speed.
-fn pageable_staging() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("PHYAI_LOAD_STAGE").is_ok_and(|v| v.trim() == "pageable"))
-}
-
-/// [`fill`] through one ordinary host buffer: read a piece, copy it (the driver stages
-/// pageable copies itself), repeat.
+/// [`fill`] through two ordinary host buffers: this thread reads a piece into one while a
+/// second thread copies the other to the device (the driver stages pageable copies itself).
 fn fill_pageable<T>(
     dst: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
     bytes: Source<'_>,
     dev: &CudaDevice,
 ) -> Result<(Duration, Duration)> {
-    static BUF: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-    let mut buf = BUF
+    use std::sync::mpsc;
+    static BUFS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let mut bufs = BUFS
         .lock()
-        .map_err(|_| Error::msg("staging buffer poisoned"))?;
-    buf.resize(STAGE_BYTES, 0);
+        .map_err(|_| Error::msg("staging buffers poisoned"))?;
+    while bufs.len() < 2 {
+        bufs.push(vec![0u8; STAGE_BYTES]);
+    }
     let stream = dev.cuda_stream();
+    let ctx = stream.context().clone();
     let (mut read, mut copy) = (Duration::ZERO, Duration::ZERO);
     let (base, guard) = dst.device_ptr_mut(&stream);
     // The device buffer may still be in use by queued work of the stream that made it.
     stream.synchronize().map_err(cuda)?;
-    for start in (0..bytes.len()).step_by(STAGE_BYTES) {
-        let len = STAGE_BYTES.min(bytes.len() - start);
-        let t = Instant::now();
-        bytes.read_into(start, &mut buf[..len]).map_err(cuda)?;
-        read += t.elapsed();
-        let t = Instant::now();
-        // SAFETY: `base + start .. + len` lies inside `dst`; the copy completes before return.
-        unsafe { result::memcpy_htod_sync(base + start as u64, &buf[..len]) }.map_err(cuda)?;
-        copy += t.elapsed();
+    let (to_copy, pieces) = mpsc::sync_channel::<(Vec<u8>, usize, usize)>(1);
+    let (give_back, free) = mpsc::channel::<Vec<u8>>();
+    for b in bufs.drain(..) {
+        let _ = give_back.send(b);
     }
+    let result = std::thread::scope(|s| -> Result<()> {
+        let copier = s.spawn(move || -> Result<()> {
+            ctx.bind_to_thread().map_err(cuda)?;
+            for (buf, start, len) in pieces {
+                // SAFETY: `base + start .. + len` lies inside `dst`, which outlives the
+                // scope; the copy completes before the call returns.
+                unsafe { result::memcpy_htod_sync(base + start as u64, &buf[..len]) }
+                    .map_err(cuda)?;
+                let _ = give_back.send(buf);
+            }
+            Ok(())
+        });
+        let mut fed = Ok(());
+        for start in (0..bytes.len()).step_by(STAGE_BYTES) {
+            let len = STAGE_BYTES.min(bytes.len() - start);
+            let t = Instant::now();
+            let Ok(mut buf) = free.recv() else { break };
+            copy += t.elapsed();
+            let t = Instant::now();
+            if let Err(e) = bytes.read_into(start, &mut buf[..len]) {
+                fed = Err(cuda(e));
+                break;
+            }
+            read += t.elapsed();
+            if to_copy.send((buf, start, len)).is_err() {
+                break;
+            }
+        }
+        drop(to_copy);
+        let t = Instant::now();
+        let copied = copier
+            .join()
+            .map_err(|_| Error::msg("weight upload: the copy thread panicked"))?;
+        copy += t.elapsed();
+        fed.and(copied)
+    });
     drop(guard);
+    // Both buffers come back for the next tensor (the copier returned every one it took).
+    bufs.extend(free.try_iter());
+    result?;
     Ok((read, copy))
 }

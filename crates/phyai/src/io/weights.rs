@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
 
 use super::read::{host_tensor, DirectHandle, ReadMode, Source, StoredBytes};
@@ -467,36 +468,14 @@ impl WeightStore {
         let src = st_dtype(info.dtype, &f.path, name)?;
         refuse_fp8(src, dtype, &f.path, name)?;
         self.used.lock().unwrap().insert(name.to_string());
-        let bytes = f.bytes(info);
-        let stored = Source::Stored(f.stored(info), ReadMode::from_env());
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            if src == dtype && super::upload::enabled(dtype) {
-                let (t, read, copy) = super::upload::upload(stored, dtype, &info.shape, dev)
-                    .map_err(|e| Error::weights(&f.path, format!("tensor {name}: {e}")))?;
-                super::load_stats::record(bytes.len(), read, copy);
-                return Ok(t);
-            }
-        }
-        let t0 = std::time::Instant::now();
-        let bad =
-            |e: &dyn std::fmt::Display| Error::weights(&f.path, format!("tensor {name}: {e}"));
-        let t = if src == dtype {
-            host_tensor(stored, dtype, &info.shape).map_err(|e| bad(&e))?
-        } else {
-            Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
-                .map_err(|e| bad(&e))?
-                .to_dtype(dtype)?
-        };
-        let t1 = std::time::Instant::now();
-        let t = t.to_device(device)?;
-        super::load_stats::record(bytes.len(), t1 - t0, t1.elapsed());
-        Ok(t)
+        load_stored(f, f.stored(info), name, src, &info.shape, dtype, device)
     }
 
     /// Loads `range` of dimension `dim` of a tensor, reading only those bytes: the
     /// building block of tensor-parallel shards (rows for column-parallel weights,
-    /// columns for row-parallel ones).
+    /// columns for row-parallel ones). A slice that is one run of bytes in the file (the
+    /// whole tensor, as every shard of a single GPU is, or rows of it) is read like a whole
+    /// tensor, with parallel positioned reads straight into the staging buffers.
     pub fn load_slice(
         &self,
         name: &str,
@@ -505,9 +484,24 @@ impl WeightStore {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        let (f, info) = self.locate(name)?;
+        let src = st_dtype(info.dtype, &f.path, name)?;
+        let shape = &info.shape;
+        if dim < shape.len()
+            && range.start <= range.end
+            && range.end <= shape[dim]
+            && shape[..dim].iter().all(|&d| d == 1)
+        {
+            refuse_fp8(src, dtype, &f.path, name)?;
+            self.used.lock().unwrap().insert(name.to_string());
+            let inner = shape[dim + 1..].iter().product::<usize>() * src.size_in_bytes();
+            let stored = f.stored(info).sub(range.start * inner..range.end * inner);
+            let mut new_shape = shape.clone();
+            new_shape[dim] = range.len();
+            return load_stored(f, stored, name, src, &new_shape, dtype, device);
+        }
         let t0 = std::time::Instant::now();
         let (out, new_shape, src) = self.slice_bytes(name, Some((dim, range)))?;
-        let (f, _) = self.locate(name)?;
         refuse_fp8(src, dtype, &f.path, name)?;
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = device {
@@ -557,10 +551,14 @@ impl WeightStore {
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product::<usize>() * elem;
         let row = shape[dim] * inner;
-        let mut out = Vec::with_capacity(outer * range.len() * inner);
-        for o in 0..outer {
-            let base = o * row;
-            out.extend_from_slice(&bytes[base + range.start * inner..base + range.end * inner]);
+        // One run of bytes per outer index, copied out of the map in parallel.
+        let run = range.len() * inner;
+        let mut out = vec![0u8; outer * run];
+        if run > 0 {
+            out.par_chunks_mut(run).enumerate().for_each(|(o, d)| {
+                let at = o * row + range.start * inner;
+                d.copy_from_slice(&bytes[at..at + run]);
+            });
         }
         let mut new_shape = shape.clone();
         new_shape[dim] = range.len();
@@ -629,6 +627,44 @@ impl WeightStore {
             ))
         }
     }
+}
+
+/// Loads stored bytes (a whole tensor, or one run of it) of `shape` in the stored dtype
+/// `src`, converted to `dtype`, onto `device`: on CUDA straight from the file through the
+/// staging buffers when no conversion is needed, else through a host tensor.
+fn load_stored(
+    f: &MappedFile,
+    stored: StoredBytes<'_>,
+    name: &str,
+    src: DType,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let n = stored.len();
+    let bad = |e: &dyn std::fmt::Display| Error::weights(&f.path, format!("tensor {name}: {e}"));
+    let source = Source::Stored(stored, ReadMode::from_env());
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        if src == dtype && super::upload::enabled(dtype) {
+            let (t, read, copy) =
+                super::upload::upload(source, dtype, shape, dev).map_err(|e| bad(&e))?;
+            super::load_stats::record(n, read, copy);
+            return Ok(t);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let t = if src == dtype {
+        host_tensor(source, dtype, shape).map_err(|e| bad(&e))?
+    } else {
+        Tensor::from_raw_buffer(stored.map, src, shape, &Device::Cpu)
+            .map_err(|e| bad(&e))?
+            .to_dtype(dtype)?
+    };
+    let t1 = std::time::Instant::now();
+    let t = t.to_device(device)?;
+    super::load_stats::record(n, t1 - t0, t1.elapsed());
+    Ok(t)
 }
 
 /// A prefixed view of a [`WeightStore`] with the compute dtype and device, handed down the

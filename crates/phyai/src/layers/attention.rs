@@ -63,6 +63,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     }
     match Backend::for_device(q.device()) {
         Backend::Tiled => tiled(q, k, v, causal, TILE_Q, TILE_K),
+        // Small attention (the demo's, say) as tensor ops: cuDNN builds its fused kernels
+        // at run time, and the first build in a process costs more than such calls save.
+        #[cfg(feature = "cuda")]
+        Backend::FusedCuda if hq * sq * sk < small_attention_scores() => {
+            tiled(q, k, v, causal, TILE_Q, TILE_K)
+        }
         #[cfg(feature = "cuda")]
         Backend::FusedCuda => match super::cuda::cudnn_sdpa::attention(q, k, v, causal) {
             Ok(out) => Ok(out),
@@ -70,6 +76,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
             Err(_) => tiled(q, k, v, causal, TILE_Q, TILE_K),
         },
     }
+}
+
+/// Attention with fewer score elements (query heads × queries × keys) than this runs as
+/// tensor ops on CUDA instead of cuDNN's fused kernel: 2^26 by default (the demo's text
+/// tower and every demo call are below it; the full-size model's text tower, 32 heads over
+/// a 2,812-token prompt, and every generation call are above), `PHYAI_SMALL_ATTENTION` to
+/// change it (0: always cuDNN).
+#[cfg(feature = "cuda")]
+fn small_attention_scores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("PHYAI_SMALL_ATTENTION")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1 << 26)
+    })
 }
 
 /// Whether [`attention_fp8`] can run FP8 on `device` in this build (CUDA with the FP8

@@ -63,12 +63,28 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down
+            .forward(&self.activate(&self.gate_up.forward(x)?)?)
+    }
+
+    /// [`Self::forward`] with a profile mark after each of its three stages
+    /// ([`super::profile`]).
+    pub fn forward_profiled(&self, x: &Tensor) -> Result<Tensor> {
+        let dev = x.device();
         let y = self.gate_up.forward(x)?;
-        let h = if self.gated {
-            super::glue::silu_mul(&y)?
+        super::profile::mark(dev, "gate|up GEMM");
+        let h = self.activate(&y)?;
+        super::profile::mark(dev, "activation");
+        let out = self.down.forward(&h)?;
+        super::profile::mark(dev, "down GEMM");
+        Ok(out)
+    }
+
+    fn activate(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(if self.gated {
+            super::glue::silu_mul(y)?
         } else {
             y.relu()?.sqr()?
-        };
-        self.down.forward(&h)
+        })
     }
 }

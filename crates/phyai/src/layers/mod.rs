@@ -18,6 +18,7 @@ pub mod linear;
 pub mod memory;
 pub mod mlp;
 pub mod norm;
+pub mod profile;
 pub mod rope;
 pub mod sp;
 pub mod tp;

@@ -316,12 +316,14 @@ impl Fp8Operand {
         let out = if uniform {
             // One quantized input serves every block.
             let (xc, xs) = self.quantize_input(&x2, 0, group)?;
+            crate::layers::profile::mark(x.device(), "FP8 input quantization");
             self.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype(), fast_accum)?
         } else {
             // Blocks calibrated with different input scales each see their own codes.
             let mut out = None;
             for i in 0..parts.len() {
                 let (xc, xs) = self.quantize_input(&x2, i, group)?;
+                crate::layers::profile::mark(x.device(), "FP8 input quantization");
                 out = Some(self.gemm(&xc, &xs, parts, i..i + 1, out, x.dtype(), fast_accum)?);
             }
             out.ok_or_else(|| Error::msg("FP8: a weight without blocks"))?

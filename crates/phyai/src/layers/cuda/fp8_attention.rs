@@ -218,6 +218,10 @@ mod imp {
                             what,
                         )?;
                     }
+                    crate::layers::profile::mark(
+                        &candle_core::Device::Cuda(dev.clone()),
+                        "attention: q/k/v to FP8",
+                    );
                     check(
                         phyai_fp8_attention_sm90(
                             q8p as *const c_void,

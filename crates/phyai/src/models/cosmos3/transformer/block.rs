@@ -9,6 +9,7 @@ use crate::io::weights::Weights;
 use crate::layers::glue;
 use crate::layers::mlp::{Activation, GatedMlp};
 use crate::layers::norm::{RmsNorm, RmsScale};
+use crate::layers::profile::mark;
 use crate::layers::tp::{ColumnParallelLinear, RowParallelLinear};
 use crate::parallel::Group;
 use crate::Result;
@@ -164,11 +165,14 @@ impl ExpertBlock {
         sin: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let y = self.qkv_tokens(h)?;
+        mark(h.device(), "qkv GEMM");
         let norms = match (&self.norm_q, &self.norm_k) {
             (Some(q), Some(k)) => Some((q, k)),
             _ => None,
         };
-        glue::qk_norm_rope(&y, (self.heads, self.kv_heads), norms, cos, sin)
+        let out = glue::qk_norm_rope(&y, (self.heads, self.kv_heads), norms, cos, sin)?;
+        mark(h.device(), "q/k norm + rope");
+        Ok(out)
     }
 
     /// The fused QKV GEMM, token-major `[N, Hq + 2·Hkv, D]`.
@@ -205,8 +209,16 @@ impl ExpertBlock {
         attn: &Tensor,
         next: &RmsNorm,
     ) -> Result<(Tensor, Tensor)> {
+        let dev = x.device();
         let a = self.attn_tokens(x, attn)?;
-        let (x, h) = glue::add_rms_norm(x, &self.out.forward(&a)?, &self.post_norm)?;
-        glue::add_rms_norm(&x, &self.mlp.forward(&h)?, next)
+        mark(dev, "attention output layout");
+        let o = self.out.forward(&a)?;
+        mark(dev, "out GEMM");
+        let (x, h) = glue::add_rms_norm(x, &o, &self.post_norm)?;
+        mark(dev, "add + norm");
+        let m = self.mlp.forward_profiled(&h)?;
+        let out = glue::add_rms_norm(&x, &m, next)?;
+        mark(dev, "add + norm");
+        Ok(out)
     }
 }

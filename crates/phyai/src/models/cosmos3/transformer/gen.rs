@@ -12,6 +12,7 @@ use crate::layers::attention::{attention, attention_fp8};
 use crate::layers::fp8::{ActivationPrecision, PrecisionSwitch};
 use crate::layers::glue;
 use crate::layers::norm::RmsNorm;
+use crate::layers::profile::mark;
 use crate::layers::sp::SeqShard;
 use crate::parallel::Group;
 use crate::{Error, Result};
@@ -76,8 +77,10 @@ impl GenTower {
         };
         // `h` is always the normed input of the next layer; the norm is fused with the
         // residual add that precedes it, and after the last layer it is the final norm.
+        mark(x.device(), "outside the video tower");
         let mut x = x.clone();
         let mut h = glue::rms_norm(&x, first.input_norm())?;
+        mark(x.device(), "add + norm");
         for (i, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = layer.attn_inputs(&h, cos, sin)?;
             let dtype = k.dtype();
@@ -94,8 +97,10 @@ impl GenTower {
             } else {
                 (q, k, v)
             };
+            mark(x.device(), "sequence-parallel exchange");
             let a = self.attend(&q, &k, &v, &uk, &uv)?;
             let a = sp.heads_to_seq(&a, shard)?;
+            mark(x.device(), "sequence-parallel exchange");
             let next = self
                 .layers
                 .get(i + 1)
@@ -124,10 +129,13 @@ impl GenTower {
             Ok(t.transpose(0, 1)?)
         };
         let (k_all, v_all) = (join(uk, k)?, join(uv, v)?);
-        Ok(match &self.fp8_attention {
+        mark(q.device(), "text + video K/V join");
+        let out = match &self.fp8_attention {
             Some(p) if p.get() == ActivationPrecision::W8A8 => attention_fp8(q, &k_all, &v_all)?,
             _ => attention(q, &k_all, &v_all, false)?,
-        })
+        };
+        mark(q.device(), "attention");
+        Ok(out)
     }
 
     /// Both CFG branches in one pass (one rank, no sequence parallelism): `x` `[2N, hidden]`
@@ -162,8 +170,10 @@ impl GenTower {
         let Some(first) = self.layers.first() else {
             return self.norm.forward(x);
         };
+        mark(x.device(), "outside the video tower");
         let mut x = x.clone();
         let mut h = glue::rms_norm(&x, first.input_norm())?;
+        mark(x.device(), "add + norm");
         for (i, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = layer.attn_inputs(&h, cos, sin)?;
             let dtype = k.dtype();
@@ -173,7 +183,8 @@ impl GenTower {
                 let (uk, uv) = (kv.k[i].to_dtype(dtype)?, kv.v[i].to_dtype(dtype)?);
                 outs.push(self.attend(&half(&q)?, &half(&k)?, &half(&v)?, &uk, &uv)?);
             }
-            let a = Tensor::cat(&outs, 1)?;
+            let a = join_branches(&outs)?;
+            mark(x.device(), "branch join");
             let next = self
                 .layers
                 .get(i + 1)
@@ -182,6 +193,17 @@ impl GenTower {
         }
         Ok(h)
     }
+}
+
+/// The two branches' attention outputs (`[Hq, N, D]` views) as one `[Hq, 2N, D]` view of
+/// token-major `[2N, Hq, D]` data: the layout the output projection reads. The attention
+/// kernels write token-major, so this is one contiguous copy and the projection needs none.
+fn join_branches(outs: &[Tensor]) -> Result<Tensor> {
+    let tokens = outs
+        .iter()
+        .map(|o| o.transpose(0, 1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&tokens, 0)?.transpose(0, 1)?)
 }
 
 /// `1` for tokens of noisy frames, `0` for clean ones: `[frames·per_frame, 1]`.
