@@ -657,4 +657,55 @@ fn cuda_fp8_attention_tracks_exact_attention() {
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(diff, 0.0, "layouts disagree by {diff}");
+
+    // Two branches at once over K/V in parts (text, then video, as the tower passes them)
+    // equal one call per branch on the joined K/V, bit for bit: the same codes, scales and
+    // kernel.
+    let split = 300;
+    let (k_text, k_own) = (
+        gk.narrow(1, 0, split).unwrap(),
+        gk.narrow(1, split, sk - split).unwrap(),
+    );
+    let (v_text, v_own) = (
+        gv.narrow(1, 0, split).unwrap(),
+        gv.narrow(1, split, sk - split).unwrap(),
+    );
+    let q2 = on_gpu(&round(
+        &Tensor::randn(0f32, 1.0, (hq, sq, d), &cpu).unwrap(),
+    ));
+    let both = Tensor::cat(&[&gq, &q2], 1).unwrap();
+    let (k2, v2) = (
+        gk.narrow(1, 100, 700).unwrap(),
+        gv.narrow(1, 100, 700).unwrap(),
+    );
+    let joined = back(
+        fp8_attention::attention_branches(
+            &both,
+            &[
+                fp8_attention::Branch {
+                    k: vec![&k_text, &k_own],
+                    v: vec![&v_text, &v_own],
+                },
+                fp8_attention::Branch {
+                    k: vec![&k2],
+                    v: vec![&v2],
+                },
+            ],
+        )
+        .expect("FP8 attention over parts runs"),
+    );
+    let second = back(fp8_attention::attention(&q2, &k2, &v2).unwrap());
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let d0 = max_diff(&joined.narrow(1, 0, sq).unwrap(), &fp8);
+    let d1 = max_diff(&joined.narrow(1, sq, sq).unwrap(), &second);
+    assert_eq!((d0, d1), (0.0, 0.0), "branches over parts disagree");
 }

@@ -878,6 +878,7 @@ mod tests {
             non_finite: 7,
             audio: Some((vec![1, 2, 100], f32::NAN, 100)),
             pixels: candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            profile: None,
         };
         let line = e2e_json("tiny", &e).to_string();
         let back: Value = serde_json::from_str(&line).unwrap();

@@ -156,27 +156,41 @@ extern "C" {
 // Quantizes x (bf16, [rows, heads, 128] through the given strides, 16-byte aligned rows) to
 // out (E4M3, contiguous [rows, heads, 128]) with one scale per head written to scale[heads];
 // amax[heads] is scratch. Returns a cudaError_t.
-int phyai_fp8_quantize_heads(const void* x, int64_t stride_s, int64_t stride_h, int rows,
-                             int heads, float* amax, float* scale, void* out, int device,
-                             void* stream) {
+// Per-head amax of x (rows × heads × 128, strides in elements) into amax[heads], after
+// zeroing it when `reset`; several calls without reset take the amax over several parts.
+int phyai_fp8_amax_heads(const void* x, int64_t stride_s, int64_t stride_h, int rows, int heads,
+                         float* amax, int reset, int device, void* stream) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return e;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  e = cudaMemsetAsync(amax, 0, sizeof(float) * heads, st);
-  if (e != cudaSuccess) return e;
-  const dim3 grid((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK, heads);
-  const auto* in = static_cast<const __nv_bfloat16*>(x);
-  amax_per_head<<<grid, THREADS, 0, st>>>(in, stride_s, stride_h, rows, amax);
-  quantize_per_head<<<grid, THREADS, 0, st>>>(in, stride_s, stride_h, rows, heads, amax, scale,
-                                              static_cast<__nv_fp8_e4m3*>(out));
+  if (reset) {
+    e = cudaMemsetAsync(amax, 0, sizeof(float) * heads, st);
+    if (e != cudaSuccess) return e;
+  }
+  if (rows > 0) {
+    const dim3 grid((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK, heads);
+    amax_per_head<<<grid, THREADS, 0, st>>>(static_cast<const __nv_bfloat16*>(x), stride_s,
+                                            stride_h, rows, amax);
+  }
   return cudaGetLastError();
 }
 
-// o[s, h, :] = softmax(q·kᵀ · sm_scale) · v for contiguous E4M3 q [qo_len, qo_heads, 128],
-// k and v [kv_len, kv_heads, 128], with per-head dequantization scales; o bf16 contiguous
-// [qo_len, qo_heads, 128]. Query head h reads key/value head h / (qo_heads / kv_heads).
-// `tiles` picks the tile configuration (0: FlashInfer's own, 128 x 192 x 2 stages; 1-4: the
-// others below, for measuring).
+// E4M3 codes of x with the per-head scales amax[h] / 448, token-major into out (rows ×
+// heads × 128); the scales used go to scale[heads].
+int phyai_fp8_quantize_heads_with(const void* x, int64_t stride_s, int64_t stride_h, int rows,
+                                  int heads, const float* amax, float* scale, void* out,
+                                  int device, void* stream) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) return e;
+  if (rows > 0) {
+    const dim3 grid((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK, heads);
+    quantize_per_head<<<grid, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const __nv_bfloat16*>(x), stride_s, stride_h, rows, heads, amax, scale,
+        static_cast<__nv_fp8_e4m3*>(out));
+  }
+  return cudaGetLastError();
+}
+
 int phyai_fp8_attention_sm90(const void* q, const void* k, const void* v, void* o,
                              float* q_scale, float* k_scale, float* v_scale, int qo_len,
                              int kv_len, int qo_heads, int kv_heads, double sm_scale, int tiles,

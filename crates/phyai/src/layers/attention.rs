@@ -66,7 +66,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
         // Small attention (the demo's, say) as tensor ops: cuDNN builds its fused kernels
         // at run time, and the first build in a process costs more than such calls save.
         #[cfg(feature = "cuda")]
-        Backend::FusedCuda if hq * sq * sk < small_attention_scores() => {
+        Backend::FusedCuda if hq * sq * sk * d < small_attention_macs() => {
             tiled(q, k, v, causal, TILE_Q, TILE_K)
         }
         #[cfg(feature = "cuda")]
@@ -78,19 +78,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     }
 }
 
-/// Attention with fewer score elements (query heads × queries × keys) than this runs as
-/// tensor ops on CUDA instead of cuDNN's fused kernel: 2^26 by default (the demo's text
-/// tower and every demo call are below it; the full-size model's text tower, 32 heads over
-/// a 2,812-token prompt, and every generation call are above), `PHYAI_SMALL_ATTENTION` to
-/// change it (0: always cuDNN).
+/// Attention of fewer multiply-adds than this (`hq · sq · sk · d`, half its FLOPs) runs as
+/// tensor ops on CUDA instead of cuDNN's fused kernel: cuDNN compiles its attention kernels
+/// at run time, 0.4-0.7 s for each new shape in a process (measured on an H100), while
+/// work this small takes the tensor ops a few milliseconds. 2^31 by default: the demo's
+/// calls (8 heads of 16 over at most 2,812 tokens) are below it, the full-size model's
+/// generation calls (32 heads of 128 over at least 900 × 1,412 tokens) above;
+/// `PHYAI_SMALL_ATTENTION` sets it (0: always cuDNN).
 #[cfg(feature = "cuda")]
-fn small_attention_scores() -> usize {
+fn small_attention_macs() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
         std::env::var("PHYAI_SMALL_ATTENTION")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1 << 26)
+            .unwrap_or(1 << 31)
     })
 }
 
@@ -109,8 +111,30 @@ pub fn fp8_available(device: &Device) -> bool {
 /// products in FP8 (Hopper, see [`super::cuda::fp8_attention`]); where that cannot run
 /// (another GPU, another head size) it says so once and runs [`attention`].
 pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    attention_fp8_branches(
+        q,
+        &[KvParts {
+            k: vec![k],
+            v: vec![v],
+        }],
+    )
+}
+
+/// The keys and values of one branch of [`attention_fp8_branches`], each the concatenation
+/// of its parts in order (`[Hkv, S_i, D]` views: the text K/V, then the video's own).
+pub struct KvParts<'a> {
+    pub k: Vec<&'a Tensor>,
+    pub v: Vec<&'a Tensor>,
+}
+
+/// Unmasked FP8 attention of B branches at once: `q` `[Hq, B·N, D]` holds branch `b`'s
+/// queries at rows `b·N..(b+1)·N`, each attends over its own (joined) keys and values, and
+/// the result is `[Hq, B·N, D]`; equal to one [`attention_fp8`] per branch on the joined
+/// K/V. On CUDA the parts are never copied together. Where FP8 cannot run it says so once
+/// and runs [`attention`] per branch on the joined K/V.
+pub fn attention_fp8_branches(q: &Tensor, branches: &[KvParts<'_>]) -> Result<Tensor> {
     if q.device().is_cuda() {
-        match try_attention_fp8(q, k, v) {
+        match try_attention_fp8_branches(q, branches) {
             Ok(out) => return Ok(out),
             Err(e) => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
@@ -120,16 +144,49 @@ pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
             }
         }
     }
-    attention(q, k, v, false)
+    let (_, total, _) = q.dims3()?;
+    let nb = branches.len().max(1);
+    if !total.is_multiple_of(nb) {
+        return Err(Error::invalid(
+            "attention",
+            format!("{total} queries for {nb} branches"),
+        ));
+    }
+    let n = total / nb;
+    // Token-major joins, so the result is laid out as the FP8 kernel's.
+    let join = |parts: &[&Tensor]| -> Result<Tensor> {
+        let t = parts
+            .iter()
+            .map(|p| p.transpose(0, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&t, 0)?.transpose(0, 1)?)
+    };
+    let mut outs = Vec::with_capacity(nb);
+    for (b, br) in branches.iter().enumerate() {
+        let (k, v) = (join(&br.k)?, join(&br.v)?);
+        outs.push(attention(&q.narrow(1, b * n, n)?, &k, &v, false)?.transpose(0, 1)?);
+    }
+    Ok(Tensor::cat(&outs, 0)?.transpose(0, 1)?)
 }
 
 /// FP8 attention or an error saying why it cannot run here (no fallback: for measuring it).
 pub fn try_attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    try_attention_fp8_branches(
+        q,
+        &[KvParts {
+            k: vec![k],
+            v: vec![v],
+        }],
+    )
+}
+
+/// [`attention_fp8_branches`] or an error saying why FP8 cannot run here.
+pub fn try_attention_fp8_branches(q: &Tensor, branches: &[KvParts<'_>]) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if q.device().is_cuda() {
-        return super::cuda::fp8_attention::attention(q, k, v);
+        return super::cuda::fp8_attention::attention_branches(q, branches);
     }
-    let _ = (q, k, v);
+    let _ = (q, branches);
     Err(Error::invalid(
         "fp8_attention",
         "runs on CUDA devices of a build with the FP8 attention kernels only",
@@ -289,6 +346,43 @@ mod tests {
         );
         let e = rel(&got.to_dtype(DType::F32).unwrap(), &want);
         assert!(e < 1e-2, "{e}");
+    }
+
+    /// Where FP8 cannot run (here: the CPU) the branches attend over their joined parts in
+    /// 16 bits: each branch's rows equal one attention call on its concatenated K/V.
+    #[test]
+    fn branches_over_kv_parts_match_joined_attention() {
+        let d = Device::Cpu;
+        let (hq, hkv, n, dim) = (4, 2, 5, 8);
+        let q = Tensor::randn(0f32, 1.0, (hq, 2 * n, dim), &d).unwrap();
+        let part = |s: usize| Tensor::randn(0f32, 1.0, (hkv, s, dim), &d).unwrap();
+        let (t0, t1, g0, g1) = (part(3), part(6), part(n), part(n));
+        let (u0, u1, w0, w1) = (part(3), part(6), part(n), part(n));
+        let out = attention_fp8_branches(
+            &q,
+            &[
+                KvParts {
+                    k: vec![&t0, &g0],
+                    v: vec![&u0, &w0],
+                },
+                KvParts {
+                    k: vec![&t1, &g1],
+                    v: vec![&u1, &w1],
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.dims(), [hq, 2 * n, dim]);
+        for (b, (k, v)) in [((&t0, &g0), (&u0, &w0)), ((&t1, &g1), (&u1, &w1))]
+            .into_iter()
+            .enumerate()
+        {
+            let k = Tensor::cat(&[k.0, k.1], 1).unwrap();
+            let v = Tensor::cat(&[v.0, v.1], 1).unwrap();
+            let want = attention(&q.narrow(1, b * n, n).unwrap(), &k, &v, false).unwrap();
+            let got = out.narrow(1, b * n, n).unwrap();
+            assert!(rel(&got, &want) < 1e-6, "branch {b}: {}", rel(&got, &want));
+        }
     }
 
     #[test]

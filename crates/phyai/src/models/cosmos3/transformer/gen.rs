@@ -8,7 +8,7 @@ use super::block::{norm_scale, ExpertBlock, GEN_KEYS};
 use super::config::TransformerConfig;
 use super::und::UndKv;
 use crate::io::weights::Weights;
-use crate::layers::attention::{attention, attention_fp8};
+use crate::layers::attention::{attention, attention_fp8_branches, KvParts};
 use crate::layers::fp8::{ActivationPrecision, PrecisionSwitch};
 use crate::layers::glue;
 use crate::layers::norm::RmsNorm;
@@ -122,6 +122,18 @@ impl GenTower {
         uk: &Tensor,
         uv: &Tensor,
     ) -> Result<Tensor> {
+        if self.fp8_attention_now() {
+            // The FP8 kernels read the text and video parts where they lie.
+            let out = attention_fp8_branches(
+                q,
+                &[KvParts {
+                    k: vec![uk, k],
+                    v: vec![uv, v],
+                }],
+            )?;
+            mark(q.device(), "attention");
+            return Ok(out);
+        }
         // Text keys first, then this step's; joined token-major so the copy is two
         // contiguous runs, and handed to attention as head-major views.
         let join = |text: &Tensor, gen: &Tensor| -> Result<Tensor> {
@@ -130,12 +142,14 @@ impl GenTower {
         };
         let (k_all, v_all) = (join(uk, k)?, join(uv, v)?);
         mark(q.device(), "text + video K/V join");
-        let out = match &self.fp8_attention {
-            Some(p) if p.get() == ActivationPrecision::W8A8 => attention_fp8(q, &k_all, &v_all)?,
-            _ => attention(q, &k_all, &v_all, false)?,
-        };
+        let out = attention(q, &k_all, &v_all, false)?;
         mark(q.device(), "attention");
         Ok(out)
+    }
+
+    /// Whether this step's attention runs in FP8 (FP8 attention on and a W8A8 step).
+    fn fp8_attention_now(&self) -> bool {
+        matches!(&self.fp8_attention, Some(p) if p.get() == ActivationPrecision::W8A8)
     }
 
     /// Both CFG branches in one pass (one rank, no sequence parallelism): `x` `[2N, hidden]`
@@ -177,14 +191,36 @@ impl GenTower {
         for (i, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = layer.attn_inputs(&h, cos, sin)?;
             let dtype = k.dtype();
-            let mut outs = Vec::with_capacity(2);
-            for (b, kv) in und.iter().enumerate() {
-                let half = |t: &Tensor| t.narrow(1, b * n, n);
-                let (uk, uv) = (kv.k[i].to_dtype(dtype)?, kv.v[i].to_dtype(dtype)?);
-                outs.push(self.attend(&half(&q)?, &half(&k)?, &half(&v)?, &uk, &uv)?);
-            }
-            let a = join_branches(&outs)?;
-            mark(x.device(), "branch join");
+            let text = und
+                .iter()
+                .map(|kv| Ok((kv.k[i].to_dtype(dtype)?, kv.v[i].to_dtype(dtype)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let half = |t: &Tensor, b: usize| t.narrow(1, b * n, n);
+            let a = if self.fp8_attention_now() {
+                // Both branches in one call: no K/V join, one output for both.
+                let own = (0..2)
+                    .map(|b| Ok((half(&k, b)?, half(&v, b)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let branches: Vec<KvParts> = text
+                    .iter()
+                    .zip(&own)
+                    .map(|((uk, uv), (k, v))| KvParts {
+                        k: vec![uk, k],
+                        v: vec![uv, v],
+                    })
+                    .collect();
+                let a = attention_fp8_branches(&q, &branches)?;
+                mark(x.device(), "attention");
+                a
+            } else {
+                let mut outs = Vec::with_capacity(2);
+                for (b, (uk, uv)) in text.iter().enumerate() {
+                    outs.push(self.attend(&half(&q, b)?, &half(&k, b)?, &half(&v, b)?, uk, uv)?);
+                }
+                let a = join_branches(&outs)?;
+                mark(x.device(), "branch join");
+                a
+            };
             let next = self
                 .layers
                 .get(i + 1)
