@@ -173,24 +173,80 @@ fn cuda_glue_matches_f32_cpu() {
         );
     }
 
-    let (n, hq, hkv, d) = (300, 32, 8, 128);
-    let qkv = round(randn(&[n, hq + 2 * hkv, d], 15));
-    let (nq, nk) = (
-        norm_of(d, 16, RmsScale::AfterCast),
-        norm_of(d, 17, RmsScale::AfterCast),
-    );
-    let cos = round(randn(&[n, d / 2], 18));
-    let sin = round(randn(&[n, d / 2], 19));
-    let want = glue::qk_norm_rope(&qkv, (hq, hkv), Some((&nq, &nk)), &cos, &sin).unwrap();
-    let got =
-        glue::qk_norm_rope(&bf(&qkv), (hq, hkv), Some((&nq, &nk)), &bf(&cos), &bf(&sin)).unwrap();
-    for (name, a, b) in [
-        ("q", &got.0, &want.0),
-        ("k", &got.1, &want.1),
-        ("v", &got.2, &want.2),
-    ] {
-        let e = rel_err(&f32_of(a), b);
-        eprintln!("qk_norm_rope {name}: {e:.2e}");
-        assert!(e < 1e-2, "{name} {e}");
+    // Every head size the kernel takes (one, two, three or four elements per lane pair).
+    for d in [64, 128, 192, 256] {
+        let (n, hq, hkv) = (300, 32 * 128 / d, 8 * 128 / d);
+        let qkv = round(randn(&[n, hq + 2 * hkv, d], 15));
+        let (nq, nk) = (
+            norm_of(d, 16, RmsScale::AfterCast),
+            norm_of(d, 17, RmsScale::AfterCast),
+        );
+        let cos = round(randn(&[n, d / 2], 18));
+        let sin = round(randn(&[n, d / 2], 19));
+        let want = glue::qk_norm_rope(&qkv, (hq, hkv), Some((&nq, &nk)), &cos, &sin).unwrap();
+        let got = glue::qk_norm_rope(&bf(&qkv), (hq, hkv), Some((&nq, &nk)), &bf(&cos), &bf(&sin))
+            .unwrap();
+        for (name, a, b) in [
+            ("q", &got.0, &want.0),
+            ("k", &got.1, &want.1),
+            ("v", &got.2, &want.2),
+        ] {
+            let e = rel_err(&f32_of(a), b);
+            eprintln!("qk_norm_rope d {d} {name}: {e:.2e}");
+            assert!(e < 1e-2, "d {d} {name} {e}");
+        }
     }
+}
+
+/// With an FP8 consumer asking (`known_amax::Wanted`), the fused SiLU·mul and add + RMSNorm
+/// kernels hand over max|output| of exactly the tensor they return, equal to a reduction
+/// of it, and nothing for any other tensor or outside the scope.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA device: PHYAI_GPU_TESTS=1"]
+fn cuda_glue_hands_its_output_maxima_to_fp8() {
+    use phyai::layers::fp8::known_amax;
+    assert!(
+        std::env::var_os("PHYAI_GPU_TESTS").is_some(),
+        "set PHYAI_GPU_TESTS=1 on a machine with a GPU"
+    );
+    let gpu = Device::new_cuda(0).unwrap();
+    let bf = |t: &Tensor| t.to_device(&gpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let max_abs = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let scalar = |t: Tensor| t.to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap()[0];
+    let gu = bf(&randn(&[517, 2 * 1536], 21).affine(3.0, 0.0).unwrap());
+    let (x, y) = (bf(&randn(&[517, 4096], 22)), bf(&randn(&[517, 4096], 23)));
+    let norm = norm_of(4096, 24, RmsScale::AfterCast);
+    {
+        let _w = known_amax::Wanted::new(true);
+        let act = glue::silu_mul(&gu).unwrap();
+        let (s, n) = glue::add_rms_norm(&x, &y, &norm).unwrap();
+        assert_eq!(
+            scalar(known_amax::known(&act).expect("silu_mul's max")),
+            max_abs(&act)
+        );
+        assert_eq!(
+            scalar(known_amax::known(&n).expect("the norm's max")),
+            max_abs(&n)
+        );
+        assert!(known_amax::known(&s).is_none(), "the sum is no GEMM input");
+    }
+    let act = glue::silu_mul(&gu).unwrap();
+    assert!(
+        known_amax::known(&act).is_none(),
+        "computed only when asked for"
+    );
 }

@@ -6,6 +6,8 @@
 
 use candle_core::{Tensor, D};
 
+#[cfg(feature = "cuda")]
+use super::fp8::known_amax;
 use super::norm::RmsNorm;
 #[cfg(feature = "cuda")]
 use super::norm::RmsScale;
@@ -33,9 +35,12 @@ pub fn silu_mul(gu: &Tensor) -> Result<Tensor> {
         let rows = gu.elem_count() / width;
         let mut shape = gu.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = inter;
-        return super::cuda::glue::silu_mul(gu, rows, inter)?
-            .reshape(shape)
-            .map_err(Into::into);
+        let amax = wanted_amax(gu)?;
+        let out = super::cuda::glue::silu_mul(gu, rows, inter, amax.as_ref())?.reshape(shape)?;
+        if let Some(a) = amax {
+            known_amax::remember(&out, a);
+        }
+        return Ok(out);
     }
     let gate = gu.narrow(D::Minus1, 0, inter)?;
     let up = gu.narrow(D::Minus1, inter, inter)?;
@@ -49,6 +54,7 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, norm: &RmsNorm) -> Result<(Tensor, T
         if fusable(y) && y.dims() == x.dims() && y.dtype() == x.dtype() {
             let (rows, dim) = rows_dim;
             let w = norm.weight().to_device(x.device())?.to_dtype(x.dtype())?;
+            let amax = wanted_amax(x)?;
             let both = super::cuda::glue::add_rms_norm(
                 x,
                 Some(y),
@@ -57,9 +63,13 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, norm: &RmsNorm) -> Result<(Tensor, T
                 dim,
                 norm.eps() as f32,
                 norm.scale() == RmsScale::AfterCast,
+                amax.as_ref(),
             )?;
             let s = both.get(0)?.reshape(x.dims())?;
             let n = both.get(1)?.reshape(x.dims())?;
+            if let Some(a) = amax {
+                known_amax::remember(&n, a);
+            }
             return Ok((s, n));
         }
     }
@@ -81,10 +91,22 @@ pub fn rms_norm(x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
             dim,
             norm.eps() as f32,
             norm.scale() == RmsScale::AfterCast,
+            None,
         )?;
         return Ok(n.reshape(x.dims())?);
     }
     norm.forward(x)
+}
+
+/// A zeroed f32 `[1]` on `x`'s device for a producer to fold its output's max|·| into, when
+/// an FP8 consumer has asked for it ([`known_amax`]).
+#[cfg(feature = "cuda")]
+fn wanted_amax(x: &Tensor) -> Result<Option<Tensor>> {
+    Ok(if known_amax::wanted() {
+        Some(Tensor::zeros(1, candle_core::DType::F32, x.device())?)
+    } else {
+        None
+    })
 }
 
 /// `(rows, dim)` when `x` can be normalised by the fused kernel.
@@ -145,6 +167,10 @@ fn qk_norm_rope_fused(
         && sin.is_contiguous()
         && cos.dims() == [n, d / 2]
         && sin.dims() == [n, d / 2]
+        // The kernel moves each lane's elements in one aligned access.
+        && [qkv, cos, sin]
+            .iter()
+            .all(|t| t.layout().start_offset().is_multiple_of(8))
         && norms.is_none_or(|(a, b)| {
             a.weight().dims() == [d]
                 && b.weight().dims() == [d]
@@ -154,7 +180,15 @@ fn qk_norm_rope_fused(
     if !applies {
         return Ok(None);
     }
-    let on_device = |w: &Tensor| w.to_device(qkv.device())?.to_dtype(qkv.dtype());
+    let on_device = |w: &Tensor| -> candle_core::Result<Tensor> {
+        let t = w.to_device(qkv.device())?.to_dtype(qkv.dtype())?;
+        // Aligned like the other operands (a fresh copy starts at offset 0).
+        if t.layout().start_offset().is_multiple_of(8) {
+            Ok(t)
+        } else {
+            t.copy()
+        }
+    };
     let weights = match norms {
         Some((a, b)) => Some((on_device(a.weight())?, on_device(b.weight())?, a)),
         None => None,

@@ -12,8 +12,8 @@ use candle_core::{CudaDevice, DType, Device, Shape, Tensor};
 
 use super::buffer::{addr, device, dtype_suffix, output};
 use super::cublaslt::{fp8_gemm, unsupported, Fp8Gemm};
-use crate::layers::fp8::e4m3;
 use crate::layers::fp8::weight::Fp8Part;
+use crate::layers::fp8::{e4m3, known_amax};
 use crate::parallel::Communicator;
 use crate::{Error, Result};
 
@@ -287,7 +287,9 @@ impl Fp8Operand {
             EMULATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return self.emulate_w8a8(x, parts, group);
         }
-        match self.fp8_gemms(x, m, k, parts, group, fast_accum) {
+        // The max|x| the kernel that made `x` computed, if it did (dynamic scales only).
+        let known = known_amax::known(x);
+        match self.fp8_gemms(x, m, k, parts, group, fast_accum, known.as_ref()) {
             Ok(out) => Ok(out.reshape(out_dims)?),
             Err(e) => {
                 // cuBLASLt refused this shape or alignment: the same math, unfused.
@@ -301,7 +303,9 @@ impl Fp8Operand {
         }
     }
 
-    /// The activation quantized once per distinct input scale, and the FP8 GEMMs.
+    /// The activation quantized once per distinct input scale, and the FP8 GEMMs. `known`:
+    /// `max|x|`, when the kernel that made `x` computed it.
+    #[allow(clippy::too_many_arguments)]
     fn fp8_gemms(
         &self,
         x: &Tensor,
@@ -310,12 +314,13 @@ impl Fp8Operand {
         parts: &[Fp8Part],
         group: Option<&dyn Communicator>,
         fast_accum: bool,
+        known: Option<&Tensor>,
     ) -> Result<Tensor> {
         let x2 = x.reshape((m, k))?.contiguous()?;
         let uniform = parts.iter().all(|p| p.input_scale == parts[0].input_scale);
         let out = if uniform {
             // One quantized input serves every block.
-            let (xc, xs) = self.quantize_input(&x2, 0, group)?;
+            let (xc, xs) = self.quantize_input_known(&x2, 0, group, known)?;
             crate::layers::profile::mark(x.device(), "FP8 input quantization");
             self.gemm(&xc, &xs, parts, 0..parts.len(), None, x.dtype(), fast_accum)?
         } else {
@@ -388,10 +393,25 @@ impl Fp8Operand {
         i: usize,
         group: Option<&dyn Communicator>,
     ) -> Result<(Tensor, Tensor)> {
+        self.quantize_input_known(x, i, group, None)
+    }
+
+    /// [`Self::quantize_input`] with `max|x|` already known (dynamic scales skip their
+    /// reduction over `x`).
+    fn quantize_input_known(
+        &self,
+        x: &Tensor,
+        i: usize,
+        group: Option<&dyn Communicator>,
+        known: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         match &self.x_scale {
             Some(xs) => quantize(x, &xs.narrow(0, i * SCALE_STRIDE, 1)?, false),
             None => {
-                let local = amax(x)?;
+                let local = match known {
+                    Some(a) => a.clone(),
+                    None => amax(x)?,
+                };
                 let amax = match group {
                     Some(g) if g.size() > 1 => g.all_gather(&local, 0)?.max_keepdim(0)?,
                     _ => local,

@@ -21,8 +21,9 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// `gu` `[rows, 2·inter]` contiguous → `[rows, inter]`.
-pub fn silu_mul(gu: &Tensor, rows: usize, inter: usize) -> Result<Tensor> {
+/// `gu` `[rows, 2·inter]` contiguous → `[rows, inter]`; with `amax` (f32 `[1]`, zeroed), also
+/// the output's max|·| into it.
+pub fn silu_mul(gu: &Tensor, rows: usize, inter: usize, amax: Option<&Tensor>) -> Result<Tensor> {
     let dev = device(gu)?;
     let stream = dev.cuda_stream();
     let f =
@@ -32,8 +33,12 @@ pub fn silu_mul(gu: &Tensor, rows: usize, inter: usize) -> Result<Tensor> {
     let blocks_x = (inter / 8).div_ceil(256) as u32;
     let blocks_y = rows.clamp(1, 65535) as u32;
     let (r, i) = (rows as i64, inter as i64);
+    let ap = match amax {
+        Some(a) => addr(a, &stream)?,
+        None => 0,
+    };
     let mut b = f.builder();
-    b.arg(&src).arg(&dst).arg(&r).arg(&i);
+    b.arg(&src).arg(&dst).arg(&r).arg(&i).arg(&ap);
     let cfg = LaunchConfig {
         grid_dim: (blocks_x, blocks_y, 1),
         block_dim: (256, 1, 1),
@@ -45,7 +50,9 @@ pub fn silu_mul(gu: &Tensor, rows: usize, inter: usize) -> Result<Tensor> {
 }
 
 /// `x` (and `y`) `[rows, dim]` contiguous, `w` `[dim]` → `(x + y, norm)` stacked as
-/// `[2, rows, dim]`, or the norm of `x` alone `[rows, dim]` when `y` is `None`.
+/// `[2, rows, dim]`, or the norm of `x` alone `[rows, dim]` when `y` is `None`; with `amax`
+/// (f32 `[1]`, zeroed), also the norm's max|·| into it.
+#[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm(
     x: &Tensor,
     y: Option<&Tensor>,
@@ -54,6 +61,7 @@ pub fn add_rms_norm(
     dim: usize,
     eps: f32,
     after_cast: bool,
+    amax: Option<&Tensor>,
 ) -> Result<Tensor> {
     let dev = device(x)?;
     let stream = dev.cuda_stream();
@@ -90,6 +98,11 @@ pub fn add_rms_norm(
         .arg(&d)
         .arg(&eps)
         .arg(&ac);
+    let ap = match amax {
+        Some(a) => addr(a, &stream)?,
+        None => 0,
+    };
+    b.arg(&ap);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (threads, 1, 1),

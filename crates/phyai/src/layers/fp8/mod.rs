@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod e4m3;
+pub mod known_amax;
 pub mod policy;
 pub mod weight;
 

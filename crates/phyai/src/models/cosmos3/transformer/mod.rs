@@ -35,8 +35,8 @@ pub use und::UndKv;
 
 use crate::io::weights::{WeightStore, Weights};
 use crate::layers::fp8::{
-    ActivationPrecision, Fp8Context, Fp8Source, ModulePatterns, PrecisionSwitch, QuantConfig,
-    Quantize, StepPolicy,
+    known_amax, ActivationPrecision, Fp8Context, Fp8Source, ModulePatterns, PrecisionSwitch,
+    QuantConfig, Quantize, StepPolicy,
 };
 use crate::layers::linear::Linear;
 use crate::layers::rope::MultiAxisRope;
@@ -326,6 +326,17 @@ impl Cosmos3Transformer {
         }
     }
 
+    /// While alive, the generation tower's glue kernels hand the maxima of their outputs to
+    /// the FP8 GEMMs after them (W8A8 steps of an FP8 model; see
+    /// [`crate::layers::fp8::known_amax`]).
+    pub(crate) fn fp8_amax_scope(&self) -> known_amax::Wanted {
+        let on = self
+            .fp8
+            .as_ref()
+            .is_some_and(|f| f.gen.get() == ActivationPrecision::W8A8);
+        known_amax::Wanted::new(on)
+    }
+
     /// Applies the step policy for loop iteration `index` of `count` (W8A8 when the model
     /// has no policy): what the denoising loop calls before each step's velocities.
     pub fn begin_step(&self, index: usize, count: usize) {
@@ -454,6 +465,7 @@ impl Cosmos3Transformer {
         let action = self.checked_action(action)?;
         let st = self.stream(und.text_len, context, inputs, action)?;
         let (cos, sin) = self.gen_rope_tables(st.positions.clone())?;
+        let _amax = self.fp8_amax_scope();
         let hidden = self
             .gen
             .forward(&st.tokens, und, &cos, &sin, &self.sp, &st.shard)?;

@@ -37,7 +37,10 @@ impl Cosmos3Transformer {
         let x = Tensor::cat(&[&sc.tokens, &su.tokens], 0)?;
         let cos = Tensor::cat(&[&cos_c, &cos_u], 0)?;
         let sin = Tensor::cat(&[&sin_c, &sin_u], 0)?;
-        let hidden = self.gen.forward_pair(&x, [cond, uncond], &cos, &sin)?;
+        let hidden = {
+            let _amax = self.fp8_amax_scope();
+            self.gen.forward_pair(&x, [cond, uncond], &cos, &sin)?
+        };
         let n = sc.tokens.dim(0)?;
         let c = self.outputs(&hidden.narrow(0, 0, n)?, &sc, inputs, None)?.0;
         let u = self.outputs(&hidden.narrow(0, n, n)?, &su, inputs, None)?.0;
