@@ -97,6 +97,27 @@ fn slices_read_rows_and_columns() {
     }
     let e = w.get_slice((4, 6), "m", 1, 4..7).unwrap_err().to_string();
     assert!(e.contains("out of bounds"), "{e}");
+
+    // Stored in bf16 and converted: row slices read as one run of the file, column slices
+    // row by row; both as the narrowed whole tensor.
+    let dir = tempfile::tempdir().unwrap();
+    let vals: Vec<bf16> = ramp(24).into_iter().map(bf16::from_f32).collect();
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_st(
+        &dir.path().join("model.safetensors"),
+        &[("b", Dtype::BF16, vec![4, 6], bytes)],
+    );
+    let store = Arc::new(WeightStore::open_dir(dir.path()).unwrap());
+    let w = Weights::new(store, DType::F32, &Device::Cpu);
+    for (dim, range) in [(0usize, 2..4usize), (1, 1..4), (0, 0..4)] {
+        let got = w.get_slice((4, 6), "b", dim, range.clone()).unwrap();
+        let want = full.narrow(dim, range.start, range.len()).unwrap();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "dim {dim} {range:?}"
+        );
+    }
 }
 
 #[test]
