@@ -80,11 +80,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
 
 /// Attention of fewer multiply-adds than this (`hq · sq · sk · d`, half its FLOPs) runs as
 /// tensor ops on CUDA instead of cuDNN's fused kernel: cuDNN compiles its attention kernels
-/// at run time, 0.4-0.7 s for each new shape in a process (measured on an H100), while
-/// work this small takes the tensor ops a few milliseconds. 2^31 by default: the demo's
-/// calls (8 heads of 16 over at most 2,812 tokens) are below it, the full-size model's
-/// generation calls (32 heads of 128 over at least 900 × 1,412 tokens) above;
-/// `PHYAI_SMALL_ATTENTION` sets it (0: always cuDNN).
+/// at run time, 0.3-0.7 s for each new shape in a process (measured on an H100), while
+/// work this small takes the tensor ops a few milliseconds. 2^30 by default: the demo's
+/// calls (8 heads of 16 over at most 2,812 tokens) are below it; the full-size model's text
+/// tower over a 512-token prompt (exactly 2^30) and every generation call are not: there
+/// the tensor ops would cost more per request (measured: the text tower's 0.026 s became
+/// 0.10 s under a bound of 2^31) than one build per process. `PHYAI_SMALL_ATTENTION` sets
+/// it (0: always cuDNN).
 #[cfg(feature = "cuda")]
 fn small_attention_macs() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -92,7 +94,7 @@ fn small_attention_macs() -> usize {
         std::env::var("PHYAI_SMALL_ATTENTION")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1 << 31)
+            .unwrap_or(1 << 30)
     })
 }
 
