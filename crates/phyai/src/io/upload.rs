@@ -9,11 +9,11 @@
 //! takes candle's path (a host tensor, then `to_device`). `PHYAI_PINNED_LOAD=0` turns it off.
 //!
 //! `PHYAI_LOAD_STAGE` picks the staging memory: `registered` (the default) is ordinary
-//! process memory page-locked with `cuMemHostRegister`, so the CPU writes it through its
-//! own cached mapping; `pinned` is memory the driver allocates and maps (`cuMemHostAlloc`),
-//! which on some virtual machines the CPU writes at a small fraction of memory speed;
+//! process memory page-locked with `cuMemHostRegister`, which the CPU writes through its
+//! own cached mapping; `pinned` is memory the driver allocates and maps (`cuMemHostAlloc`);
 //! `pageable` reads into ordinary buffers and lets the driver stage the copies, on a second
-//! thread.
+//! thread. Measured on an H100 with the files in the page cache, registered and pinned
+//! load the Nano in the same time and pageable copies take 2-3 s longer.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
