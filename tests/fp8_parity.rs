@@ -648,14 +648,17 @@ fn cuda_fp8_attention_tracks_exact_attention() {
     let fp8_views = back(
         fp8_attention::attention(&token_major(&gq), &token_major(&gk), &token_major(&gv)).unwrap(),
     );
-    let diff = (&fp8_views - &fp8)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let diff = max_diff(&fp8_views, &fp8);
     assert_eq!(diff, 0.0, "layouts disagree by {diff}");
 
     // Two branches at once over K/V in parts (text, then video, as the tower passes them)
@@ -695,16 +698,6 @@ fn cuda_fp8_attention_tracks_exact_attention() {
         .expect("FP8 attention over parts runs"),
     );
     let second = back(fp8_attention::attention(&q2, &k2, &v2).unwrap());
-    let max_diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let d0 = max_diff(&joined.narrow(1, 0, sq).unwrap(), &fp8);
     let d1 = max_diff(&joined.narrow(1, sq, sq).unwrap(), &second);
     assert_eq!((d0, d1), (0.0, 0.0), "branches over parts disagree");

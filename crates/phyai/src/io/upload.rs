@@ -54,8 +54,6 @@ fn staging() -> Staging {
 
 /// Page-locked host memory: allocated by the driver, or ordinary memory registered with it.
 enum HostMemory {
-    /// Kept for its drop, which frees the allocation.
-    #[allow(dead_code)]
     Pinned(PinnedHostSlice<u8>),
     Registered {
         ptr: *mut u8,
@@ -93,6 +91,16 @@ impl HostMemory {
             layout,
             ctx: ctx.clone(),
         })
+    }
+}
+
+impl HostMemory {
+    /// Where the CPU writes the buffer.
+    fn ptr(&mut self) -> Result<*mut u8> {
+        match self {
+            HostMemory::Pinned(h) => h.as_mut_ptr().map_err(cuda),
+            HostMemory::Registered { ptr, .. } => Ok(*ptr),
+        }
     }
 }
 
@@ -138,25 +146,17 @@ fn stages(dev: &CudaDevice) -> Result<Stages> {
             Staging::Registered => HostMemory::registered(&ctx, STAGE_BYTES),
             _ => None,
         };
-        let (host, ptr) = match registered {
-            Some(h) => {
-                let HostMemory::Registered { ptr, .. } = &h else {
-                    unreachable!("made by HostMemory::registered")
-                };
-                let p = *ptr;
-                (h, p)
-            }
-            None => {
-                // Plain page-locked memory (flags 0), not write-combined as cudarc's
-                // `alloc_pinned` makes it: the CPU fills it, and write-combined memory is
-                // uncached.
-                // SAFETY: the buffer is written before any copy reads it.
-                let mut h =
-                    unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0) }.map_err(cuda)?;
-                let p = h.as_mut_ptr().map_err(cuda)?;
-                (HostMemory::Pinned(h), p)
-            }
+        let mut host = match registered {
+            Some(h) => h,
+            // Plain page-locked memory (flags 0), not write-combined as cudarc's
+            // `alloc_pinned` makes it: the CPU fills it, and write-combined memory is
+            // uncached.
+            // SAFETY: the buffer is written before any copy reads it.
+            None => HostMemory::Pinned(
+                unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGE_BYTES, 0) }.map_err(cuda)?,
+            ),
         };
+        let ptr = host.ptr()?;
         v.push(Stage {
             _host: host,
             ptr,

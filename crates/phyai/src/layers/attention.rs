@@ -98,7 +98,7 @@ fn small_attention_macs() -> usize {
     })
 }
 
-/// Whether [`attention_fp8`] can run FP8 on `device` in this build (CUDA with the FP8
+/// Whether [`attention_fp8_branches`] can run FP8 on `device` in this build (CUDA with the FP8
 /// attention kernels compiled in).
 pub fn fp8_available(device: &Device) -> bool {
     #[cfg(feature = "cuda")]
@@ -109,31 +109,58 @@ pub fn fp8_available(device: &Device) -> bool {
     false
 }
 
-/// Unmasked attention with q, k and v quantized to FP8 E4M3 (one scale per head) and both
-/// products in FP8 (Hopper, see [`super::cuda::fp8_attention`]); where that cannot run
-/// (another GPU, another head size) it says so once and runs [`attention`].
-pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_fp8_branches(
-        q,
-        &[KvParts {
-            k: vec![k],
-            v: vec![v],
-        }],
-    )
-}
-
-/// The keys and values of one branch of [`attention_fp8_branches`], each the concatenation
-/// of its parts in order (`[Hkv, S_i, D]` views: the text K/V, then the video's own).
+/// The keys and values of one branch of [`attention_branches`], each the concatenation of
+/// its parts in order (`[Hkv, S_i, D]` views: the text K/V, then the video's own).
 pub struct KvParts<'a> {
     pub k: Vec<&'a Tensor>,
     pub v: Vec<&'a Tensor>,
 }
 
-/// Unmasked FP8 attention of B branches at once: `q` `[Hq, B·N, D]` holds branch `b`'s
-/// queries at rows `b·N..(b+1)·N`, each attends over its own (joined) keys and values, and
-/// the result is `[Hq, B·N, D]`; equal to one [`attention_fp8`] per branch on the joined
-/// K/V. On CUDA the parts are never copied together. Where FP8 cannot run it says so once
-/// and runs [`attention`] per branch on the joined K/V.
+/// `[H, S_i, D]` views joined along the sequence into one `[H, ΣS_i, D]` view of token-major
+/// `[ΣS_i, H, D]` data: for token-major parts (what the attention kernels and the QKV
+/// projection write) one contiguous copy, and a single part is not copied at all.
+pub fn cat_seq<T: AsRef<Tensor>>(parts: &[T]) -> Result<Tensor> {
+    let tokens = parts
+        .iter()
+        .map(|p| p.as_ref().transpose(0, 1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&tokens, 0)?.transpose(0, 1)?)
+}
+
+/// Unmasked attention of B branches at once: `q` `[Hq, B·N, D]` holds branch `b`'s
+/// queries at rows `b·N..(b+1)·N`, each attends over its own joined keys and values, and
+/// the result is `[Hq, B·N, D]` (a view of token-major data, as the output projection
+/// reads it).
+pub fn attention_branches(q: &Tensor, branches: &[KvParts<'_>]) -> Result<Tensor> {
+    let (_, total, _) = q.dims3()?;
+    let nb = branches.len().max(1);
+    if !total.is_multiple_of(nb) {
+        return Err(Error::invalid(
+            "attention",
+            format!("{total} queries for {nb} branches"),
+        ));
+    }
+    let n = total / nb;
+    let outs = branches
+        .iter()
+        .enumerate()
+        .map(|(b, br)| {
+            attention(
+                &q.narrow(1, b * n, n)?,
+                &cat_seq(&br.k)?,
+                &cat_seq(&br.v)?,
+                false,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    cat_seq(&outs)
+}
+
+/// [`attention_branches`] with q, k and v quantized to FP8 E4M3 (one scale per head per
+/// branch) and both products in FP8 (Hopper, see [`super::cuda::fp8_attention`]); equal
+/// to one FP8 call per branch on the joined K/V, and on CUDA the parts are never copied
+/// together. Where FP8 cannot run (another GPU, another head size) it says so once and
+/// runs [`attention_branches`].
 pub fn attention_fp8_branches(q: &Tensor, branches: &[KvParts<'_>]) -> Result<Tensor> {
     if q.device().is_cuda() {
         match try_attention_fp8_branches(q, branches) {
@@ -146,29 +173,7 @@ pub fn attention_fp8_branches(q: &Tensor, branches: &[KvParts<'_>]) -> Result<Te
             }
         }
     }
-    let (_, total, _) = q.dims3()?;
-    let nb = branches.len().max(1);
-    if !total.is_multiple_of(nb) {
-        return Err(Error::invalid(
-            "attention",
-            format!("{total} queries for {nb} branches"),
-        ));
-    }
-    let n = total / nb;
-    // Token-major joins, so the result is laid out as the FP8 kernel's.
-    let join = |parts: &[&Tensor]| -> Result<Tensor> {
-        let t = parts
-            .iter()
-            .map(|p| p.transpose(0, 1))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&t, 0)?.transpose(0, 1)?)
-    };
-    let mut outs = Vec::with_capacity(nb);
-    for (b, br) in branches.iter().enumerate() {
-        let (k, v) = (join(&br.k)?, join(&br.v)?);
-        outs.push(attention(&q.narrow(1, b * n, n)?, &k, &v, false)?.transpose(0, 1)?);
-    }
-    Ok(Tensor::cat(&outs, 0)?.transpose(0, 1)?)
+    attention_branches(q, branches)
 }
 
 /// FP8 attention or an error saying why it cannot run here (no fallback: for measuring it).

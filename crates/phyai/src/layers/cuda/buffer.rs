@@ -43,6 +43,14 @@ pub(crate) fn addr(
     Ok(base + (l.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
 
+/// [`addr`] of `t`, or 0 (a null pointer) for none: a kernel's optional operand.
+pub(crate) fn addr_or_null(
+    t: Option<&Tensor>,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> Result<u64> {
+    t.map_or(Ok(0), |t| addr(t, stream))
+}
+
 /// A fresh uninitialised `[shape]` tensor of `dtype` and its address; the kernel that
 /// receives the address writes every element.
 pub(crate) fn output(dev: &CudaDevice, dtype: DType, shape: Shape) -> Result<(Tensor, u64)> {

@@ -269,7 +269,6 @@ mod imp {
                 || v.len() != k.len()
                 || !same(&k)
                 || !same(&v)
-                || rows(&k) != rows(&v)
                 || !hq.is_multiple_of(hkv)
                 || k.iter().zip(&v).any(|(a, b)| a.rows != b.rows)
             {

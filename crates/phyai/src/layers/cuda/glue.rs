@@ -5,7 +5,7 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{DType, Shape, Tensor};
 
-use super::buffer::{addr, device, output};
+use super::buffer::{addr, addr_or_null, device, output};
 use crate::{Error, Result};
 
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/glue.ptx"));
@@ -33,10 +33,7 @@ pub fn silu_mul(gu: &Tensor, rows: usize, inter: usize, amax: Option<&Tensor>) -
     let blocks_x = (inter / 8).div_ceil(256) as u32;
     let blocks_y = rows.clamp(1, 65535) as u32;
     let (r, i) = (rows as i64, inter as i64);
-    let ap = match amax {
-        Some(a) => addr(a, &stream)?,
-        None => 0,
-    };
+    let ap = addr_or_null(amax, &stream)?;
     let mut b = f.builder();
     b.arg(&src).arg(&dst).arg(&r).arg(&i).arg(&ap);
     let cfg = LaunchConfig {
@@ -68,10 +65,7 @@ pub fn add_rms_norm(
     let f =
         dev.get_or_load_custom_func(&format!("add_rms_norm_{}", suffix(x.dtype())?), MODULE, PTX)?;
     let xp = addr(x, &stream)?;
-    let yp = match y {
-        Some(y) => addr(y, &stream)?,
-        None => 0,
-    };
+    let yp = addr_or_null(y, &stream)?;
     let wp = addr(w, &stream)?;
     let stacked = if y.is_some() { 2 } else { 1 };
     let (out, base) = output(&dev, x.dtype(), Shape::from((stacked * rows, dim)))?;
@@ -98,10 +92,7 @@ pub fn add_rms_norm(
         .arg(&d)
         .arg(&eps)
         .arg(&ac);
-    let ap = match amax {
-        Some(a) => addr(a, &stream)?,
-        None => 0,
-    };
+    let ap = addr_or_null(amax, &stream)?;
     b.arg(&ap);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),

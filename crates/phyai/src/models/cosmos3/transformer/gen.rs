@@ -8,7 +8,7 @@ use super::block::{norm_scale, ExpertBlock, GEN_KEYS};
 use super::config::TransformerConfig;
 use super::und::UndKv;
 use crate::io::weights::Weights;
-use crate::layers::attention::{attention, attention_fp8_branches, KvParts};
+use crate::layers::attention::{attention_branches, attention_fp8_branches, KvParts};
 use crate::layers::fp8::{ActivationPrecision, PrecisionSwitch};
 use crate::layers::glue;
 use crate::layers::norm::RmsNorm;
@@ -98,7 +98,13 @@ impl GenTower {
                 (q, k, v)
             };
             mark(x.device(), "sequence-parallel exchange");
-            let a = self.attend(&q, &k, &v, &uk, &uv)?;
+            let a = self.attend(
+                &q,
+                &[KvParts {
+                    k: vec![&uk, &k],
+                    v: vec![&uv, &v],
+                }],
+            )?;
             let a = sp.heads_to_seq(&a, shard)?;
             mark(x.device(), "sequence-parallel exchange");
             let next = self
@@ -112,37 +118,15 @@ impl GenTower {
 }
 
 impl GenTower {
-    /// Attention of the generation tokens' `q` over the text K/V `uk`/`uv`, then their own
-    /// `k`/`v` (head-major views), in FP8 when the step runs W8A8 with FP8 attention on.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        uk: &Tensor,
-        uv: &Tensor,
-    ) -> Result<Tensor> {
-        if self.fp8_attention_now() {
-            // The FP8 kernels read the text and video parts where they lie.
-            let out = attention_fp8_branches(
-                q,
-                &[KvParts {
-                    k: vec![uk, k],
-                    v: vec![uv, v],
-                }],
-            )?;
-            mark(q.device(), "attention");
-            return Ok(out);
-        }
-        // Text keys first, then this step's; joined token-major so the copy is two
-        // contiguous runs, and handed to attention as head-major views.
-        let join = |text: &Tensor, gen: &Tensor| -> Result<Tensor> {
-            let t = Tensor::cat(&[&text.transpose(0, 1)?, &gen.transpose(0, 1)?], 0)?;
-            Ok(t.transpose(0, 1)?)
+    /// Attention of each branch's generation queries (rows of `q`, head-major views) over
+    /// that branch's text K/V, then its own; in FP8 when the step runs W8A8 with FP8
+    /// attention on.
+    fn attend(&self, q: &Tensor, branches: &[KvParts<'_>]) -> Result<Tensor> {
+        let out = if self.fp8_attention_now() {
+            attention_fp8_branches(q, branches)?
+        } else {
+            attention_branches(q, branches)?
         };
-        let (k_all, v_all) = (join(uk, k)?, join(uv, v)?);
-        mark(q.device(), "text + video K/V join");
-        let out = attention(q, &k_all, &v_all, false)?;
         mark(q.device(), "attention");
         Ok(out)
     }
@@ -196,31 +180,19 @@ impl GenTower {
                 .map(|kv| Ok((kv.k[i].to_dtype(dtype)?, kv.v[i].to_dtype(dtype)?)))
                 .collect::<Result<Vec<_>>>()?;
             let half = |t: &Tensor, b: usize| t.narrow(1, b * n, n);
-            let a = if self.fp8_attention_now() {
-                // Both branches in one call: no K/V join, one output for both.
-                let own = (0..2)
-                    .map(|b| Ok((half(&k, b)?, half(&v, b)?)))
-                    .collect::<Result<Vec<_>>>()?;
-                let branches: Vec<KvParts> = text
-                    .iter()
-                    .zip(&own)
-                    .map(|((uk, uv), (k, v))| KvParts {
-                        k: vec![uk, k],
-                        v: vec![uv, v],
-                    })
-                    .collect();
-                let a = attention_fp8_branches(&q, &branches)?;
-                mark(x.device(), "attention");
-                a
-            } else {
-                let mut outs = Vec::with_capacity(2);
-                for (b, (uk, uv)) in text.iter().enumerate() {
-                    outs.push(self.attend(&half(&q, b)?, &half(&k, b)?, &half(&v, b)?, uk, uv)?);
-                }
-                let a = join_branches(&outs)?;
-                mark(x.device(), "branch join");
-                a
-            };
+            let own = (0..2)
+                .map(|b| Ok((half(&k, b)?, half(&v, b)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let branches: Vec<KvParts> = text
+                .iter()
+                .zip(&own)
+                .map(|((uk, uv), (k, v))| KvParts {
+                    k: vec![uk, k],
+                    v: vec![uv, v],
+                })
+                .collect();
+            // Both branches in one call, one output for both (in FP8 without a K/V join).
+            let a = self.attend(&q, &branches)?;
             let next = self
                 .layers
                 .get(i + 1)
@@ -229,17 +201,6 @@ impl GenTower {
         }
         Ok(h)
     }
-}
-
-/// The two branches' attention outputs (`[Hq, N, D]` views) as one `[Hq, 2N, D]` view of
-/// token-major `[2N, Hq, D]` data: the layout the output projection reads. The attention
-/// kernels write token-major, so this is one contiguous copy and the projection needs none.
-fn join_branches(outs: &[Tensor]) -> Result<Tensor> {
-    let tokens = outs
-        .iter()
-        .map(|o| o.transpose(0, 1))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&tokens, 0)?.transpose(0, 1)?)
 }
 
 /// `1` for tokens of noisy frames, `0` for clean ones: `[frames·per_frame, 1]`.
